@@ -1,0 +1,82 @@
+"""Small helpers that the bundles' configs call: where the bundle lives, the data list, the process rank."""
+
+from __future__ import annotations
+
+import ast
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+__all__ = ["bundle_root", "datalist", "rank", "world_size", "default_device"]
+
+
+def _config_files(argv: Sequence[str]) -> list[str]:
+    for i, arg in enumerate(argv):
+        value = None
+        if arg == "--config_file" and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith("--config_file="):
+            value = arg.split("=", 1)[1]
+        if value is not None:
+            if value.strip().startswith("["):
+                return [str(v) for v in ast.literal_eval(value)]
+            return [v for v in value.split(",") if v]
+    return []
+
+
+def bundle_root(argv: Sequence[str] | None = None) -> str:
+    """The bundle folder of the running config: the parent of the ``configs/`` folder of the first
+    ``--config_file`` on the command line, else the current folder (the model zoo's ``"."``).
+
+    So ``python -m monai.bundle run --config_file bundles/X/configs/train.json`` writes to ``bundles/X/models`` from
+    any working folder; ``--bundle_root`` overrides it, as MONAI Label does.
+
+    Examples::
+
+        >>> bundle_root(["run", "--config_file", "['b/configs/train.json', 'b/configs/x.json']"]).endswith("b")
+        True
+    """
+    files = _config_files(sys.argv if argv is None else argv)
+    if files:
+        config_dir = Path(files[0]).resolve().parent
+        return str(config_dir.parent if config_dir.name == "configs" else config_dir)
+    return os.path.abspath(".")
+
+
+def datalist(dataset_dir: str, datalist_file: str | None, split: str | Sequence[str], labels: bool = True) -> list:
+    """Entries of ``split`` (or several splits joined) of a BTCV-style data list, paths made absolute under
+    ``dataset_dir``. ``datalist_file`` defaults to ``dataset_dir/dataset_0.json``; a relative file name is looked
+    up under ``dataset_dir`` when it does not exist as given. With ``labels=False`` only the image is kept.
+    """
+    from monai.data import load_decathlon_datalist
+
+    if not datalist_file:
+        datalist_file = os.path.join(dataset_dir, "dataset_0.json")
+    elif not os.path.isfile(datalist_file) and os.path.isfile(os.path.join(dataset_dir, datalist_file)):
+        datalist_file = os.path.join(dataset_dir, datalist_file)
+    entries: list = []
+    for name in [split] if isinstance(split, str) else split:
+        entries += load_decathlon_datalist(datalist_file, is_segmentation=labels, data_list_key=name, base_dir=dataset_dir)
+    if not labels:
+        entries = [{"image": e["image"]} for e in entries]
+    return entries
+
+
+def rank() -> int:
+    """This process's rank, 0 outside torch.distributed."""
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+
+
+def world_size() -> int:
+    """Number of processes, 1 outside torch.distributed."""
+    return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+
+
+def default_device() -> torch.device:
+    """``cuda:LOCAL_RANK`` when a GPU is there, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
+    return torch.device("cpu")

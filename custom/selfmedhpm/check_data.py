@@ -1,0 +1,586 @@
+"""Check a BTCV-layout CT data set (or inference inputs) before any long work starts.
+
+Every problem found is reported, not only the first, each naming the file as the user (or the datalist) wrote it,
+what is wrong and what is expected. Headers are read first; voxel data is loaded only for labels (values) and,
+with ``check_intensity``, for images (NaN/Inf and Hounsfield-unit checks), one volume at a time.
+With ``check_intensity=False`` a truncated ``.nii.gz`` image may pass, since its voxels are never decompressed.
+
+Usage::
+
+    python -m selfmedhpm.check_data --dataset_dir /data/btcv [--splits training,validation] [--num_classes 14]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import logging
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import nibabel as nib
+import numpy as np
+
+logger = logging.getLogger("selfmedhpm.check_data")
+
+MONAI_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
+EXPECTED_FORMATS = "expected NIfTI (.nii, .nii.gz), NRRD (.nrrd) or a DICOM folder"
+MAX_LISTED = 10
+PROGRESS_MIN_CASES = 20
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem found in a data set: the file as written by the user, what is wrong, and its severity.
+
+    Examples:
+        >>> print(Problem("imagesTr/x.nii.gz", "file not found"))
+        ERROR  imagesTr/x.nii.gz: file not found
+    """
+
+    path: str
+    message: str
+    severity: str = "error"  # or "warning"
+
+    def __str__(self) -> str:
+        return f"{self.severity.upper()}  {self.path}: {self.message}"
+
+
+class DataCheckError(ValueError):
+    """Raised when a data check finds errors; ``.problems`` holds every problem found (warnings included).
+
+    Examples:
+        >>> err = DataCheckError([Problem("a.nii.gz", "file not found")], "/data/dataset_0.json")
+        >>> print(err)
+        data check failed: 1 problem in /data/dataset_0.json
+          ERROR  a.nii.gz: file not found
+    """
+
+    def __init__(self, problems: Sequence[Problem], source: str = "") -> None:
+        self.problems = list(problems)
+        self.source = source
+        super().__init__(format_report(self.problems, source))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return self.__class__, (self.problems, self.source)
+
+
+def _plural(n: int, word: str, many: str | None = None) -> str:
+    return f"{n} {word if n == 1 else many or word + 's'}"
+
+
+def format_report(problems: Sequence[Problem], source: str = "") -> str:
+    """Format problems as a header line (counting errors) followed by one indented line per problem."""
+    n_err = sum(p.severity == "error" for p in problems)
+    header = f"data check failed: {_plural(n_err, 'problem')}" + (f" in {source}" if source else "")
+    if len(problems) > n_err:
+        header += f" (and {_plural(len(problems) - n_err, 'warning')})"
+    return "\n".join([header] + [f"  {p}" for p in problems])
+
+
+# ----------------------------------------------------------------------------------------------- datalist
+
+
+def load_datalist_checked(path: str, splits: Sequence[str], image_key: str = "image") -> dict:
+    """Load a datalist JSON, raising DataCheckError (listing every structural problem) if it is unusable.
+
+    Args:
+        path: the datalist JSON file.
+        splits: split names that must be present as non-empty lists (e.g. ``("training", "validation")``).
+        image_key: the key every dict entry must have.
+
+    Examples:
+        >>> load_datalist_checked("/no/such/dataset_0.json", ["training"])
+        Traceback (most recent call last):
+        ...
+        selfmedhpm.check_data.DataCheckError: data check failed: 1 problem in /no/such/dataset_0.json
+          ERROR  /no/such/dataset_0.json: datalist not found; expected a JSON file with the 'training' split(s)
+    """
+    data, reason = _parse_json(path, ", ".join(repr(s) for s in splits))
+    problems = [Problem(path, reason)] if reason else []
+    problems += [Problem(path, m) for split in splits if not reason for m in _split_problems(data, split, image_key)]
+    if problems:
+        raise DataCheckError(problems, path)
+    return data
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+    return names.get(type(value), "null" if value is None else type(value).__name__)
+
+
+def _parse_json(path: str, wanted: str) -> tuple[Any, str | None]:
+    """Return (parsed datalist, None), or (None, why the file is not a usable JSON object)."""
+    if not os.path.isfile(path):
+        return None, f"datalist not found; expected a JSON file with the {wanted} split(s)"
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        return None, f"cannot be read as a UTF-8 JSON text file: {e}"
+    if not text.strip():
+        return None, f"datalist is empty; expected a JSON object with the {wanted} split(s)"
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        return None, f"is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}"
+    if not isinstance(data, dict):
+        return None, f"top level is a JSON {_json_type(data)}; expected an object with the {wanted} split(s)"
+    return data, None
+
+
+def _split_problems(data: dict, split: str, image_key: str) -> list[str]:
+    if split not in data:
+        return [f"has no '{split}' split (found keys: {', '.join(map(str, data)) or 'none'}); expected a list"]
+    entries = data[split]
+    if not isinstance(entries, list):
+        return [f"'{split}' is a JSON {_json_type(entries)}; expected a list of entries"]
+    if not entries:
+        return [f"'{split}' is an empty list; expected at least one entry"]
+    msgs = []
+    for i, entry in enumerate(entries):
+        where = f"'{split}'[{i}]"
+        if isinstance(entry, dict) and image_key not in entry:
+            msgs.append(f"{where} has no '{image_key}' key (keys: {', '.join(map(str, entry)) or 'none'})")
+        elif isinstance(entry, dict) and not isinstance(entry[image_key], str):
+            msgs.append(f"{where} '{image_key}' is a JSON {_json_type(entry[image_key])}; expected a path string")
+        elif not isinstance(entry, (dict, str)):
+            msgs.append(f"{where} is a JSON {_json_type(entry)}; expected a path string or an object")
+    return msgs
+
+
+def _cases(data: dict, splits: Sequence[str], keys: tuple[str, str], require_labels: bool) -> tuple[list, list]:
+    """Collect unique (image, label) cases, plus problems for missing labels and images listed more than once."""
+    image_key, label_key = keys
+    cases: dict[tuple[str, str | None], None] = {}
+    seen: dict[str, list[str]] = {}
+    problems = []
+    for split in splits:
+        for entry in data[split]:
+            image = entry if isinstance(entry, str) else entry[image_key]
+            label = entry.get(label_key) if isinstance(entry, dict) else None
+            if label is None and require_labels and split != "test":
+                problems.append(Problem(image, f"'{split}' entry has no '{label_key}'; expected a label file"))
+            elif label is not None and not isinstance(label, str):
+                problems.append(Problem(image, f"'{label_key}' is a JSON {_json_type(label)}; expected a path"))
+                label = None
+            cases[(image, label)] = None
+            seen.setdefault(image, []).append(split)
+    for image, where in seen.items():
+        if len(where) > 1:
+            leak = "; cases shared between splits leak data" if len(set(where)) > 1 else ""
+            problems.append(Problem(image, f"is listed {len(where)} times ({', '.join(where)}){leak}", "warning"))
+    return list(cases), problems
+
+
+# ----------------------------------------------------------------------------------------------- reading volumes
+
+
+class _ReadError(Exception):
+    """A file could not be opened as a volume; the message is the user-facing explanation."""
+
+
+@dataclass
+class _Volume:
+    shape: tuple[int, ...]
+    affine: np.ndarray
+    load: Callable[[], np.ndarray]
+
+
+def _sniff_nifti(path: str) -> str | None:
+    """Return why ``path`` is not a NIfTI file at all (wrong magic), or None when it looks like one."""
+    with open(path, "rb") as f:
+        start = f.read(540)
+    if not start:
+        return "file is empty (0 bytes); expected a NIfTI image"
+    if path.lower().endswith(".gz"):
+        if start[:2] != b"\x1f\x8b":
+            return f"is not a NIfTI .nii.gz image: it is not gzip-compressed (starts with {start[:16]!r})"
+        try:
+            with gzip.open(path, "rb") as g:
+                start = g.read(540)
+        except (OSError, EOFError):
+            return None  # truncated or corrupt stream: reported as "cannot be read" by nibabel
+    sizes = {int.from_bytes(start[:4], order) for order in ("little", "big")}
+    if len(start) < 348 or not sizes & {348, 540}:
+        return f"is not a NIfTI image (no NIfTI header; the file starts with {start[:16]!r})"
+    return None
+
+
+def _open_nifti(path: str) -> _Volume:
+    reason = _sniff_nifti(path)
+    if reason:
+        raise _ReadError(reason)
+    img = nib.load(path)
+    shape = tuple(int(s) for s in img.shape)
+    if path.lower().endswith(".nii"):
+        need = int(img.header.get_data_offset()) + int(np.prod(shape)) * img.get_data_dtype().itemsize
+        if os.path.getsize(path) < need:
+            raise _ReadError(f"cannot be read: file is truncated ({os.path.getsize(path)} of {need} bytes)")
+    return _Volume(shape, np.asarray(img.affine, dtype=float), lambda: np.asanyarray(img.dataobj))
+
+
+def _open_with_monai(path: str) -> _Volume:
+    from monai.transforms import LoadImage  # slow import: only for non-NIfTI inputs
+
+    data, meta = LoadImage(image_only=False)(path)
+    arr = np.asarray(data)
+    affine = np.asarray(meta.get("affine", np.eye(4)), dtype=float)
+    return _Volume(tuple(int(s) for s in arr.shape), affine, lambda: arr)
+
+
+def _open_volume(path: str, shown: str) -> _Volume:
+    """Open the header of ``path`` (``shown`` is how the user wrote it); raise _ReadError with a readable reason."""
+    if not os.path.exists(path):
+        where = "" if os.path.abspath(shown) == os.path.abspath(path) else f" (looked for {path})"
+        raise _ReadError(f"file not found{where}")
+    name = path.lower()
+    is_nifti = name.endswith((".nii", ".nii.gz"))
+    if not (is_nifti or os.path.isdir(path) or name.endswith(MONAI_SUFFIXES)):
+        suffix = os.path.splitext(name)[1] or "none"
+        raise _ReadError(f"is not a medical image file (suffix {suffix!r}); {EXPECTED_FORMATS}")
+    try:
+        return _open_nifti(path) if is_nifti else _open_with_monai(path)
+    except _ReadError:
+        raise
+    except Exception as e:  # any reader failure is a data problem, reported without a traceback
+        raise _ReadError(_unreadable(e)) from e
+
+
+def _unreadable(e: Exception, max_chars: int = 300) -> str:
+    text = " ".join(str(e).split())
+    text = text if len(text) <= max_chars else text[:max_chars] + " ..."
+    return f"cannot be read: {type(e).__name__}: {text}"
+
+
+def _load(vol: _Volume) -> np.ndarray:
+    try:
+        return vol.load()
+    except Exception as e:  # e.g. a truncated .nii.gz fails only when its voxels are decompressed
+        raise _ReadError(_unreadable(e)) from e
+
+
+# ----------------------------------------------------------------------------------------------- per-file checks
+
+
+def _spatial_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Drop trailing singleton dimensions beyond the third (e.g. ``(16, 16, 8, 1)`` -> ``(16, 16, 8)``)."""
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    return shape
+
+
+def _dims_problem(shape: tuple[int, ...]) -> str | None:
+    spatial = _spatial_shape(shape)
+    if len(spatial) != 3:
+        return f"is {len(spatial)}D with shape {shape}; expected a 3D volume"
+    if 0 in spatial:
+        return f"has an empty dimension (shape {shape}); expected a 3D volume"
+    return None
+
+
+def _fmt(values: Iterable[float]) -> str:
+    return "(" + ", ".join(f"{float(v):.4g}" for v in values) + ")"
+
+
+def _grid_problem(image: str, img: _Volume, lab: _Volume) -> str | None:
+    """Compare label and image grids: same shape, and affines equal up to 1e-3 (relative spacing, mm otherwise)."""
+    img_shape, lab_shape = _spatial_shape(img.shape), _spatial_shape(lab.shape)
+    if img_shape != lab_shape:
+        return f"shape {lab_shape} does not match its image {image} {img_shape}; expected the same grid"
+    a, b = img.affine[:3, :4], lab.affine[:3, :4]
+    sp_a, sp_b = np.linalg.norm(a[:, :3], axis=0), np.linalg.norm(b[:, :3], axis=0)
+    tol = 1e-3 * max(1.0, float(sp_a.max()))
+    differs = {
+        "spacing": bool(np.any(np.abs(sp_a - sp_b) > 1e-3 * np.maximum(sp_a, sp_b))),
+        "origin": bool(np.abs(a[:, 3] - b[:, 3]).max() > tol),
+        "orientation": bool(np.abs(a[:, :3] / sp_a - b[:, :3] / sp_b).max() > 1e-3),
+    }
+    if not any(differs.values()):
+        return None
+    what = ", ".join(k for k, v in differs.items() if v)
+    return (
+        f"affine does not match its image {image} ({what} differ): image spacing {_fmt(sp_a)} origin "
+        f"{_fmt(a[:, 3])}, label spacing {_fmt(sp_b)} origin {_fmt(b[:, 3])}; expected the same grid"
+    )
+
+
+def _fmt_values(values: np.ndarray) -> str:
+    shown = ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values[:MAX_LISTED].tolist())
+    return shown + (f", ... ({len(values)} distinct)" if len(values) > MAX_LISTED else "")
+
+
+def _label_problems(data: np.ndarray, num_classes: int | None) -> list[tuple[str, str]]:
+    """Non-integer values, values outside ``0..num_classes-1``, and an all-background label (a warning)."""
+    found = []
+    if data.dtype.kind == "f":
+        bad = data[data != np.floor(data)]  # NaN compares unequal, so it is caught here too
+        if bad.size:
+            msg = f"has {_plural(bad.size, 'voxel')} with non-integer values ({_fmt_values(np.unique(bad))})"
+            found.append(("error", msg + "; expected integer class indices"))
+    if num_classes is not None:
+        outside = data[(data < 0) | (data > num_classes - 1)]
+        if outside.size:
+            values = np.unique(outside)
+            msg = f"has values outside 0..{num_classes - 1}: {_fmt_values(values)} ({_plural(outside.size, 'voxel')}); "
+            found.append(("error", msg + f"expected class indices 0..{num_classes - 1} (num_classes={num_classes})"))
+    if not np.any(data):
+        found.append(("warning", "contains only background (0); expected some foreground classes"))
+    return found
+
+
+def _intensity_problems(data: np.ndarray) -> list[tuple[str, str]]:
+    """NaN/Inf voxels (errors) and intensities that do not look like CT Hounsfield units (warnings)."""
+    found = []
+    if data.dtype.kind == "f":
+        n_nan, n_inf = int(np.count_nonzero(np.isnan(data))), int(np.count_nonzero(np.isinf(data)))
+        if n_nan or n_inf:
+            found.append(("error", f"contains {n_nan} NaN and {n_inf} Inf voxels; expected finite intensities"))
+            data = data[np.isfinite(data)]
+    if data.size == 0:
+        return found
+    lo, hi = float(data.min()), float(data.max())
+    if hi <= 1.5 and lo >= -0.5:
+        msg = f"intensities span {lo:.4g}..{hi:.4g}, which looks already normalised"
+        found.append(("warning", msg + "; expected CT Hounsfield units (roughly -1024..3071)"))
+    elif hi - lo < 10:
+        found.append(("warning", f"intensity range is tiny ({lo:.4g}..{hi:.4g}); expected CT Hounsfield units"))
+    return found
+
+
+def _check_image(path: str, shown: str, check_intensity: bool) -> tuple[list[Problem], _Volume | None]:
+    try:
+        vol = _open_volume(path, shown)
+        reason = _dims_problem(vol.shape)
+        if reason:
+            return [Problem(shown, reason)], None
+        found = _intensity_problems(_load(vol)) if check_intensity else []
+    except _ReadError as e:
+        return [Problem(shown, str(e))], None
+    return [Problem(shown, msg, sev) for sev, msg in found], vol
+
+
+def _check_label(path: str, shown: str, image: str, img: _Volume | None, num_classes: int | None) -> list[Problem]:
+    try:
+        vol = _open_volume(path, shown)
+        reason = _dims_problem(vol.shape)
+        if reason is None and img is not None:
+            reason = _grid_problem(image, img, vol)
+        found = [("error", reason)] if reason else []
+        found += _label_problems(_load(vol), num_classes)
+    except _ReadError as e:
+        return [Problem(shown, str(e))]
+    return [Problem(shown, msg, sev) for sev, msg in found]
+
+
+def _run_all(fn: Callable[[Any], list[Problem]], items: Sequence[Any], max_workers: int) -> list[Problem]:
+    """Apply ``fn`` to every item (optionally in threads), keeping order; print progress for large sets."""
+    problems: list[Problem] = []
+    with ThreadPoolExecutor(max_workers=max(1, max_workers)) as pool:
+        for done, found in enumerate(pool.map(fn, items), start=1):
+            problems += found
+            if len(items) > PROGRESS_MIN_CASES:
+                print(f"checked {done}/{len(items)} cases", file=sys.stderr, flush=True)
+    return problems
+
+
+# ----------------------------------------------------------------------------------------------- public API
+
+
+@dataclass(frozen=True)
+class _DatasetCheck:
+    """The options of one check_dataset run; ``run`` returns (problems, cases checked, datalist path used)."""
+
+    splits: Sequence[str]
+    num_classes: int | None
+    require_labels: bool
+    keys: tuple[str, str]
+    check_intensity: bool
+    max_workers: int
+
+    def run(self, dataset_dir: str, datalist: str | None) -> tuple[list[Problem], int, str]:
+        if not os.path.isdir(dataset_dir):
+            what = "is not a directory" if os.path.exists(dataset_dir) else "does not exist"
+            return [Problem(dataset_dir, f"dataset directory {what}")], 0, dataset_dir
+        if datalist is None:
+            datalist = os.path.join(dataset_dir, "dataset_0.json")
+        elif not os.path.exists(datalist) and not os.path.isabs(datalist):
+            datalist = os.path.join(dataset_dir, datalist)
+        splits = self.splits.split(",") if isinstance(self.splits, str) else self.splits  # "training,validation"
+        try:
+            data = load_datalist_checked(datalist, splits, self.keys[0])
+        except DataCheckError as e:
+            return e.problems, 0, datalist
+        cases, problems = _cases(data, splits, self.keys, self.require_labels)
+        problems += _run_all(lambda case: self.check_case(dataset_dir, case), cases, self.max_workers)
+        return problems, len(cases), datalist
+
+    def check_case(self, root: str, case: tuple[str, str | None]) -> list[Problem]:
+        image, label = case
+        problems, vol = _check_image(os.path.join(root, image), image, self.check_intensity)
+        if label is not None:
+            problems += _check_label(os.path.join(root, label), label, image, vol, self.num_classes)
+        return problems
+
+
+def check_dataset(
+    dataset_dir: str,
+    datalist: str | None = None,
+    splits: Sequence[str] = ("training", "validation"),
+    num_classes: int | None = 14,
+    require_labels: bool = True,
+    image_key: str = "image",
+    label_key: str = "label",
+    check_intensity: bool = True,
+    max_workers: int = 1,
+) -> list[Problem]:
+    """Check a BTCV-layout data set and return every problem found (errors and warnings); never raises for data.
+
+    Args:
+        dataset_dir: folder holding the datalist and the images/labels its entries name (relative paths).
+        datalist: datalist JSON; defaults to ``dataset_dir/dataset_0.json``; a relative path that does not exist
+            as given is resolved against ``dataset_dir``.
+        splits: datalist splits to check; labels are never required in a split named ``"test"``.
+        num_classes: label values must lie in ``0..num_classes-1``; None skips the range check.
+        require_labels: whether entries (outside ``"test"``) must name a label file.
+        image_key: datalist key of the image path.
+        label_key: datalist key of the label path.
+        check_intensity: load the images to look for NaN/Inf voxels and non-HU intensities.
+        max_workers: threads checking cases in parallel.
+
+    Examples:
+        >>> check_dataset("/no/such/dir")
+        [Problem(path='/no/such/dir', message='dataset directory does not exist', severity='error')]
+    """
+    check = _DatasetCheck(splits, num_classes, require_labels, (image_key, label_key), check_intensity, max_workers)
+    return check.run(dataset_dir, datalist)[0]
+
+
+def validate_dataset(
+    dataset_dir: str,
+    datalist: str | None = None,
+    splits: Sequence[str] = ("training", "validation"),
+    num_classes: int | None = 14,
+    require_labels: bool = True,
+    image_key: str = "image",
+    label_key: str = "label",
+    check_intensity: bool = True,
+    max_workers: int = 1,
+) -> list[Problem]:
+    """Run check_dataset, log its warnings, raise DataCheckError if it found any error; return the warnings.
+
+    Args are those of check_dataset. Bundles call this from their ``initialize`` list.
+
+    Examples:
+        >>> validate_dataset("/no/such/dir")
+        Traceback (most recent call last):
+        ...
+        selfmedhpm.check_data.DataCheckError: data check failed: 1 problem in /no/such/dir
+          ERROR  /no/such/dir: dataset directory does not exist
+    """
+    check = _DatasetCheck(splits, num_classes, require_labels, (image_key, label_key), check_intensity, max_workers)
+    problems, _, source = check.run(dataset_dir, datalist)
+    warnings = [p for p in problems if p.severity != "error"]
+    for p in warnings:
+        logger.warning("%s", p)
+    if len(warnings) < len(problems):
+        raise DataCheckError(problems, source)
+    return warnings
+
+
+def check_image_files(paths: Sequence[str], check_intensity: bool = True, max_workers: int = 1) -> list[Problem]:
+    """Check inference inputs (no labels): each must exist, be a readable 3D volume, finite and HU-like.
+
+    Args:
+        paths: image files (or DICOM folders), named in the problems as given.
+        check_intensity: load the images to look for NaN/Inf voxels and non-HU intensities.
+        max_workers: threads checking files in parallel.
+
+    Examples:
+        >>> [str(p) for p in check_image_files(["scan.png"])]
+        ['ERROR  scan.png: file not found']
+    """
+    return _run_all(lambda p: _check_image(p, p, check_intensity)[0], list(paths), max_workers)
+
+
+def _listing(title: str, items: list[str], limit: int = 20) -> list[str]:
+    if not items:
+        return []
+    more = [f"    ... and {len(items) - limit} more"] if len(items) > limit else []
+    return [f"  {title} ({len(items)}):"] + [f"    {s}" for s in items[:limit]] + more
+
+
+def describe_state_dict_mismatch(
+    expected: Mapping[str, Any], found: Mapping[str, Any], source: str, limit: int = 20
+) -> str | None:
+    """Describe how a loaded state dict differs from the model's; None when keys and shapes match exactly.
+
+    Args:
+        expected: key -> shape (e.g. ``torch.Size``) the model expects.
+        found: key -> shape in the checkpoint.
+        source: where ``found`` came from (a checkpoint path), named in the message.
+        limit: entries listed per section before "... and N more".
+
+    Examples:
+        >>> print(describe_state_dict_mismatch({"w": (2, 3), "b": (2,)}, {"w": (2, 4), "x": (1,)}, "ckpt.pt"))
+        state dict from ckpt.pt does not match the model: 1 missing, 1 unexpected, 1 shape mismatch
+          missing keys (1):
+            b
+          unexpected keys (1):
+            x
+          shape mismatches (1):
+            w: expected (2, 3) found (2, 4)
+    """
+    shape = lambda s: "(" + ", ".join(str(int(d)) for d in s) + ")"  # noqa: E731
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    mismatched = [
+        f"{k}: expected {shape(expected[k])} found {shape(found[k])}"
+        for k in expected
+        if k in found and tuple(expected[k]) != tuple(found[k])
+    ]
+    if not (missing or unexpected or mismatched):
+        return None
+    counts = f"{len(missing)} missing, {len(unexpected)} unexpected, "
+    counts += _plural(len(mismatched), "shape mismatch", "shape mismatches")
+    lines = [f"state dict from {source} does not match the model: {counts}"]
+    lines += _listing("missing keys", missing, limit) + _listing("unexpected keys", unexpected, limit)
+    return "\n".join(lines + _listing("shape mismatches", mismatched, limit))
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line entry: print every problem and a summary; exit 0 (no errors), 1 (errors) or 2 (usage)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m selfmedhpm.check_data", description="Check a BTCV-layout data set."
+    )
+    parser.add_argument("--dataset_dir", required=True, help="folder with dataset_0.json, imagesTr/, labelsTr/")
+    parser.add_argument("--datalist", default=None, help="datalist JSON (default: DATASET_DIR/dataset_0.json)")
+    parser.add_argument("--splits", default="training,validation", help="comma-separated datalist splits")
+    parser.add_argument("--num_classes", type=int, default=14, help="label values must lie in 0..N-1")
+    parser.add_argument("--no-labels", dest="require_labels", action="store_false", help="do not require labels")
+    parser.add_argument("--no-intensity", dest="check_intensity", action="store_false", help="skip image voxels")
+    parser.add_argument("--max_workers", type=int, default=1, help="threads checking cases in parallel")
+    args = parser.parse_args(argv)
+    splits = [s.strip() for s in args.splits.split(",") if s.strip()]
+    if not splits or args.num_classes < 1:
+        parser.error("--splits must name at least one split and --num_classes must be >= 1")
+    keys = ("image", "label")
+    check = _DatasetCheck(splits, args.num_classes, args.require_labels, keys, args.check_intensity, args.max_workers)
+    problems, n_cases, _ = check.run(args.dataset_dir, args.datalist)
+    for p in problems:
+        print(p)
+    n_err = sum(p.severity == "error" for p in problems)
+    summary = f"{_plural(n_err, 'error')}, {_plural(len(problems) - n_err, 'warning')}"
+    print(f"{summary} in {_plural(n_cases, 'case')} checked")
+    return 1 if n_err else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,243 @@
+"""Safe checkpoint files: atomic writes, ``weights_only`` loads with clear errors, and resuming a training run."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import random
+import re
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint
+
+__all__ = [
+    "CheckpointError",
+    "save_atomic",
+    "load_weights",
+    "latest_checkpoint",
+    "rng_state",
+    "set_rng_state",
+    "EpochCheckpointer",
+    "ResumeFromCheckpoint",
+]
+
+logger = logging.getLogger(__name__)
+
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint or weight file that cannot be used; the message names the file and the problem."""
+
+
+def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary file in the same folder, then rename: a reader (or a crash) never sees a
+    half-written file, and the previous file stays intact until the new one is complete.
+
+    Examples::
+
+        >>> import tempfile
+        >>> p = save_atomic({"w": torch.ones(2)}, Path(tempfile.mkdtemp()) / "m.pt")
+        >>> load_weights(p)["w"].tolist()
+        [1.0, 1.0]
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def load_weights(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``: only tensors and plain containers are unpickled, so a file that
+    would run code when loaded is refused. Raises :class:`CheckpointError` naming the file for a missing,
+    unreadable or unsafe file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: weight file not found.")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"{path}: refused to load: the file holds objects other than tensors and plain containers, which could "
+            f"run code when unpickled (torch.load weights_only=True). Only load weight files you trust. ({first})"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable PyTorch weight file ({type(e).__name__}: {e}).") from None
+
+
+_EPOCH = re.compile(r"epoch=(\d+)")
+
+
+def latest_checkpoint(ckpt_dir: str | os.PathLike, prefix: str = "checkpoint") -> Path | None:
+    """The checkpoint of the highest epoch in ``ckpt_dir`` (``<prefix>_epoch=N.pt``, as MONAI's
+    ``CheckpointSaver`` names them), or None when there is none."""
+    found = []
+    for file in Path(ckpt_dir).glob(f"{prefix}*epoch=*.pt"):
+        match = _EPOCH.search(file.name)
+        if match:
+            found.append((int(match.group(1)), file))
+    return max(found)[1] if found else None
+
+
+def _randomizables(transforms: Any) -> list:
+    from monai.transforms import Compose, Randomizable
+
+    if transforms is None:
+        return []
+    found = transforms.flatten().transforms if isinstance(transforms, Compose) else list(transforms)
+    return [t for t in found if isinstance(t, Randomizable)]
+
+
+def rng_state(engine: Engine | None = None, transforms: Any = None) -> dict[str, Any]:
+    """Every random state a resumed run needs to repeat the interrupted one, as tensors and plain values (so the
+    checkpoint loads with ``weights_only=True``): torch, numpy and Python global states, the engine's mask
+    generator when it has one, and the ``RandomState`` of each random MONAI transform in ``transforms``."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "python": random.getstate(),
+        "transforms": [torch.from_numpy(t.R.get_state()[1].astype(np.int64)) for t in _randomizables(transforms)],
+        "transforms_pos": [int(t.R.get_state()[2]) for t in _randomizables(transforms)],
+    }
+    generator = getattr(engine, "mask_generator", None)
+    if generator is not None:
+        state["mask_generator"] = generator.get_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any], engine: Engine | None = None, transforms: Any = None) -> None:
+    """Restores what :func:`rng_state` saved."""
+    torch.set_rng_state(state["torch"])
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+    python = state["python"]
+    random.setstate((python[0], tuple(python[1]), python[2]))
+    for t, keys, pos in zip(_randomizables(transforms), state["transforms"], state["transforms_pos"]):
+        t.R.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, 0, 0.0))
+    generator = getattr(engine, "mask_generator", None)
+    if generator is not None and "mask_generator" in state:
+        generator.set_state(state["mask_generator"])
+
+
+class EpochCheckpointer:
+    """Saves a resumable checkpoint ``<prefix>_epoch=N.pt`` after every ``interval`` epochs (rank 0 only, written
+    atomically, older ones pruned to ``n_saved``): the objects of ``save_dict``, the trainer's state (epoch,
+    iteration) under ``"trainer"``, and the random states (:func:`rng_state`) under ``"rng"``.
+
+    Args:
+        save_dir: folder of the checkpoints.
+        save_dict: objects with ``state_dict()``, e.g. ``{"model": net, "optimizer": opt}``.
+        interval: epochs between checkpoints. Defaults to 1.
+        n_saved: checkpoints kept. Defaults to 1.
+        transforms: the training transforms whose random states are saved too.
+        prefix: file prefix. Defaults to "checkpoint".
+    """
+
+    def __init__(
+        self,
+        save_dir: str | os.PathLike,
+        save_dict: Mapping[str, Any],
+        interval: int = 1,
+        n_saved: int = 1,
+        transforms: Any = None,
+        prefix: str = "checkpoint",
+    ) -> None:
+        self.save_dir, self.save_dict = Path(save_dir), dict(save_dict)
+        self.interval, self.n_saved, self.transforms, self.prefix = interval, n_saved, transforms, prefix
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
+
+    def __call__(self, engine: Engine) -> None:
+        from selfmedhpm.handlers import is_rank0
+
+        if not is_rank0():
+            return
+        checkpoint = {key: obj.state_dict() for key, obj in self.save_dict.items()}
+        checkpoint["trainer"] = engine.state_dict()
+        checkpoint["rng"] = rng_state(engine, self.transforms)
+        path = save_atomic(checkpoint, self.save_dir / f"{self.prefix}_epoch={engine.state.epoch}.pt")
+        for old in sorted(self.save_dir.glob(f"{self.prefix}_epoch=*.pt"), key=_epoch_of)[: -self.n_saved]:
+            old.unlink()
+        logger.info("epoch %d: checkpoint %s", engine.state.epoch, path)
+
+
+def _epoch_of(path: Path) -> int:
+    match = _EPOCH.search(path.name)
+    return int(match.group(1)) if match else -1
+
+
+class ResumeFromCheckpoint:
+    """Restores a run from the latest epoch checkpoint in ``ckpt_dir`` when the engine starts.
+
+    The checkpoint (written by :class:`EpochCheckpointer` with the same ``load_dict`` keys) is loaded with
+    ``weights_only=True``; the trainer's epoch and iteration and the random states are restored too, so the run
+    continues where it stopped and ends at the planned ``max_epochs``. Keep it in ``train#handlers`` always:
+    ``enabled`` switches it.
+
+    Args:
+        ckpt_dir: folder of the epoch checkpoints.
+        load_dict: objects to restore, e.g. ``{"model": net, "optimizer": opt}`` (the trainer is added).
+        enabled: resume when True (bundle key ``resume``); when False the handler does nothing.
+        map_location: device for the loaded tensors. Defaults to "cpu".
+        prefix: checkpoint file prefix. Defaults to "checkpoint".
+        transforms: the training transforms whose random states are restored.
+    """
+
+    def __init__(
+        self,
+        ckpt_dir: str,
+        load_dict: Mapping[str, Any],
+        enabled: bool = True,
+        map_location: str | torch.device = "cpu",
+        prefix: str = "checkpoint",
+        transforms: Any = None,
+    ) -> None:
+        self.ckpt_dir, self.load_dict, self.enabled = ckpt_dir, dict(load_dict), enabled
+        self.map_location, self.prefix, self.transforms = map_location, prefix, transforms
+        self.loaded_from: Path | None = None
+
+    def attach(self, engine: Engine) -> None:
+        if self.enabled:
+            engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        path = latest_checkpoint(self.ckpt_dir, self.prefix)
+        if path is None:
+            logger.warning("resume requested but no checkpoint in %s: starting from scratch.", self.ckpt_dir)
+            return
+        checkpoint = load_weights(path, self.map_location)
+        to_load = {**self.load_dict, "trainer": engine}
+        missing = [key for key in to_load if key not in checkpoint]
+        if missing:
+            raise CheckpointError(f"{path}: cannot resume, the checkpoint lacks {missing} (it has {list(checkpoint)}).")
+        max_epochs = engine.state.max_epochs
+        checkpoint["trainer"]["max_epochs"] = max_epochs  # the planned length wins over the checkpoint's
+        Checkpoint.load_objects(to_load=to_load, checkpoint=checkpoint)
+        if "rng" in checkpoint:
+            set_rng_state(checkpoint["rng"], engine, self.transforms)
+        self.loaded_from = path
+        logger.info("resumed from %s at epoch %d, iteration %d", path, engine.state.epoch, engine.state.iteration)

@@ -1,0 +1,190 @@
+"""The HPM training iteration as a MONAI ``SupervisedTrainer``: teacher pass, hard-patch mask, student step."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from ignite.engine import Engine
+from monai.engines import SupervisedTrainer
+from monai.engines.utils import IterationEvents
+from monai.utils import CommonKeys as Keys
+
+from selfmedhpm.ema import EMATeacher, unwrap
+from selfmedhpm.losses import HPMLoss
+from selfmedhpm.masking import hard_patch_mask, hard_ratio_at
+
+__all__ = ["NonFiniteLossError", "autocast", "check_finite", "HPMTrainer"]
+
+_DTYPES = {"fp32": None, "float32": None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16}
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or Inf; training stops before the weights (and any checkpoint) are spoiled."""
+
+
+def autocast(device: torch.device | str, precision: str | None) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` for ``precision`` in {"fp32", "bf16", "fp16"} on the device's type; fp32 is a no-op.
+
+    Examples::
+
+        >>> with autocast("cpu", "bf16"):
+        ...     (torch.ones(2, 2) @ torch.ones(2, 2)).dtype
+        torch.bfloat16
+    """
+    key = (precision or "fp32").lower()
+    if key not in _DTYPES:
+        raise ValueError(f"precision must be one of {sorted(_DTYPES)}, got {precision!r}.")
+    dtype = _DTYPES[key]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=dtype)
+
+
+def check_finite(loss: torch.Tensor, engine: Engine) -> None:
+    """Raises :class:`NonFiniteLossError` naming the epoch and iteration when ``loss`` is NaN or Inf."""
+    if not torch.isfinite(loss).all():
+        raise NonFiniteLossError(
+            f"non-finite loss ({loss.item()}) at epoch {engine.state.epoch}, iteration {engine.state.iteration}: "
+            "training stopped before the weights were updated; the last checkpoint is intact. Lower the learning "
+            "rate, check the input intensities (the data check reports NaN/Inf voxels), or use fp32."
+        )
+
+
+class HPMTrainer(SupervisedTrainer):
+    """One HPM iteration per batch (Wang et al., CVPR 2023), on MONAI's ``SupervisedTrainer`` so that MONAI handlers
+    (stats, checkpoints, lr schedules, MLflow) work unchanged.
+
+    Per iteration: (1) the EMA teacher's loss predictor scores all L patches of the full crop (inference mode,
+    no reconstructor, optionally in reduced precision); (2) :func:`hard_patch_mask` masks the ``int(K * alpha_e)``
+    highest-scored patches plus random others, ``alpha_e = final_hard_ratio * epoch / max_epochs``; (3) the student
+    reconstructs and predicts losses, ``L = L_rec + lambda * L_pred``; (4) optimiser step. The EMA update runs after
+    the iteration in :class:`~selfmedhpm.ema.EMATeacher` (a handler).
+
+    ``engine.state.output`` holds ``image``, ``loss``, ``rec_loss``, ``pred_loss`` and ``hard_ratio``.
+
+    Args:
+        device: training device.
+        max_epochs: E.
+        train_data_loader: batches with an ``image`` key (labels are not used).
+        network: the student :class:`~selfmedhpm.networks.HPMMaskedAutoEncoder` (DDP-wrapped is fine).
+        optimizer: optimiser of the student.
+        loss_function: an :class:`~selfmedhpm.losses.HPMLoss`.
+        teacher: the :class:`~selfmedhpm.ema.EMATeacher` of the student.
+        mask_ratio: gamma. Defaults to 0.75.
+        final_hard_ratio: alpha_T. Defaults to 0.5.
+        precision: student precision, "fp32", "bf16" (CPU or GPU autocast) or "fp16" (GPU, with a grad scaler).
+        teacher_precision: precision of the teacher pass, e.g. "bf16" where the hardware has it. Defaults to
+            ``precision``.
+        seed: seed of the mask generator; each rank adds its rank, so ranks draw different random patches.
+        train_handlers: ignite handlers, as in ``SupervisedTrainer``.
+        kwargs: the other ``SupervisedTrainer`` arguments (``epoch_length``, ``key_train_metric``, ...).
+    """
+
+    def __init__(
+        self,
+        device: torch.device | str,
+        max_epochs: int,
+        train_data_loader: Any,
+        network: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loss_function: HPMLoss,
+        teacher: EMATeacher,
+        mask_ratio: float = 0.75,
+        final_hard_ratio: float = 0.5,
+        precision: str = "fp32",
+        teacher_precision: str | None = None,
+        seed: int = 0,
+        train_handlers: Sequence | None = None,
+        **kwargs: Any,
+    ) -> None:
+        device = torch.device(device)
+        autocast(device, precision), autocast(device, teacher_precision)  # validate early
+        self.teacher = teacher.to(device)
+        self.mask_ratio, self.final_hard_ratio = mask_ratio, final_hard_ratio
+        self.precision = precision
+        self.teacher_precision = teacher_precision or precision
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        self.mask_generator = torch.Generator(device=device).manual_seed(seed + rank)
+        use_scaler = device.type == "cuda" and precision.lower() == "fp16"
+        self.grad_scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+        super().__init__(
+            device=device,
+            max_epochs=max_epochs,
+            train_data_loader=train_data_loader,
+            network=network,
+            optimizer=optimizer,
+            loss_function=loss_function,
+            train_handlers=train_handlers,
+            **kwargs,
+        )
+
+    def hard_ratio(self, engine: Engine) -> float:
+        """alpha_e of the current epoch."""
+        return hard_ratio_at(engine.state.epoch - 1, engine.state.max_epochs, self.final_hard_ratio)
+
+    def teacher_scores(self, images: torch.Tensor) -> torch.Tensor:
+        """Teacher's predicted per-patch loss ``[N, L]`` for full crops, in inference mode."""
+        with torch.inference_mode(), autocast(images.device, self.teacher_precision):
+            scores = self.teacher.module.predict_patch_loss(images)
+        return scores.float().clone()  # a normal tensor, usable outside inference mode
+
+    def _iteration(self, engine: HPMTrainer, batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        images = batchdata[Keys.IMAGE]
+        images = images.as_tensor() if hasattr(images, "as_tensor") else images
+        images = images.to(engine.state.device, non_blocking=engine.non_blocking)  # [N, C, H, W, D]
+
+        hard_ratio = self.hard_ratio(engine)
+        scores = self.teacher_scores(images)  # [N, L]
+        mask = hard_patch_mask(scores, self.mask_ratio, hard_ratio, self.mask_generator)  # [N, L], True = masked
+
+        engine.network.train()
+        engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+        with autocast(images.device, self.precision):
+            reconstruction, predicted_loss = engine.network(images, mask)
+            engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+            losses = engine.loss_function(reconstruction, predicted_loss, images, mask)
+        loss = losses["loss"]
+        check_finite(loss, engine)
+        engine.fire_event(IterationEvents.LOSS_COMPLETED)
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            self.grad_scaler.step(engine.optimizer)
+            self.grad_scaler.update()
+        else:
+            loss.backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            engine.optimizer.step()
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        engine.state.output = {
+            Keys.IMAGE: images,
+            Keys.LOSS: loss.detach(),
+            "rec_loss": losses["rec_loss"].item(),
+            "pred_loss": losses["pred_loss"].item(),
+            "hard_ratio": hard_ratio,
+            "mask": mask,
+        }
+        return engine.state.output
+
+
+def student(engine: SupervisedTrainer) -> torch.nn.Module:
+    """The student network of ``engine`` without its DDP wrapper."""
+    return unwrap(engine.network)
+
+
+def output_scalars(keys: Sequence[str]) -> Callable[[dict], dict[str, float]]:
+    """``output_transform`` picking float scalars from ``engine.state.output`` (for stats / MLflow handlers)."""
+
+    def _pick(output: dict) -> dict[str, float]:
+        picked = {}
+        for key in keys:
+            value = output[key]
+            picked[key] = float(value.item() if isinstance(value, torch.Tensor) else value)
+        return picked
+
+    return _pick

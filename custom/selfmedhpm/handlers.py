@@ -1,0 +1,148 @@
+"""Ignite handlers of the bundles: per-epoch history and the pretraining bundle's model export."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from ignite.engine import Engine, Events
+
+from selfmedhpm.checkpoint import save_atomic
+from selfmedhpm.ema import EMATeacher, unwrap
+from selfmedhpm.transfer import encoder_state_dict
+
+__all__ = ["is_rank0", "write_json_atomic", "HistoryRecorder", "PretrainExporter"]
+
+logger = logging.getLogger(__name__)
+
+
+def is_rank0() -> bool:
+    """True outside torch.distributed and on rank 0."""
+    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or (
+        torch.distributed.get_rank() == 0
+    )
+
+
+def write_json_atomic(obj: object, path: str | os.PathLike) -> Path:
+    """Writes JSON to a temporary file and renames it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+    return path
+
+
+class HistoryRecorder:
+    """Records per-epoch means of scalar outputs, the learning rate, epoch time and (optionally) an evaluator's
+    metrics, and writes them as a JSON list to ``path`` after every epoch (rank 0 only).
+
+    Args:
+        path: the JSON file, e.g. ``models/history.json``.
+        output_keys: scalar keys of ``engine.state.output`` to average over each epoch.
+        optimizer: its first group's lr is recorded when given.
+        evaluator: its ``state.metrics`` (e.g. validation Dice) are copied into the epoch record when given.
+        resume: when the file exists at start, keep the records of epochs before the engine's start epoch.
+
+    Examples::
+
+        >>> import tempfile
+        >>> from ignite.engine import Engine
+        >>> engine = Engine(lambda e, b: {"loss": float(b)})
+        >>> path = Path(tempfile.mkdtemp()) / "history.json"
+        >>> HistoryRecorder(path, ["loss"]).attach(engine)
+        >>> _ = engine.run([1.0, 3.0], max_epochs=2)
+        >>> [r["loss"] for r in json.loads(path.read_text())]
+        [2.0, 2.0]
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        output_keys: Sequence[str] = ("loss",),
+        optimizer: torch.optim.Optimizer | None = None,
+        evaluator: Engine | None = None,
+        resume: bool = True,
+    ) -> None:
+        self.path = Path(path)
+        self.output_keys = list(output_keys)
+        self.optimizer, self.evaluator, self.resume = optimizer, evaluator, resume
+        self.records: list[dict] = []
+        self._sums: dict[str, float] = defaultdict(float)
+        self._count = 0
+        self._start = time.perf_counter()
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._started)
+        engine.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._iteration)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
+
+    def _started(self, engine: Engine) -> None:
+        self.records = []
+        if self.resume and self.path.is_file() and engine.state.epoch > 0:
+            self.records = [r for r in json.loads(self.path.read_text()) if r["epoch"] <= engine.state.epoch]
+
+    def _epoch_started(self, engine: Engine) -> None:
+        self._sums.clear()
+        self._count = 0
+        self._start = time.perf_counter()
+
+    def _iteration(self, engine: Engine) -> None:
+        output = engine.state.output
+        for key in self.output_keys:
+            value = output[key]
+            self._sums[key] += float(value.item() if isinstance(value, torch.Tensor) else value)
+        self._count += 1
+
+    def _epoch_completed(self, engine: Engine) -> None:
+        record: dict = {"epoch": engine.state.epoch, "iterations": self._count}
+        record.update({k: v / max(self._count, 1) for k, v in self._sums.items()})
+        if self.optimizer is not None:
+            record["lr"] = self.optimizer.param_groups[0]["lr"]
+        if self.evaluator is not None and self.evaluator.state.metrics:
+            record.update({k: _plain(v) for k, v in self.evaluator.state.metrics.items()})
+        record["seconds"] = time.perf_counter() - self._start
+        self.records.append(record)
+        if is_rank0():
+            write_json_atomic(self.records, self.path)
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, torch.Tensor):
+        return value.tolist() if value.numel() > 1 else value.item()
+    return value
+
+
+class PretrainExporter:
+    """Writes the pretraining results after each ``interval`` epochs and at the end (rank 0, atomic):
+    ``model.pt`` (the student's full state), ``teacher.pt`` (the EMA teacher's full state) and ``encoder.pt``
+    (the student's encoder in ``UNETR.vit`` layout), all plain tensor state dicts.
+
+    Args:
+        output_dir: folder of the files (the bundle's ``models/`` by default).
+        teacher: the EMA teacher.
+        interval: epochs between exports. Defaults to 1.
+    """
+
+    def __init__(self, output_dir: str | os.PathLike, teacher: EMATeacher, interval: int = 1) -> None:
+        self.output_dir, self.teacher, self.interval = Path(output_dir), teacher, interval
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if not is_rank0():
+            return
+        student = unwrap(engine.network)
+        save_atomic({k: v.detach().cpu() for k, v in student.state_dict().items()}, self.output_dir / "model.pt")
+        save_atomic({k: v.detach().cpu() for k, v in self.teacher.state_dict().items()}, self.output_dir / "teacher.pt")
+        save_atomic(encoder_state_dict(student), self.output_dir / "encoder.pt")
+        logger.info("epoch %d: wrote model.pt, teacher.pt, encoder.pt to %s", engine.state.epoch, self.output_dir)

@@ -1,0 +1,154 @@
+"""Losses of HPM pretraining: per-patch reconstruction error and the relative loss-prediction (ranking) loss."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+__all__ = ["patchify", "unpatchify", "patch_targets", "per_patch_loss", "relative_loss_prediction", "HPMLoss"]
+
+
+def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Cuts ``[N, C, H, W, D]`` volumes into ``[N, L, p^3 * C]`` patches in the token order of MONAI's
+    ``PatchEmbeddingBlock`` (conv projection, flattened H-major).
+
+    Args:
+        images: ``[N, C, H, W, D]`` with every spatial size divisible by ``patch_size``.
+        patch_size: p, the cubic patch edge in voxels.
+
+    Examples::
+
+        >>> patchify(torch.zeros(2, 1, 32, 32, 16), 16).shape
+        torch.Size([2, 4, 4096])
+    """
+    n, c, h, w, d = images.shape
+    p = patch_size
+    if h % p or w % p or d % p:
+        raise ValueError(f"spatial size {(h, w, d)} must be divisible by patch_size {p}.")
+    x = images.reshape(n, c, h // p, p, w // p, p, d // p, p)
+    x = x.permute(0, 2, 4, 6, 3, 5, 7, 1)  # [N, gh, gw, gd, p, p, p, C]
+    return x.reshape(n, (h // p) * (w // p) * (d // p), p**3 * c)
+
+
+def unpatchify(patches: torch.Tensor, grid: tuple[int, int, int], patch_size: int, channels: int = 1) -> torch.Tensor:
+    """Inverse of :func:`patchify`: ``[N, L, p^3 * C]`` -> ``[N, C, H, W, D]``.
+
+    Args:
+        patches: ``[N, L, p^3 * C]`` with ``L = prod(grid)``.
+        grid: patches per axis ``(gh, gw, gd)``.
+        patch_size: p.
+        channels: C.
+
+    Examples::
+
+        >>> x = torch.rand(1, 1, 32, 32, 16)
+        >>> torch.equal(unpatchify(patchify(x, 16), (2, 2, 1), 16), x)
+        True
+    """
+    n = patches.shape[0]
+    gh, gw, gd = grid
+    p = patch_size
+    x = patches.reshape(n, gh, gw, gd, p, p, p, channels)
+    x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)  # [N, C, gh, p, gw, p, gd, p]
+    return x.reshape(n, channels, gh * p, gw * p, gd * p)
+
+
+def patch_targets(images: torch.Tensor, patch_size: int, normalize: bool = True, eps: float = 1e-6) -> torch.Tensor:
+    """Reconstruction targets ``[N, L, p^3 * C]``: raw voxels, or per-patch normalised (SelfMedMAE's choice).
+
+    Args:
+        images: ``[N, C, H, W, D]``.
+        patch_size: p.
+        normalize: subtract each patch's mean and divide by its standard deviation.
+        eps: added to the variance.
+    """
+    target = patchify(images.float(), patch_size)
+    if normalize:
+        mean = target.mean(dim=-1, keepdim=True)
+        var = target.var(dim=-1, keepdim=True, unbiased=False)
+        target = (target - mean) / (var + eps).sqrt()
+    return target
+
+
+def per_patch_loss(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error per patch: ``[N, L, P]`` x2 -> ``[N, L]``."""
+    return (reconstruction.float() - target).pow(2).mean(dim=-1)
+
+
+def relative_loss_prediction(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """HPM's relative (pairwise ranking) loss-prediction objective.
+
+    For every ordered pair (j, k) of patches of the same image whose true losses differ, with
+    ``s = sigmoid(p_k - p_j)``: ``-log(s + 1e-6)`` if ``l_k > l_j`` and ``-log(1 - s + 1e-6)`` if ``l_k < l_j``.
+    The sum over the batch is divided by the number of non-tied ordered pairs; tied pairs are excluded and the
+    result is 0 when no pair is untied. ``target`` is detached.
+
+    Args:
+        predicted: ``[N, M]`` predicted losses p of the M masked patches of each image.
+        target: ``[N, M]`` true reconstruction losses l of the same patches.
+
+    Examples::
+
+        >>> p = torch.tensor([[0.0, 1.0, 2.0]])
+        >>> relative_loss_prediction(p, torch.tensor([[1.0, 2.0, 3.0]])) < relative_loss_prediction(-p, p + 1)
+        tensor(True)
+    """
+    if predicted.shape != target.shape or predicted.ndim != 2:
+        raise ValueError(f"predicted and target must both be [N, M], got {predicted.shape} and {target.shape}.")
+    target = target.detach().float()
+    predicted = predicted.float()
+    # [N, M, M]: entry (j, k) compares patch k with patch j
+    s = torch.sigmoid(predicted[:, None, :] - predicted[:, :, None])
+    harder = (target[:, None, :] > target[:, :, None]).float()
+    easier = (target[:, None, :] < target[:, :, None]).float()
+    terms = -harder * torch.log(s + 1e-6) - easier * torch.log(1 - s + 1e-6)
+    pairs = harder.sum() + easier.sum()
+    if pairs == 0:
+        return terms.sum() * 0.0
+    return terms.sum() / pairs
+
+
+class HPMLoss(nn.Module):
+    """Total HPM loss ``L = L_rec + lambda * L_pred`` from the student's outputs and the mask.
+
+    Args:
+        patch_size: p, to cut the targets.
+        norm_pix_loss: per-patch normalised targets (True, SelfMedMAE) or raw voxels (False, HPM's default).
+        pred_weight: lambda, the weight of the loss-prediction term. Defaults to 1 (HPM).
+
+    Returns from ``forward``: a dict with ``loss`` (to back-propagate), ``rec_loss``, ``pred_loss`` (detached) and
+    ``patch_loss`` ``[N, L]`` (detached true per-patch losses).
+
+    Examples::
+
+        >>> loss = HPMLoss(patch_size=16)
+        >>> images, mask = torch.rand(2, 1, 32, 32, 32), torch.zeros(2, 8, dtype=torch.bool)
+        >>> mask[:, :6] = True
+        >>> out = loss(torch.rand(2, 8, 4096), torch.rand(2, 8), images, mask)
+        >>> sorted(out)
+        ['loss', 'patch_loss', 'pred_loss', 'rec_loss']
+    """
+
+    def __init__(self, patch_size: int = 16, norm_pix_loss: bool = True, pred_weight: float = 1.0) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.norm_pix_loss = norm_pix_loss
+        self.pred_weight = pred_weight
+
+    def forward(
+        self, reconstruction: torch.Tensor, predicted_loss: torch.Tensor, images: torch.Tensor, mask: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        n = images.shape[0]
+        target = patch_targets(images, self.patch_size, self.norm_pix_loss)  # [N, L, P]
+        patch_loss = per_patch_loss(reconstruction, target)  # [N, L]
+        rec_loss = patch_loss[mask].mean()
+        masked_true = patch_loss[mask].view(n, -1)  # [N, K]
+        masked_pred = predicted_loss[mask].view(n, -1)  # [N, K]
+        pred_loss = relative_loss_prediction(masked_pred, masked_true)
+        loss = rec_loss + self.pred_weight * pred_loss
+        return {
+            "loss": loss,
+            "rec_loss": rec_loss.detach(),
+            "pred_loss": pred_loss.detach(),
+            "patch_loss": patch_loss.detach(),
+        }

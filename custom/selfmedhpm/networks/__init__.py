@@ -1,0 +1,3 @@
+from .hpm_vit import HPMEncoder, HPMMaskedAutoEncoder, PatchLossMap
+
+__all__ = ["HPMEncoder", "HPMMaskedAutoEncoder", "PatchLossMap"]

@@ -1,0 +1,102 @@
+"""Weight transfer: the pretrained HPM encoder into MONAI's ``UNETR``, strictly, with position-embedding
+interpolation when the fine-tuning crop differs from the pretraining crop."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from selfmedhpm.checkpoint import CheckpointError, load_weights
+from selfmedhpm.ema import unwrap
+
+__all__ = ["EncoderMismatchError", "encoder_state_dict", "interpolate_pos_embed", "load_pretrained_encoder"]
+
+logger = logging.getLogger(__name__)
+POS_KEY = "patch_embedding.position_embeddings"
+
+
+class EncoderMismatchError(CheckpointError):
+    """A pretrained encoder that does not fit the network; the message lists what did not match."""
+
+
+def encoder_state_dict(network: nn.Module) -> dict[str, torch.Tensor]:
+    """The encoder of an :class:`~selfmedhpm.networks.HPMMaskedAutoEncoder` in the key layout of
+    ``UNETR(...).vit`` (``patch_embedding.*``, ``blocks.i.*``, ``norm.*``), as plain CPU tensors."""
+    return {k: v.detach().cpu().clone() for k, v in unwrap(network).encoder.state_dict().items()}
+
+
+def interpolate_pos_embed(pos: torch.Tensor, new_grid: tuple[int, int, int]) -> torch.Tensor:
+    """Trilinear resampling of ``[1, L, D]`` position embeddings from a cubic-or-not source grid to ``new_grid``.
+    The source grid is inferred as the cube root of L when cubic.
+
+    Examples::
+
+        >>> interpolate_pos_embed(torch.rand(1, 27, 6), (4, 4, 2)).shape
+        torch.Size([1, 32, 6])
+    """
+    length, width = pos.shape[1], pos.shape[2]
+    side = round(length ** (1 / 3))
+    if side**3 != length:
+        raise EncoderMismatchError(f"cannot infer the grid of {length} position embeddings (not a cube).")
+    grid = pos.reshape(1, side, side, side, width).permute(0, 4, 1, 2, 3).float()  # [1, D, g, g, g]
+    grid = F.interpolate(grid, size=tuple(new_grid), mode="trilinear", align_corners=False)
+    return grid.permute(0, 2, 3, 4, 1).reshape(1, -1, width).to(pos.dtype)
+
+
+def _describe(expected: Mapping[str, torch.Size], found: Mapping[str, torch.Size], source: str) -> str | None:
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    shapes = [f"{k}: expected {tuple(expected[k])}, found {tuple(found[k])}" for k in expected if k in found and expected[k] != found[k]]
+    if not (missing or unexpected or shapes):
+        return None
+    lines = [f"{source} does not fit the network's ViT encoder:"]
+    for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
+        if items:
+            shown = ", ".join(items[:20]) + (f" ... and {len(items) - 20} more" if len(items) > 20 else "")
+            lines.append(f"  {title} ({len(items)}): {shown}")
+    return "\n".join(lines)
+
+
+def load_pretrained_encoder(network: nn.Module, path: str | os.PathLike, vit_attr: str = "vit") -> nn.Module:
+    """Loads an encoder file (from the pretraining bundle's ``models/encoder.pt``) into ``network.vit`` strictly.
+
+    Every ViT tensor must be in the file with the right shape, except that position embeddings of another grid are
+    interpolated to the network's grid. A file holding a full pretraining model (``encoder.`` prefixed keys) is
+    accepted too. Anything else raises :class:`EncoderMismatchError` listing the missing, unexpected and
+    mismatched keys: a pretrained file is never silently ignored.
+
+    Args:
+        network: a ``UNETR`` (or a DDP wrapper of one).
+        path: the encoder file; loaded with ``weights_only=True``.
+        vit_attr: attribute of the ViT in ``network``. Defaults to "vit".
+
+    Returns:
+        ``network``, for use in config expressions.
+    """
+    vit = getattr(unwrap(network), vit_attr)
+    state = load_weights(path)
+    if not isinstance(state, Mapping):
+        raise EncoderMismatchError(f"{path}: expected a state dict of tensors, found {type(state).__name__}.")
+    if not any(k.startswith("patch_embedding.") for k in state) and any(k.startswith("encoder.") for k in state):
+        state = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
+    state = dict(state)
+    expected = vit.state_dict()
+    if POS_KEY in state and POS_KEY in expected and state[POS_KEY].shape != expected[POS_KEY].shape:
+        old_shape = tuple(state[POS_KEY].shape)
+        if old_shape[-1] == expected[POS_KEY].shape[-1]:
+            grid = tuple(unwrap(network).feat_size)  # UNETR's token grid
+            state[POS_KEY] = interpolate_pos_embed(state[POS_KEY], grid)
+            logger.info("interpolated position embeddings %s -> %s", old_shape, tuple(state[POS_KEY].shape))
+    problem = _describe(
+        {k: v.shape for k, v in expected.items()}, {k: getattr(v, "shape", None) for k, v in state.items()}, str(path)
+    )
+    if problem:
+        raise EncoderMismatchError(problem)
+    vit.load_state_dict(state, strict=True)
+    logger.info("loaded pretrained encoder from %s (%d tensors)", path, len(state))
+    return network
