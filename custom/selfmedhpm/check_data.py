@@ -584,3 +584,26 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def usable_images(paths: Sequence[str], check_intensity: bool = True, max_workers: int = 1) -> list[str]:
+    """The inference inputs that pass :func:`check_image_files`; each one that fails is reported (logged as an
+    error naming the file and the problem) and skipped, so one bad case does not cost the others' outputs.
+    Raises :class:`DataCheckError` when no input is usable.
+
+    Args:
+        paths: image files (or DICOM folders).
+        check_intensity: also load the voxels (NaN/Inf, non-HU intensities).
+        max_workers: threads checking files in parallel.
+    """
+    paths = [str(p) for p in paths]
+    problems = check_image_files(paths, check_intensity=check_intensity, max_workers=max_workers)
+    bad = {p.path for p in problems if p.severity == "error"}
+    for problem in problems:
+        (logger.error if problem.severity == "error" else logger.warning)("%s", problem)
+        if problem.severity == "error":
+            print(f"skipping {problem}", file=sys.stderr, flush=True)
+    good = [p for p in paths if p not in bad]
+    if not good:
+        raise DataCheckError(problems or [Problem("(inputs)", "no input images given")], "the inference inputs")
+    return good

@@ -61,7 +61,7 @@ class HPMTrainer(SupervisedTrainer):
     no reconstructor, optionally in reduced precision); (2) :func:`hard_patch_mask` masks the ``int(K * alpha_e)``
     highest-scored patches plus random others, ``alpha_e = final_hard_ratio * epoch / max_epochs``; (3) the student
     reconstructs and predicts losses, ``L = L_rec + lambda * L_pred``; (4) optimiser step. The EMA update runs after
-    the iteration in :class:`~selfmedhpm.ema.EMATeacher` (a handler).
+    the iteration: the trainer attaches its :class:`~selfmedhpm.ema.EMATeacher` as a handler.
 
     ``engine.state.output`` holds ``image``, ``loss``, ``rec_loss``, ``pred_loss`` and ``hard_ratio``.
 
@@ -120,6 +120,7 @@ class HPMTrainer(SupervisedTrainer):
             train_handlers=train_handlers,
             **kwargs,
         )
+        self.teacher.attach(self)  # EMA update after every iteration, epoch-end rank check
 
     def hard_ratio(self, engine: Engine) -> float:
         """alpha_e of the current epoch."""

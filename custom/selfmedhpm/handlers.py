@@ -17,7 +17,7 @@ from selfmedhpm.checkpoint import save_atomic
 from selfmedhpm.ema import EMATeacher, unwrap
 from selfmedhpm.transfer import encoder_state_dict
 
-__all__ = ["is_rank0", "write_json_atomic", "HistoryRecorder", "PretrainExporter"]
+__all__ = ["is_rank0", "write_json_atomic", "HistoryRecorder", "PretrainExporter", "CaseProgress", "batch_images"]
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +114,19 @@ class HistoryRecorder:
             write_json_atomic(self.records, self.path)
 
 
+def batch_images(engine: Engine, key: str = "image") -> list[tuple[str, torch.Tensor]]:
+    """``(file name, image [C, H, W, D])`` of each item of the engine's current batch, whether the batch is still
+    collated (a dict) or already decollated by MONAI's workflow (a list of dicts)."""
+    batch = engine.state.batch
+    items = batch if isinstance(batch, list) else [{key: image} for image in batch[key]]
+    found = []
+    for i, item in enumerate(items):
+        image = item[key]
+        name = getattr(image, "meta", {}).get("filename_or_obj", f"case{engine.state.iteration}_{i}")
+        found.append((str(name), image))
+    return found
+
+
 def _plain(value: object) -> object:
     if isinstance(value, torch.Tensor):
         return value.tolist() if value.numel() > 1 else value.item()
@@ -146,3 +159,30 @@ class PretrainExporter:
         save_atomic({k: v.detach().cpu() for k, v in self.teacher.state_dict().items()}, self.output_dir / "teacher.pt")
         save_atomic(encoder_state_dict(student), self.output_dir / "encoder.pt")
         logger.info("epoch %d: wrote model.pt, teacher.pt, encoder.pt to %s", engine.state.epoch, self.output_dir)
+
+
+class CaseProgress:
+    """Prints one line per inferred case: ``[i/N] <input file> (seconds)``, so long folder runs show progress.
+
+    Args:
+        total: number of cases, for the ``i/N`` counter.
+        output_dir: where the outputs go, printed with each line.
+    """
+
+    def __init__(self, total: int | None = None, output_dir: str | os.PathLike | None = None) -> None:
+        self.total, self.output_dir = total, output_dir
+        self._start = time.perf_counter()
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_STARTED, self._started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def _started(self, engine: Engine) -> None:
+        self._start = time.perf_counter()
+
+    def __call__(self, engine: Engine) -> None:
+        seconds = time.perf_counter() - self._start
+        total = self.total or engine.state.epoch_length
+        for name, _ in batch_images(engine):
+            target = f" -> {self.output_dir}" if self.output_dir else ""
+            print(f"[{engine.state.iteration}/{total}] {name} ({seconds:.1f} s){target}", flush=True)

@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from selfmedhpm.check_data import describe_state_dict_mismatch
 from selfmedhpm.checkpoint import CheckpointError, load_weights
 from selfmedhpm.ema import unwrap
 
@@ -48,20 +49,6 @@ def interpolate_pos_embed(pos: torch.Tensor, new_grid: tuple[int, int, int]) -> 
     return grid.permute(0, 2, 3, 4, 1).reshape(1, -1, width).to(pos.dtype)
 
 
-def _describe(expected: Mapping[str, torch.Size], found: Mapping[str, torch.Size], source: str) -> str | None:
-    missing = [k for k in expected if k not in found]
-    unexpected = [k for k in found if k not in expected]
-    shapes = [f"{k}: expected {tuple(expected[k])}, found {tuple(found[k])}" for k in expected if k in found and expected[k] != found[k]]
-    if not (missing or unexpected or shapes):
-        return None
-    lines = [f"{source} does not fit the network's ViT encoder:"]
-    for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
-        if items:
-            shown = ", ".join(items[:20]) + (f" ... and {len(items) - 20} more" if len(items) > 20 else "")
-            lines.append(f"  {title} ({len(items)}): {shown}")
-    return "\n".join(lines)
-
-
 def load_pretrained_encoder(network: nn.Module, path: str | os.PathLike, vit_attr: str = "vit") -> nn.Module:
     """Loads an encoder file (from the pretraining bundle's ``models/encoder.pt``) into ``network.vit`` strictly.
 
@@ -92,7 +79,7 @@ def load_pretrained_encoder(network: nn.Module, path: str | os.PathLike, vit_att
             grid = tuple(unwrap(network).feat_size)  # UNETR's token grid
             state[POS_KEY] = interpolate_pos_embed(state[POS_KEY], grid)
             logger.info("interpolated position embeddings %s -> %s", old_shape, tuple(state[POS_KEY].shape))
-    problem = _describe(
+    problem = describe_state_dict_mismatch(
         {k: v.shape for k, v in expected.items()}, {k: getattr(v, "shape", None) for k, v in state.items()}, str(path)
     )
     if problem:

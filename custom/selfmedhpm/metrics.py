@@ -1,0 +1,58 @@
+"""How well the loss predictor ranks patches: Kendall's tau between predicted and true per-patch losses."""
+
+from __future__ import annotations
+
+import torch
+
+from selfmedhpm.ema import unwrap
+from selfmedhpm.losses import patch_targets, per_patch_loss
+from selfmedhpm.masking import hard_patch_mask
+
+__all__ = ["kendall_tau", "loss_prediction_tau"]
+
+
+def kendall_tau(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Kendall's tau-a of two 1-D tensors (concordant minus discordant pairs over all pairs).
+
+    Examples::
+
+        >>> kendall_tau(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([10.0, 20.0, 30.0]))
+        1.0
+        >>> kendall_tau(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([3.0, 2.0, 1.0]))
+        -1.0
+    """
+    if a.ndim != 1 or a.shape != b.shape or a.numel() < 2:
+        raise ValueError(f"need two 1-D tensors of the same length >= 2, got {tuple(a.shape)} and {tuple(b.shape)}.")
+    da = torch.sign(a[:, None] - a[None, :])
+    db = torch.sign(b[:, None] - b[None, :])
+    n = a.numel()
+    return float((da * db).sum() / (n * (n - 1)))
+
+
+@torch.no_grad()
+def loss_prediction_tau(
+    net: torch.nn.Module, images: torch.Tensor, mask_ratio: float = 0.75, trials: int = 4, seed: int = 0
+) -> float:
+    """Mean Kendall tau, over images and random masks, between the loss predictor's output and the true
+    reconstruction loss of the masked patches: > 0 means the predictor ranks patches better than chance.
+
+    Args:
+        net: an :class:`~selfmedhpm.networks.HPMMaskedAutoEncoder`.
+        images: held-out crops ``[N, C, H, W, D]`` of the network's input size.
+        mask_ratio: gamma.
+        trials: random masks per image.
+        seed: seed of the masks.
+    """
+    net = unwrap(net)
+    was_training = net.training
+    net.eval()
+    generator = torch.Generator(device=images.device).manual_seed(seed)
+    taus = []
+    for _ in range(trials):
+        mask = hard_patch_mask(torch.zeros(images.shape[0], net.num_patches), mask_ratio, 0.0, generator)
+        reconstruction, predicted = net(images, mask)
+        true_loss = per_patch_loss(reconstruction, patch_targets(images, net.patch_size))
+        for i in range(images.shape[0]):
+            taus.append(kendall_tau(predicted[i][mask[i]].float(), true_loss[i][mask[i]]))
+    net.train(was_training)
+    return sum(taus) / len(taus)

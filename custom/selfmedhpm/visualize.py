@@ -1,0 +1,138 @@
+"""What HPM does, as a picture: CT slices, the mask the teacher chooses, the reconstruction and the heat map."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from ignite.engine import Engine, Events  # noqa: E402
+
+from selfmedhpm.ema import unwrap  # noqa: E402
+from selfmedhpm.handlers import batch_images  # noqa: E402
+from selfmedhpm.masking import hard_patch_mask  # noqa: E402
+from selfmedhpm.networks import HPMMaskedAutoEncoder  # noqa: E402
+
+__all__ = ["center_crop", "hpm_views", "plot_hpm_figure", "HPMFigureSaver"]
+
+logger = logging.getLogger(__name__)
+
+
+def center_crop(volume: torch.Tensor, roi_size: Sequence[int]) -> torch.Tensor:
+    """Central ``roi_size`` crop of ``[N, C, H, W, D]``, zero-padded where the volume is smaller."""
+    pads = []
+    for size, roi in zip(reversed(volume.shape[2:]), reversed(list(roi_size))):
+        missing = max(roi - size, 0)
+        pads += [missing // 2, missing - missing // 2]
+    volume = F.pad(volume, pads)
+    starts = [(s - r) // 2 for s, r in zip(volume.shape[2:], roi_size)]
+    return volume[
+        :, :, starts[0] : starts[0] + roi_size[0], starts[1] : starts[1] + roi_size[1], starts[2] : starts[2] + roi_size[2]
+    ]
+
+
+@torch.no_grad()
+def hpm_views(
+    net: HPMMaskedAutoEncoder, crop: torch.Tensor, mask_ratio: float = 0.75, hard_ratio: float = 0.5, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Volumes ``[H, W, D]`` of one crop ``[1, C, H, W, D]``: the image, the HPM mask (1 = masked), the
+    reconstruction (visible patches pasted) and the predicted per-patch loss."""
+    net = unwrap(net).eval()
+    scores = net.predict_patch_loss(crop).float()  # [1, L]
+    generator = torch.Generator(device=crop.device).manual_seed(seed)
+    mask = hard_patch_mask(scores, mask_ratio, hard_ratio, generator)  # [1, L]
+    recon = net.reconstruct_volume(crop, mask)
+    p = net.patch_size
+
+    def to_voxels(per_patch: torch.Tensor) -> np.ndarray:
+        grid = per_patch.reshape(1, 1, *net.grid).float()
+        return F.interpolate(grid, scale_factor=p, mode="nearest")[0, 0].cpu().numpy()
+
+    return {
+        "image": crop[0, 0].float().cpu().numpy(),
+        "mask": to_voxels(mask.float()),
+        "reconstruction": recon[0, 0].float().cpu().numpy(),
+        "heatmap": to_voxels(scores),
+    }
+
+
+def plot_hpm_figure(views: dict[str, np.ndarray], path: str | os.PathLike, title: str = "") -> Path:
+    """PNG with rows of axial and coronal slices (two of each) and columns CT | mask | reconstruction | heat map."""
+    image = views["image"]
+    h, w, d = image.shape
+    cuts = [("axial", 2, d // 3), ("axial", 2, 2 * d // 3), ("coronal", 1, w // 2), ("coronal", 1, w // 3)]
+    columns = [
+        ("CT (pre-processed)", "image", "gray"),
+        ("HPM mask (hidden)", "mask", None),
+        ("reconstruction", "reconstruction", "gray"),
+        ("teacher's predicted loss", "heatmap", "inferno"),
+    ]
+    fig, axes = plt.subplots(len(cuts), len(columns), figsize=(3.2 * len(columns), 3.2 * len(cuts)))
+    hmin, hmax = float(views["heatmap"].min()), float(views["heatmap"].max())
+    for row, (plane, axis, index) in enumerate(cuts):
+        for col, (name, key, cmap) in enumerate(columns):
+            ax = axes[row, col]
+            take = lambda v: np.rot90(np.take(v, index, axis=axis))  # noqa: E731
+            if key == "mask":
+                ax.imshow(take(image), cmap="gray", vmin=0, vmax=1)
+                ax.imshow(np.ma.masked_where(take(views["mask"]) < 0.5, take(views["mask"])), cmap="autumn", alpha=0.55)
+            elif key == "heatmap":
+                ax.imshow(take(views[key]), cmap=cmap, vmin=hmin, vmax=hmax)
+            else:
+                ax.imshow(take(views[key]), cmap=cmap, vmin=0, vmax=1)
+            ax.set_axis_off()
+            if row == 0:
+                ax.set_title(name, fontsize=10)
+            if col == 0:
+                ax.text(-0.05, 0.5, f"{plane} {index}", transform=ax.transAxes, rotation=90, va="center", ha="right")
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+class HPMFigureSaver:
+    """Inference handler: for each volume of the batch, a PNG ``<stem>_hpm.png`` from the central crop of the
+    pre-processed image (:func:`hpm_views` and :func:`plot_hpm_figure`).
+
+    Args:
+        output_dir: folder of the PNGs.
+        net: the HPM network (teacher weights).
+        roi_size: crop size of the network.
+        mask_ratio: gamma. Defaults to 0.75.
+        hard_ratio: hard share of the shown mask (alpha_T, the last epoch's). Defaults to 0.5.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        net: HPMMaskedAutoEncoder,
+        roi_size: Sequence[int],
+        mask_ratio: float = 0.75,
+        hard_ratio: float = 0.5,
+    ) -> None:
+        self.output_dir, self.net, self.roi_size = Path(output_dir), net, list(roi_size)
+        self.mask_ratio, self.hard_ratio = mask_ratio, hard_ratio
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        for name, image in batch_images(engine):
+            volume = torch.as_tensor(image)[None].to(engine.state.device).float()  # [1, C, H, W, D]
+            crop = center_crop(volume, self.roi_size)
+            views = hpm_views(self.net, crop, self.mask_ratio, self.hard_ratio)
+            stem = Path(name).name.split(".")[0]
+            path = plot_hpm_figure(views, self.output_dir / f"{stem}_hpm.png", title=f"{stem}: hard-patch mining")
+            logger.info("wrote %s", path)

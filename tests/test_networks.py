@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.networks.nets import UNETR
+
+from selfmedhpm.engine import autocast
+from selfmedhpm.losses import HPMLoss
+from selfmedhpm.masking import hard_patch_mask
+from selfmedhpm.networks import HPMMaskedAutoEncoder, PatchLossMap
+from selfmedhpm.transfer import encoder_state_dict
+
+SMALL = dict(hidden_size=48, mlp_dim=96, num_heads=4, decoder_hidden_size=24, decoder_mlp_dim=48,
+             decoder_num_layers=1, decoder_num_heads=4)
+
+
+def small_net(img_size=32) -> HPMMaskedAutoEncoder:
+    torch.manual_seed(0)
+    return HPMMaskedAutoEncoder(img_size=img_size, **SMALL)
+
+
+@pytest.mark.parametrize("hidden,mlp,heads", [(48, 96, 4), (768, 3072, 12)])
+def test_encoder_keys_load_into_unetr_vit_strictly(hidden, mlp, heads):
+    net = HPMMaskedAutoEncoder(img_size=32, hidden_size=hidden, mlp_dim=mlp, num_heads=heads,
+                               decoder_hidden_size=24, decoder_mlp_dim=48, decoder_num_layers=1, decoder_num_heads=4)
+    unetr = UNETR(1, 14, (32, 32, 32), hidden_size=hidden, mlp_dim=mlp, num_heads=heads)
+    state = encoder_state_dict(net)
+    result = unetr.vit.load_state_dict(state, strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    assert set(state) == set(unetr.vit.state_dict())
+    assert torch.equal(unetr.vit.blocks[11].mlp.linear2.weight, net.encoder.blocks[11].mlp.linear2.weight)
+
+
+def test_encoder_sees_only_visible_tokens():
+    net = small_net()
+    x = torch.rand(2, 1, 32, 32, 32)
+    mask = torch.zeros(2, 8, dtype=torch.bool)
+    mask[:, [1, 2, 5, 6, 7, 0]] = True
+    latent = net.encoder(x, mask, net.cls_token)
+    assert latent.shape == (2, 1 + 2, 48)
+    x2 = x.clone()
+    x2[:, :, :16, :16, :16] = 0  # patch 0 is masked: changing it must not change the encoding
+    assert torch.allclose(net.encoder(x2, mask, net.cls_token), latent, atol=1e-6)
+
+
+def test_teacher_pass_skips_reconstructor():
+    net = small_net()
+    calls = []
+    net.decoder_pred.register_forward_hook(lambda *a: calls.append("rec"))
+    net.predictor_head.register_forward_hook(lambda *a: calls.append("pred"))
+    out = net.predict_patch_loss(torch.rand(2, 1, 32, 32, 32))
+    assert out.shape == (2, 8) and calls == ["pred"]
+
+
+def test_loss_predictor_gradient_reaches_encoder():
+    net = small_net()
+    x = torch.rand(2, 1, 32, 32, 32)
+    mask = hard_patch_mask(torch.rand(2, 8), 0.75, 0.0)
+    _, pred = net(x, mask)
+    pred.sum().backward()
+    assert net.encoder.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+    assert net.decoder_pred.weight.grad is None
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_forward_and_backward_under_cpu_autocast(precision):
+    net = small_net()
+    x = torch.rand(2, 1, 32, 32, 32)
+    mask = hard_patch_mask(torch.rand(2, 8), 0.75, 0.5)
+    with autocast("cpu", precision):
+        rec, pred = net(x, mask)
+        out = HPMLoss(16)(rec, pred, x, mask)
+        heat = PatchLossMap(net)(x)
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"]) and heat.shape == (2, 1, 32, 32, 32)
+    assert (rec.dtype == torch.bfloat16) == (precision == "bf16")
+
+
+def test_reconstruct_volume_pastes_visible_patches():
+    net = small_net().eval()
+    x = torch.rand(1, 1, 32, 32, 32)
+    mask = torch.zeros(1, 8, dtype=torch.bool)
+    mask[0, :6] = True
+    with torch.no_grad():
+        volume = net.reconstruct_volume(x, mask)
+    assert volume.shape == x.shape
+    assert torch.allclose(volume[:, :, 16:, 16:, :], x[:, :, 16:, 16:, :])  # patches 6 and 7 are visible
+
+
+def test_bad_img_size_raises_with_value():
+    with pytest.raises(ValueError, match="40"):
+        HPMMaskedAutoEncoder(img_size=40, **SMALL)

@@ -1,0 +1,187 @@
+"""Tests of the synthetic BTCV-layout abdominal CT phantom (selfmedhpm.phantom)."""
+
+from __future__ import annotations
+
+import doctest
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from scipy.ndimage import binary_erosion
+from selfmedhpm import phantom
+from selfmedhpm.phantom import BTCV_LABELS, generate_case, generate_dataset
+
+TINY = (96, 96, 48)
+
+
+@pytest.fixture(scope="module")
+def cases() -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    return [generate_case(seed, shape=(128, 128, 48)) for seed in range(4)]
+
+
+def _centroid_world(label: np.ndarray, affine: np.ndarray, value: int) -> np.ndarray:
+    ijk = np.argwhere(label == value).mean(axis=0)
+    return (affine @ np.append(ijk, 1.0))[:3]
+
+
+def test_same_seed_gives_identical_arrays_and_another_seed_differs() -> None:
+    img_a, lab_a, aff_a = generate_case(7, shape=TINY)
+    img_b, lab_b, aff_b = generate_case(np.random.default_rng(7), shape=TINY)
+    img_c, lab_c, _ = generate_case(8, shape=TINY)
+    assert img_a.tobytes() == img_b.tobytes() and lab_a.tobytes() == lab_b.tobytes()
+    np.testing.assert_array_equal(aff_a, aff_b)
+    assert not np.array_equal(img_a, img_c) and not np.array_equal(lab_a, lab_c)
+
+
+def test_arrays_have_btcv_dtypes_shape_and_labels() -> None:
+    img, lab, affine = generate_case(3, shape=TINY)
+    assert img.dtype == np.int16 and lab.dtype == np.uint8 and img.shape == lab.shape == TINY
+    assert affine.shape == (4, 4) and np.count_nonzero(affine[:3, :3] - np.diag(np.diag(affine)[:3])) == 0
+    assert np.unique(lab).tolist() == list(range(14))
+    assert BTCV_LABELS[0] == "background" and BTCV_LABELS[6] == "liver" and BTCV_LABELS[13] == "left adrenal gland"
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 5, 9])
+def test_every_organ_present_liver_largest_adrenals_smallest(seed: int) -> None:
+    _, lab, affine = generate_case(seed, shape=TINY)
+    counts = np.bincount(lab.ravel(), minlength=14)[1:]
+    assert counts.min() >= 15, counts
+    assert counts.argmax() + 1 == 6  # liver
+    assert max(counts[11], counts[12]) < counts[:11].min()  # both adrenal glands smaller than any other organ
+    liter = np.prod(np.abs(np.diag(affine)[:3])) / 1e6
+    assert 0.8 < counts[5] * liter < 2.2  # liver volume in litres
+
+
+def test_spleen_left_of_liver_and_kidneys_either_side_in_world_coordinates(cases) -> None:
+    for _, lab, affine in cases:  # RAS+ world: patient right is +x, anterior +y, superior +z
+        liver, spleen = _centroid_world(lab, affine, 6), _centroid_world(lab, affine, 1)
+        right_kidney, left_kidney = _centroid_world(lab, affine, 2), _centroid_world(lab, affine, 3)
+        aorta, ivc = _centroid_world(lab, affine, 8), _centroid_world(lab, affine, 9)
+        assert spleen[0] < liver[0] - 50
+        assert left_kidney[0] < aorta[0] < ivc[0] < right_kidney[0]
+        assert right_kidney[2] < left_kidney[2]  # right kidney lower
+        assert _centroid_world(lab, affine, 7)[1] > aorta[1]  # stomach anterior to the aorta
+
+
+def test_hounsfield_values_are_plausible(cases) -> None:
+    for img, lab, _ in cases:
+        liver = img[lab == 6]
+        assert 80 <= liver.mean() <= 140
+        assert np.median(img[lab == 8]) > np.median(liver) + 30  # contrast-enhanced aorta
+        assert np.median(img[lab == 4]) < 60  # bile does not enhance
+        assert np.count_nonzero(img[lab == 7] < -500) > 20  # gas in the stomach
+        assert img[:4, :4].mean() < -980 and abs(img[:4, :4].std() - 15) < 8  # air outside, noise sd 10-20
+        assert np.percentile(img[lab > 0], 99) < 400 and img.max() > 500  # organs soft tissue, bone bright
+
+
+def test_subcutaneous_fat_layer_is_negative(cases) -> None:
+    for img, _, _ in cases:
+        mid = img[:, :, img.shape[2] // 3]  # mid-abdomen slice
+        body = mid > -500
+        shell = binary_erosion(body, iterations=1) & ~binary_erosion(body, iterations=3)
+        assert -200 < np.median(mid[shell]) < -20
+
+
+def test_body_fits_inside_field_of_view() -> None:
+    for seed in range(6):
+        img, _, _ = generate_case(seed, shape=(64, 64, 32))
+        border = np.concatenate([img[0].ravel(), img[-1].ravel(), img[:, 0].ravel(), img[:, -1].ravel()])
+        assert border.max() < -850
+
+
+def test_native_spacing_varies_within_ct_ranges() -> None:
+    spacings, extents, orientations = [], [], []
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        grid = phantom._grid(rng, phantom._anatomy(rng), None, "full", None)
+        spacings.append(grid.spacing)
+        extents.append(grid.shape[2] * grid.spacing[2])
+        orientations.append(grid.affine[0, 0] < 0)
+    dxy, dz = np.array(spacings)[:, 0], np.array(spacings)[:, 2]
+    assert dxy.min() >= 0.6 and dxy.max() <= 1.0 and dxy.max() - dxy.min() > 0.15
+    assert dz.min() >= 1.5 and dz.max() <= 5.0 and dz.max() - dz.min() > 2.0
+    assert 200 <= min(extents) and max(extents) <= 290
+    assert 0.15 < np.mean(orientations) < 0.55  # about a third stored LPS
+
+
+def test_explicit_shape_derives_varying_spacing_and_presets_set_matrix() -> None:
+    spacings = {tuple(np.abs(np.diag(generate_case(s, shape=(48, 48, 24))[2])[:3]).round(3)) for s in range(4)}
+    assert len(spacings) == 4
+    img, _, affine = generate_case(0, size="small")
+    assert img.shape[:2] == (128, 128) and 2.4 <= abs(affine[0, 0]) <= 4.0 and affine[2, 2] >= 5.0
+
+
+@pytest.mark.parametrize("seed", [0, 4])
+def test_lps_and_ras_storage_agree_after_monai_orientation(tmp_path: Path, seed: int) -> None:
+    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientationd
+
+    keys = ["image", "label"]
+    load = Compose([LoadImaged(keys), EnsureChannelFirstd(keys), Orientationd(keys, axcodes="RAS")])
+    labels = {}
+    for orientation in ("RAS", "LPS"):
+        img, lab, affine = generate_case(seed, shape=TINY, orientation=orientation)
+        assert (np.diag(affine)[:2] < 0).all() == (orientation == "LPS") and affine[2, 2] > 0
+        paths = {key: tmp_path / f"{key}_{orientation}.nii.gz" for key in ("image", "label")}
+        phantom._save(img, affine, paths["image"])
+        phantom._save(lab, affine, paths["label"])
+        data = load({k: str(v) for k, v in paths.items()})
+        oriented = data["label"][0].numpy()
+        xs = np.argwhere(oriented == 1)[:, 0].mean(), np.argwhere(oriented == 6)[:, 0].mean()
+        # RAS array: index 0 grows towards the patient's right, so the spleen (patient left) has the lower index
+        assert xs[0] < oriented.shape[0] / 2 < xs[1]
+        labels[orientation] = oriented
+    overlap = np.count_nonzero((labels["RAS"] == labels["LPS"]) & (labels["RAS"] > 0))
+    assert overlap / np.count_nonzero(labels["RAS"]) > 0.98
+
+
+def test_dataset_json_layout_and_relative_paths(tmp_path: Path, capsys) -> None:
+    path = generate_dataset(tmp_path / "ds", cases=4, seed=1, shape=(48, 48, 24))
+    info = json.loads(path.read_text())
+    assert path == tmp_path / "ds" / "dataset_0.json"
+    assert info["labels"] == {str(k): v for k, v in BTCV_LABELS.items()} and info["name"] and info["description"]
+    assert info["numTraining"] == len(info["training"]) == 3 and len(info["validation"]) == 1
+    entries = info["training"] + info["validation"]
+    assert [e["image"] for e in entries] == [f"imagesTr/case_{i:04d}.nii.gz" for i in range(4)]
+    for entry in entries:
+        image, label = nib.load(path.parent / entry["image"]), nib.load(path.parent / entry["label"])
+        assert image.get_data_dtype() == np.int16 and label.get_data_dtype() == np.uint8
+        np.testing.assert_allclose(image.affine, label.affine)
+    assert len([line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]) == 4
+    case_1 = generate_case(np.random.SeedSequence(1).spawn(4)[1], shape=(48, 48, 24))[1]
+    np.testing.assert_array_equal(np.asarray(nib.load(path.parent / entries[1]["label"]).dataobj), case_1)
+
+
+@pytest.mark.parametrize("cases, n_val", [(1, 0), (2, 1), (8, 2)])
+def test_validation_split_has_at_least_one_case_when_possible(tmp_path: Path, cases: int, n_val: int) -> None:
+    path = generate_dataset(tmp_path, cases=cases, seed=0, shape=(24, 24, 12), verbose=False)
+    assert len(json.loads(path.read_text())["validation"]) == n_val
+
+
+def test_generate_dataset_refuses_existing_dataset_without_overwrite(tmp_path: Path) -> None:
+    generate_dataset(tmp_path, cases=1, seed=0, shape=(24, 24, 12), verbose=False)
+    with pytest.raises(FileExistsError, match="overwrite"):
+        generate_dataset(tmp_path, cases=1, seed=1, shape=(24, 24, 12), verbose=False)
+    before = (tmp_path / "imagesTr" / "case_0000.nii.gz").read_bytes()
+    generate_dataset(tmp_path, cases=1, seed=1, shape=(24, 24, 12), verbose=False, overwrite=True)
+    assert (tmp_path / "imagesTr" / "case_0000.nii.gz").read_bytes() != before
+
+
+def test_cli_writes_three_cases_then_refuses_to_overwrite(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "selfmedhpm.phantom", "--out", str(tmp_path), "--cases", "3", "--seed", "5"]
+    done = subprocess.run(cmd + ["--shape", "48", "48", "24"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    progress = [line for line in done.stdout.splitlines() if line.startswith("[")]
+    assert len(progress) == 3 and progress[2].startswith("[3/3] case_0002 48x48x24 spacing (")
+    assert sorted(p.name for p in (tmp_path / "labelsTr").iterdir()) == [f"case_{i:04d}.nii.gz" for i in range(3)]
+    assert len(json.loads((tmp_path / "dataset_0.json").read_text())["validation"]) == 1
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert again.returncode != 0 and "dataset_0.json already exists" in again.stderr and "--overwrite" in again.stderr
+
+
+def test_docstring_examples_run() -> None:
+    result = doctest.testmod(phantom)
+    assert result.attempted >= 4 and result.failed == 0

@@ -1,0 +1,188 @@
+"""The pretraining bundle end to end on tiny synthetic CTs, run as the model zoo's CI runs bundles."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import PRETRAIN, SCHEMA, configs, run_workflow
+
+from selfmedhpm.checkpoint import load_weights
+
+pytestmark = pytest.mark.slow
+
+TINY = {"pixdim": [3.0, 3.0, 3.0], "num_samples": 2, "cache_rate": 1.0}
+
+
+def train(phantom_dir, out, epochs, **extra):
+    return run_workflow(
+        configs(PRETRAIN, "train.json", "train_cpu.json"),
+        dataset_dir=str(phantom_dir),
+        output_dir=str(out),
+        epochs=epochs,
+        **TINY,
+        **extra,
+    )
+
+
+@pytest.fixture(scope="module")
+def pretrained(phantom_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pretrain")
+    workflow = train(phantom_dir, out, epochs=50, save_interval=10)
+    return out, workflow
+
+
+def test_pretraining_writes_models_history_and_checkpoint(pretrained):
+    out, workflow = pretrained
+    for name in ("model.pt", "teacher.pt", "encoder.pt", "history.json"):
+        assert (out / name).is_file(), name
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint_epoch=50.pt"]
+    history = json.loads((out / "history.json").read_text())
+    assert [r["epoch"] for r in history] == list(range(1, 51))
+    assert history[0]["hard_ratio"] == pytest.approx(0.5 / 50) and history[-1]["hard_ratio"] == pytest.approx(0.5)
+    student = load_weights(out / "model.pt")
+    net = workflow.parser.get_parsed_content("network_def", instantiate=True)
+    assert not net.load_state_dict(student, strict=True).missing_keys
+
+
+def test_reconstruction_loss_falls(pretrained):
+    history = json.loads((pretrained[0] / "history.json").read_text())
+    first, last = history[0]["rec_loss"], np.mean([r["rec_loss"] for r in history[-5:]])
+    assert last < 0.95 * first, (first, last)
+
+
+def test_encoder_file_loads_into_unetr_vit_strictly(pretrained):
+    from monai.networks.nets import UNETR
+
+    encoder = load_weights(pretrained[0] / "encoder.pt")
+    unetr = UNETR(1, 14, (64, 64, 64), hidden_size=96, mlp_dim=384, num_heads=4)
+    result = unetr.vit.load_state_dict(encoder, strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    assert all(torch.equal(unetr.vit.state_dict()[k], v) for k, v in encoder.items())
+
+
+def test_loss_predictor_ranks_held_out_patches_better_than_chance(pretrained, phantom_dir):
+    from monai.bundle import ConfigParser
+    from monai.transforms import Compose, RandSpatialCropSamples
+
+    from selfmedhpm.metrics import loss_prediction_tau
+
+    out, _ = pretrained
+    parser = ConfigParser()
+    parser.read_config(configs(PRETRAIN, "train.json", "train_cpu.json"))
+    parser.update({"dataset_dir": str(phantom_dir), **TINY})
+    preprocessing = Compose(parser.get_parsed_content("train#deterministic_transforms"))
+    net = parser.get_parsed_content("network_def")
+    net.load_state_dict(load_weights(out / "model.pt"))
+    held_out = json.loads((phantom_dir / "dataset_0.json").read_text())["validation"]
+    sampler = RandSpatialCropSamples([64, 64, 64], num_samples=16, random_size=False)
+    sampler.set_random_state(0)
+    volume = preprocessing({"image": str(phantom_dir / held_out[0]["image"])})["image"]
+    crops = torch.stack([torch.as_tensor(c) for c in sampler(volume)]).float()
+    trained = loss_prediction_tau(net, crops, trials=2)
+    assert trained > 0.05, trained
+
+
+def test_check_properties_empty_and_metadata_valid(phantom_dir):
+    from monai.bundle import ConfigWorkflow
+
+    for name, kind in (("train.json", "train"), ("inference.json", "infer")):
+        workflow = ConfigWorkflow(config_file=configs(PRETRAIN, name)[0], workflow_type=kind, dataset_dir=str(phantom_dir))
+        workflow.initialize()
+        assert workflow.check_properties() == [], name
+    meta = configs(PRETRAIN, "metadata.json")[0]
+    result = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", meta, "--filepath", str(SCHEMA)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0 and "verified with no error" in result.stdout + result.stderr
+
+
+def test_heatmap_inference_writes_map_in_image_geometry_and_figure(pretrained, phantom_dir, tmp_path):
+    import nibabel as nib
+
+    out, _ = pretrained
+    run_workflow(
+        configs(PRETRAIN, "inference.json", "train_cpu.json"),
+        workflow_type="infer",
+        dataset_dir=str(phantom_dir),
+        load_path=str(out / "teacher.pt"),
+        output_dir=str(tmp_path),
+        pixdim=TINY["pixdim"],
+    )
+    case = json.loads((phantom_dir / "dataset_0.json").read_text())["validation"][0]["image"]
+    stem = case.split("/")[-1].split(".")[0]
+    source, heat = nib.load(phantom_dir / case), nib.load(tmp_path / f"{stem}_hpm_heatmap.nii.gz")
+    assert heat.shape == source.shape
+    assert np.allclose(heat.affine, source.affine, atol=1e-4)
+    values = heat.get_fdata()
+    assert np.isfinite(values).all() and values.std() > 0
+    figure = tmp_path / f"{stem}_hpm.png"
+    assert figure.is_file() and figure.stat().st_size > 10_000
+
+
+def test_resume_continues_and_matches_uninterrupted_run(phantom_dir, tmp_path):
+    from ignite.engine import Events
+
+    full = tmp_path / "full"
+    train(phantom_dir, full, epochs=3)
+
+    class Interrupt(Exception):
+        pass
+
+    broken = tmp_path / "broken"
+    with pytest.raises(Exception) as info:
+        from monai.bundle import ConfigWorkflow
+
+        workflow = ConfigWorkflow(
+            config_file=configs(PRETRAIN, "train.json", "train_cpu.json"),
+            workflow_type="train",
+            dataset_dir=str(phantom_dir),
+            output_dir=str(broken),
+            epochs=3,
+            **TINY,
+        )
+        workflow.initialize()
+        trainer = workflow.parser.get_parsed_content("train#trainer")
+
+        @trainer.on(Events.ITERATION_COMPLETED(once=2 * len(trainer.data_loader) + 1))
+        def crash(engine):
+            raise Interrupt("killed mid-epoch 3")
+
+        workflow.run()
+    assert "killed mid-epoch 3" in repr(info.value) or isinstance(info.value, Interrupt)
+    assert sorted(p.name for p in (broken / "checkpoints").iterdir()) == ["checkpoint_epoch=2.pt"]
+
+    resumed = train(phantom_dir, broken, epochs=3, resume=True)
+    trainer = resumed.parser.get_parsed_content("train#trainer")
+    assert trainer.state.epoch == 3
+    history = json.loads((broken / "history.json").read_text())
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+    assert trainer.state.iteration == 3 * len(trainer.data_loader)
+    a, b = load_weights(full / "model.pt"), load_weights(broken / "model.pt")
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    ta, tb = load_weights(full / "teacher.pt"), load_weights(broken / "teacher.pt")
+    assert all(torch.allclose(ta[k], tb[k], atol=1e-5) for k in ta)
+
+
+def test_multiprocess_pretraining_under_torchrun(phantom_dir, tmp_path, python_env):
+    out = tmp_path / "ddp"
+    config = str(configs(PRETRAIN, "train.json", "train_cpu.json", "multi_gpu_train.json"))
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+        "-m", "monai.bundle", "run", "--config_file", config, "--dataset_dir", str(phantom_dir),
+        "--output_dir", str(out), "--epochs", "2", "--pixdim", "[3.0, 3.0, 3.0]",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, env=python_env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    history = json.loads((out / "history.json").read_text())
+    assert [r["epoch"] for r in history] == [1, 2]
+    # 4 training cases split over 2 ranks: 2 iterations per epoch on each rank
+    assert history[0]["iterations"] == 2
+    assert (out / "encoder.pt").is_file() and len(list((out / "checkpoints").iterdir())) == 1
+    assert result.stdout.count("Epoch: 1/2, Iter: 1/2") + result.stderr.count("Epoch: 1/2, Iter: 1/2") == 1
