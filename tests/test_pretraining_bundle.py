@@ -130,13 +130,13 @@ def test_resume_continues_and_matches_uninterrupted_run(phantom_dir, tmp_path):
     from ignite.engine import Events
 
     full = tmp_path / "full"
-    train(phantom_dir, full, epochs=3)
+    train(phantom_dir, full, epochs=3, save_interval=1)
 
     class Interrupt(Exception):
         pass
 
     broken = tmp_path / "broken"
-    with pytest.raises(Exception) as info:
+    with pytest.raises(RuntimeError) as info:
         from monai.bundle import ConfigWorkflow
 
         workflow = ConfigWorkflow(
@@ -145,6 +145,7 @@ def test_resume_continues_and_matches_uninterrupted_run(phantom_dir, tmp_path):
             dataset_dir=str(phantom_dir),
             output_dir=str(broken),
             epochs=3,
+            save_interval=1,
             **TINY,
         )
         workflow.initialize()
@@ -155,10 +156,10 @@ def test_resume_continues_and_matches_uninterrupted_run(phantom_dir, tmp_path):
             raise Interrupt("killed mid-epoch 3")
 
         workflow.run()
-    assert "killed mid-epoch 3" in repr(info.value) or isinstance(info.value, Interrupt)
+    assert isinstance(info.value.__cause__, Interrupt)
     assert sorted(p.name for p in (broken / "checkpoints").iterdir()) == ["checkpoint_epoch=2.pt"]
 
-    resumed = train(phantom_dir, broken, epochs=3, resume=True)
+    resumed = train(phantom_dir, broken, epochs=3, save_interval=1, resume=True)
     trainer = resumed.parser.get_parsed_content("train#trainer")
     assert trainer.state.epoch == 3
     history = json.loads((broken / "history.json").read_text())
@@ -176,7 +177,7 @@ def test_multiprocess_pretraining_under_torchrun(phantom_dir, tmp_path, python_e
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
         "-m", "monai.bundle", "run", "--config_file", config, "--dataset_dir", str(phantom_dir),
-        "--output_dir", str(out), "--epochs", "2", "--pixdim", "[3.0, 3.0, 3.0]",
+        "--output_dir", str(out), "--epochs", "2", "--save_interval", "1", "--pixdim", "[3.0, 3.0, 3.0]",
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, env=python_env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

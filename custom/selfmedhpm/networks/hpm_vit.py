@@ -23,10 +23,13 @@ __all__ = ["HPMEncoder", "HPMMaskedAutoEncoder", "PatchLossMap"]
 
 
 def _blocks(depth: int, hidden_size: int, mlp_dim: int, num_heads: int, qkv_bias: bool) -> nn.ModuleList:
-    return nn.ModuleList(
+    blocks = nn.ModuleList(
         TransformerBlock(hidden_size, mlp_dim, num_heads, qkv_bias=qkv_bias, use_flash_attention=True)
         for _ in range(depth)
     )
+    for block in blocks:  # MONAI builds this norm even without cross-attention: keep the key, never train it
+        block.norm_cross_attn.requires_grad_(False)
+    return blocks
 
 
 class HPMEncoder(nn.Module):
