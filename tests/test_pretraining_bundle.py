@@ -52,7 +52,7 @@ def test_pretraining_writes_models_history_and_checkpoint(pretrained):
 def test_reconstruction_loss_falls(pretrained):
     history = json.loads((pretrained[0] / "history.json").read_text())
     first, last = history[0]["rec_loss"], np.mean([r["rec_loss"] for r in history[-5:]])
-    assert last < 0.95 * first, (first, last)
+    assert last < 0.7 * first, (first, last)
 
 
 def test_encoder_file_loads_into_unetr_vit_strictly(pretrained):
@@ -83,7 +83,7 @@ def test_loss_predictor_ranks_held_out_patches_better_than_chance(pretrained, ph
     sampler.set_random_state(0)
     volume = preprocessing({"image": str(phantom_dir / held_out[0]["image"])})["image"]
     crops = torch.stack([torch.as_tensor(c) for c in sampler(volume)]).float()
-    trained = loss_prediction_tau(net, crops, trials=2)
+    trained = loss_prediction_tau(net, crops, trials=2, norm_pix_loss=parser.get_parsed_content("norm_pix_loss"))
     assert trained > 0.05, trained
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["bundle_root", "datalist", "rank", "world_size", "default_device"]
+__all__ = ["bundle_root", "datalist", "rank", "world_size", "default_device", "as_bool"]
 
 
 def _config_files(argv: Sequence[str]) -> list[str]:
@@ -80,3 +80,24 @@ def default_device() -> torch.device:
     if torch.cuda.is_available():
         return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
     return torch.device("cpu")
+
+
+_TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0", "none", "null", ""}
+
+
+def as_bool(value: object, name: str = "value") -> bool:
+    """A config flag as a bool. ``--resume true`` reaches a bundle as the *string* "true" (and "false" would be
+    truthy), so flags go through this: bools, 0/1 and the usual words are accepted, anything else is an error.
+
+    Examples::
+
+        >>> as_bool("false"), as_bool("True"), as_bool(1), as_bool(None)
+        (False, True, True, False)
+    """
+    if isinstance(value, bool) or value is None:
+        return bool(value)
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ValueError(f"{name} must be true or false, got {value!r}.")

@@ -216,7 +216,9 @@ class ResumeFromCheckpoint:
         prefix: str = "checkpoint",
         transforms: Any = None,
     ) -> None:
-        self.ckpt_dir, self.load_dict, self.enabled = ckpt_dir, dict(load_dict), enabled
+        from selfmedhpm.bundle import as_bool
+
+        self.ckpt_dir, self.load_dict, self.enabled = ckpt_dir, dict(load_dict), as_bool(enabled, "resume")
         self.map_location, self.prefix, self.transforms = map_location, prefix, transforms
         self.loaded_from: Path | None = None
 

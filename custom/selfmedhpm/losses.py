@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from selfmedhpm.bundle import as_bool
+
 __all__ = ["patchify", "unpatchify", "patch_targets", "per_patch_loss", "relative_loss_prediction", "HPMLoss"]
 
 
@@ -132,7 +134,7 @@ class HPMLoss(nn.Module):
     def __init__(self, patch_size: int = 16, norm_pix_loss: bool = True, pred_weight: float = 1.0) -> None:
         super().__init__()
         self.patch_size = patch_size
-        self.norm_pix_loss = norm_pix_loss
+        self.norm_pix_loss = as_bool(norm_pix_loss, "norm_pix_loss")
         self.pred_weight = pred_weight
 
     def forward(

@@ -31,7 +31,12 @@ def kendall_tau(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @torch.no_grad()
 def loss_prediction_tau(
-    net: torch.nn.Module, images: torch.Tensor, mask_ratio: float = 0.75, trials: int = 4, seed: int = 0
+    net: torch.nn.Module,
+    images: torch.Tensor,
+    mask_ratio: float = 0.75,
+    trials: int = 4,
+    seed: int = 0,
+    norm_pix_loss: bool = True,
 ) -> float:
     """Mean Kendall tau, over images and random masks, between the loss predictor's output and the true
     reconstruction loss of the masked patches: > 0 means the predictor ranks patches better than chance.
@@ -42,6 +47,7 @@ def loss_prediction_tau(
         mask_ratio: gamma.
         trials: random masks per image.
         seed: seed of the masks.
+        norm_pix_loss: targets as in training: per-patch normalised (True) or raw voxels.
     """
     net = unwrap(net)
     was_training = net.training
@@ -51,7 +57,7 @@ def loss_prediction_tau(
     for _ in range(trials):
         mask = hard_patch_mask(torch.zeros(images.shape[0], net.num_patches), mask_ratio, 0.0, generator)
         reconstruction, predicted = net(images, mask)
-        true_loss = per_patch_loss(reconstruction, patch_targets(images, net.patch_size))
+        true_loss = per_patch_loss(reconstruction, patch_targets(images, net.patch_size, norm_pix_loss))
         for i in range(images.shape[0]):
             taus.append(kendall_tau(predicted[i][mask[i]].float(), true_loss[i][mask[i]]))
     net.train(was_training)

@@ -1,0 +1,146 @@
+"""The demo's report: per-organ Dice table (CSV and Markdown), Dice bar chart, training curves, overlays."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+__all__ = ["dice_rows", "write_dice_table", "markdown_table", "plot_dice_bars", "plot_curves", "plot_overlay"]
+
+
+def _value(x: float | None) -> float:
+    return float("nan") if x is None else float(x)
+
+
+def dice_rows(summaries: Mapping[str, Mapping]) -> list[list]:
+    """Rows ``[organ, dice of run 1, dice of run 2, ...]`` then the 13-organ and 8-organ means, from evaluation
+    ``summary.json`` contents keyed by run name (e.g. ``{"HPM": ..., "scratch": ...}``)."""
+    runs = list(summaries)
+    organs = list(next(iter(summaries.values()))["organs"])
+    rows = [[organ] + [_value(summaries[r]["organs"][organ]["dice"]["mean"]) for r in runs] for organ in organs]
+    for group, title in (("all_organs", f"mean ({len(organs)} organs)"), ("transunet_8_organs", "mean (8 organs)")):
+        if all(group in summaries[r]["mean_dice"] for r in runs):
+            rows.append([title] + [_value(summaries[r]["mean_dice"][group]) for r in runs])
+    return rows
+
+
+def write_dice_table(summaries: Mapping[str, Mapping], out_dir: str | os.PathLike) -> tuple[Path, Path, str]:
+    """Writes ``dice_table.csv`` and ``dice_table.md`` into ``out_dir``; returns both paths and the Markdown."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    runs, rows = list(summaries), dice_rows(summaries)
+    with open(out / "dice_table.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["organ"] + [f"dice_{r}" for r in runs])
+        writer.writerows([[row[0]] + [f"{v:.4f}" for v in row[1:]] for row in rows])
+    text = markdown_table(["organ"] + [f"Dice, {r}" for r in runs], rows)
+    (out / "dice_table.md").write_text(text)
+    return out / "dice_table.csv", out / "dice_table.md", text
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
+    """A GitHub Markdown table; floats with 3 decimals, NaN as "n/a".
+
+    Examples::
+
+        >>> print(markdown_table(["organ", "Dice"], [["liver", 0.91234]]))
+        | organ | Dice |
+        | --- | --- |
+        | liver | 0.912 |
+        <BLANKLINE>
+    """
+
+    def cell(v: object) -> str:
+        if isinstance(v, float):
+            return "n/a" if math.isnan(v) else f"{v:.3f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def plot_dice_bars(summaries: Mapping[str, Mapping], path: str | os.PathLike) -> Path:
+    """Grouped bar chart of per-organ mean Dice, one bar per run."""
+    rows = [r for r in dice_rows(summaries) if not r[0].startswith("mean")]
+    runs = list(summaries)
+    x = np.arange(len(rows))
+    width = 0.8 / len(runs)
+    fig, ax = plt.subplots(figsize=(max(8, 0.7 * len(rows)), 4.2))
+    for i, run in enumerate(runs):
+        values = [0.0 if math.isnan(r[1 + i]) else r[1 + i] for r in rows]
+        ax.bar(x + (i - (len(runs) - 1) / 2) * width, values, width, label=run)
+    ax.set_xticks(x, [r[0] for r in rows], rotation=40, ha="right", fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("mean Dice (validation)")
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_curves(
+    pretrain_history: Sequence[Mapping] | None, finetune_histories: Mapping[str, Sequence[Mapping]], path
+) -> Path:
+    """Training curves: HPM pretraining losses (reconstruction, loss prediction) and, per fine-tuning run, the
+    training loss and the validation mean Dice per epoch."""
+    panels = 3 if pretrain_history else 2
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.8))
+    if pretrain_history:
+        ax = axes[0]
+        epochs = [r["epoch"] for r in pretrain_history]
+        ax.plot(epochs, [r["rec_loss"] for r in pretrain_history], label="reconstruction")
+        ax.plot(epochs, [r["pred_loss"] for r in pretrain_history], label="loss prediction (ranking)")
+        ax.set_title("HPM pretraining")
+        ax.set_xlabel("epoch")
+        ax.legend()
+    loss_ax, dice_ax = axes[-2], axes[-1]
+    for name, history in finetune_histories.items():
+        loss_ax.plot([r["epoch"] for r in history], [r["loss"] for r in history], label=name)
+        dice = [(r["epoch"], r["val_mean_dice"]) for r in history if r.get("val_mean_dice") is not None]
+        if dice:
+            dice_ax.plot(*zip(*dice), marker="o", label=name)
+    loss_ax.set_title("fine-tuning: DiceCE loss")
+    dice_ax.set_title("fine-tuning: validation mean Dice")
+    for ax in (loss_ax, dice_ax):
+        ax.set_xlabel("epoch")
+        ax.legend()
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_overlay(
+    image: np.ndarray, label: np.ndarray, pred: np.ndarray, path: str | os.PathLike, num_classes: int = 14
+) -> Path:
+    """Axial slices (rows) of the CT with the reference label and the prediction as colour overlays."""
+    z_sizes = [int((label == k).sum(axis=(0, 1)).argmax()) for k in (6, 2, 1) if (label == k).any()]
+    slices = sorted(set(z_sizes or [image.shape[2] // 2]))[:3]
+    fig, axes = plt.subplots(len(slices), 2, figsize=(7, 3.4 * len(slices)), squeeze=False)
+    cmap = plt.get_cmap("tab20", num_classes)
+    for row, z in enumerate(slices):
+        for col, (title, seg) in enumerate((("reference label", label), ("prediction", pred))):
+            ax = axes[row, col]
+            ax.imshow(np.rot90(image[:, :, z]), cmap="gray")
+            shown = np.ma.masked_where(seg[:, :, z] == 0, seg[:, :, z])
+            ax.imshow(np.rot90(shown), cmap=cmap, vmin=0, vmax=num_classes - 1, alpha=0.5, interpolation="nearest")
+            ax.set_title(f"{title}, slice {z}", fontsize=9)
+            ax.set_axis_off()
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _save(fig, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
