@@ -1,0 +1,162 @@
+"""Reliability and safety: untrusted files never execute, killed runs resume exactly, NaN losses stop training."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import PRETRAIN, configs
+
+from selfmedhpm.checkpoint import CheckpointError, ResumeFromCheckpoint, load_weights, save_atomic
+
+
+class _CreatesFile:
+    """Unpickling this runs code: it would create the file named in ``path``."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.fixture
+def malicious(tmp_path) -> tuple[Path, Path]:
+    marker = tmp_path / "pwned.txt"
+    path = tmp_path / "weights.pt"
+    with open(path, "wb") as f:
+        pickle.dump({"model": _CreatesFile(str(marker))}, f)
+    return path, marker
+
+
+def test_load_weights_refuses_code_in_pickle(malicious):
+    path, marker = malicious
+    with pytest.raises(CheckpointError, match="refused to load") as info:
+        load_weights(path)
+    assert str(path) in str(info.value)
+    assert not marker.exists()
+
+
+def test_pretrained_encoder_load_refuses_code_in_pickle(malicious):
+    from monai.networks.nets import UNETR
+
+    from selfmedhpm.transfer import load_pretrained_encoder
+
+    path, marker = malicious
+    with pytest.raises(CheckpointError, match="refused to load"):
+        load_pretrained_encoder(UNETR(1, 3, (32, 32, 32), hidden_size=48, mlp_dim=96, num_heads=4), path)
+    assert not marker.exists()
+
+
+def test_resume_refuses_code_in_pickle(malicious, tmp_path):
+    from ignite.engine import Engine
+
+    path, marker = malicious
+    ckpt_dir = tmp_path / "ckpt"
+    ckpt_dir.mkdir()
+    path.rename(ckpt_dir / "checkpoint_epoch=3.pt")
+    engine = Engine(lambda e, b: None)
+    ResumeFromCheckpoint(str(ckpt_dir), {"model": torch.nn.Linear(2, 2)}).attach(engine)
+    with pytest.raises(CheckpointError, match="refused to load"):
+        engine.run([0], max_epochs=5)
+    assert not marker.exists()
+
+
+def test_monai_checkpoint_loader_refuses_code_in_pickle(malicious):
+    from ignite.engine import Engine
+    from monai.handlers import CheckpointLoader
+
+    path, marker = malicious
+    engine = Engine(lambda e, b: None)
+    CheckpointLoader(str(path), {"model": torch.nn.Linear(2, 2)}).attach(engine)
+    with pytest.raises(pickle.UnpicklingError):
+        engine.run([0], max_epochs=1)
+    assert not marker.exists()
+
+
+def test_truncated_checkpoint_is_named_in_error(tmp_path):
+    path = save_atomic({"w": torch.ones(1000)}, tmp_path / "model.pt")
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="not a readable PyTorch weight file") as info:
+        load_weights(path)
+    assert "model.pt" in str(info.value)
+
+
+def test_atomic_save_keeps_previous_file_when_writing_fails(tmp_path):
+    path = save_atomic({"w": torch.ones(3)}, tmp_path / "model.pt")
+    with pytest.raises((TypeError, AttributeError, pickle.PicklingError)):
+        save_atomic({"w": torch.zeros(2), "f": lambda: None}, path)  # not picklable: fails mid-write
+    assert torch.equal(load_weights(path)["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+
+
+def test_non_finite_loss_stops_training_with_iteration(phantom_dir, tmp_path):
+    from monai.bundle import ConfigWorkflow
+
+    from selfmedhpm.engine import NonFiniteLossError
+
+    workflow = ConfigWorkflow(
+        config_file=configs(PRETRAIN, "train.json", "train_cpu.json"),
+        workflow_type="train",
+        dataset_dir=str(phantom_dir),
+        output_dir=str(tmp_path),
+        epochs=2,
+        pixdim=[3.0, 3.0, 3.0],
+        learning_rate=1e30,
+    )
+    workflow.initialize()
+    with pytest.raises(RuntimeError) as info:
+        workflow.run()
+    cause = info.value.__cause__
+    assert isinstance(cause, NonFiniteLossError)
+    assert re.search(r"non-finite loss \(\S+\) at epoch \d, iteration \d+", str(cause)), str(cause)
+    assert not (tmp_path / "model.pt").exists()  # no NaN weights written
+
+
+def _pretrain_command(phantom_dir: Path, out: Path, *extra: str) -> list[str]:
+    config = str(configs(PRETRAIN, "train.json", "train_cpu.json"))
+    return [
+        sys.executable, "-m", "monai.bundle", "run", "--config_file", config, "--dataset_dir", str(phantom_dir),
+        "--output_dir", str(out), "--epochs", "4", "--save_interval", "1", "--pixdim", "[3.0, 3.0, 3.0]", *extra,
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(phantom_dir, tmp_path, python_env):
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    subprocess.run(_pretrain_command(phantom_dir, full), env=python_env, check=True, capture_output=True, timeout=600)
+
+    process = subprocess.Popen(
+        _pretrain_command(phantom_dir, killed), env=python_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    checkpoint = killed / "checkpoints" / "checkpoint_epoch=2.pt"
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    time.sleep(0.3)  # into epoch 3
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+    saved = sorted(p.name for p in (killed / "checkpoints").iterdir() if p.suffix == ".pt")
+    assert saved and saved[-1] in ("checkpoint_epoch=2.pt", "checkpoint_epoch=3.pt")
+    load_weights(killed / "checkpoints" / saved[-1])  # intact, loadable
+
+    resume = subprocess.run(
+        _pretrain_command(phantom_dir, killed, "--resume", "True"), env=python_env, capture_output=True, timeout=600
+    )
+    assert resume.returncode == 0, resume.stderr.decode()[-2000:]
+    history = json.loads((killed / "history.json").read_text())
+    reference = json.loads((full / "history.json").read_text())
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4]
+    assert sum(r["iterations"] for r in history) == sum(r["iterations"] for r in reference)
+    a, b = load_weights(full / "model.pt"), load_weights(killed / "model.pt")
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
