@@ -101,3 +101,70 @@ def as_bool(value: object, name: str = "value") -> bool:
     if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
         return value.strip().lower() in _TRUE
     raise ValueError(f"{name} must be true or false, got {value!r}.")
+
+
+_RUN_ARGS = {
+    "config_file", "meta_file", "logging_file", "args_file", "tracking", "init_id", "run_id", "final_id",
+    "workflow_type", "workflow_name", "properties_path", "bundle_root", "net_id", "filepath", "ckpt_file", "key_in_ckpt",
+}  # fmt: skip
+
+
+class UnknownConfigKeyError(KeyError):
+    """A ``--key value`` override names no key of the bundle's configs (usually a typo)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def _config_ids(config: object, prefix: str = "") -> set[str]:
+    ids = set()
+    if isinstance(config, dict):
+        for key, value in config.items():
+            ids.add(prefix + str(key))
+            ids |= _config_ids(value, f"{prefix}{key}#")
+    elif isinstance(config, list):
+        for i, value in enumerate(config):
+            ids.add(f"{prefix}{i}")
+            ids |= _config_ids(value, f"{prefix}{i}#")
+    return ids
+
+
+def check_overrides(argv: Sequence[str] | None = None) -> bool:
+    """Refuses ``--key value`` overrides of ``monai.bundle run`` that name no key of its config files: MONAI
+    silently adds such a key, so a typo (``--epoch 5``) would otherwise be ignored. Call it from ``initialize``.
+
+    Raises:
+        UnknownConfigKeyError: naming the key, the config files and the closest existing keys.
+
+    Examples::
+
+        >>> import json, tempfile
+        >>> path = tempfile.mktemp(suffix=".json")
+        >>> _ = open(path, "w").write(json.dumps({"epochs": 1}))
+        >>> check_overrides(["run", "--config_file", path, "--epochs", "3"])
+        True
+        >>> try:
+        ...     check_overrides(["run", "--config_file", path, "--epoch", "3"])
+        ... except KeyError as e:
+        ...     print(str(e).split(" in ")[0], str(e).split("; ")[-1])
+        unknown config key 'epoch' (from --epoch) did you mean 'epochs'?
+    """
+    import difflib
+
+    from monai.bundle import ConfigParser
+
+    argv = list(sys.argv if argv is None else argv)
+    files = _config_files(argv)
+    if not files:
+        return True
+    known = _config_ids(ConfigParser.load_config_files(files)) | {"_meta_"}
+    for arg in argv:
+        if not arg.startswith("--"):
+            continue
+        key = arg[2:].split("=", 1)[0].replace("::", "#")
+        if key in _RUN_ARGS or key.startswith("_meta_") or key in known:
+            continue
+        close = difflib.get_close_matches(key, sorted(known), n=3)
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        raise UnknownConfigKeyError(f"unknown config key {key!r} (from --{key}) in {', '.join(files)}{hint}")
+    return True

@@ -65,7 +65,7 @@ def run_bundle(config_file: list[str], tracking_uri: str | None, run_name: str, 
     from monai.bundle import run
 
     bundle = Path(config_file[0]).parents[1]
-    kwargs: dict[str, Any] = dict(overrides)
+    kwargs: dict[str, Any] = {"bundle_root": str(bundle), **overrides}
     if tracking_uri:
         kwargs.update(
             tracking=_tracking(bundle), tracking_uri=tracking_uri, experiment_name="selfmedhpm_demo", run_name=run_name

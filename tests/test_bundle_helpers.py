@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from conftest import PRETRAIN, configs
+
+from selfmedhpm.bundle import UnknownConfigKeyError, as_bool, bundle_root, check_overrides
+
+
+@pytest.mark.parametrize("text,expected", [("true", True), ("False", False), ("0", False), ("yes", True), (1, True)])
+def test_flags_parse_words_and_numbers(text, expected):
+    assert as_bool(text) is expected
+
+
+def test_flag_rejects_garbage_with_value():
+    with pytest.raises(ValueError, match="'maybe'"):
+        as_bool("maybe", "resume")
+
+
+def test_bundle_root_is_parent_of_configs_folder(tmp_path):
+    argv = ["run", "--config_file", str(tmp_path / "b" / "configs" / "train.json")]
+    assert bundle_root(argv) == str(tmp_path / "b")
+
+
+def test_override_typo_is_refused_with_suggestion(tmp_path):
+    files = str(configs(PRETRAIN, "train.json", "train_cpu.json"))
+    assert check_overrides(["run", "--config_file", files, "--epochs", "3", "--train#dataloader#num_workers", "0"])
+    with pytest.raises(UnknownConfigKeyError, match="'learnig_rate'.*did you mean 'learning_rate'"):
+        check_overrides(["run", "--config_file", files, "--learnig_rate", "0.1"])
+
+
+def test_override_typo_stops_bundle_run_before_training(tmp_path):
+    config = str(configs(PRETRAIN, "train.json", "train_cpu.json"))
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config, "--dataset_dir", str(tmp_path),
+               "--output_dir", str(tmp_path / "out"), "--epoch", "3"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "unknown config key 'epoch'" in result.stderr and "did you mean 'epochs'" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_dataset_dir_is_reported_before_work(tmp_path):
+    config = str(configs(PRETRAIN, "train.json"))
+    missing = tmp_path / "no_such_data"
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config, "--dataset_dir", str(missing),
+               "--output_dir", str(tmp_path / "out")]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert f"{missing}: dataset directory does not exist" in result.stderr
+    assert not (tmp_path / "out").exists()
