@@ -5,7 +5,6 @@ import sys
 
 import pytest
 from conftest import PRETRAIN, configs
-
 from selfmedhpm.bundle import UnknownConfigKeyError, as_bool, bundle_root, check_overrides
 
 

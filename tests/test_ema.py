@@ -4,7 +4,6 @@ import pytest
 import torch
 import torch.nn as nn
 from ignite.engine import Engine
-
 from selfmedhpm.ema import EMATeacher, ema_decay_at
 
 

@@ -5,18 +5,17 @@ import math
 
 import pytest
 import torch
-
 from selfmedhpm.losses import HPMLoss, patch_targets, patchify, relative_loss_prediction, unpatchify
 
 
-def brute_force_ranking_loss(p: torch.Tensor, l: torch.Tensor) -> float:
+def brute_force_ranking_loss(p: torch.Tensor, true: torch.Tensor) -> float:
     total, pairs = 0.0, 0
     for n in range(p.shape[0]):
         for j, k in itertools.permutations(range(p.shape[1]), 2):
-            if l[n, k] == l[n, j]:
+            if true[n, k] == true[n, j]:
                 continue
             s = 1 / (1 + math.exp(-(p[n, k] - p[n, j]).item()))
-            total += -math.log(s + 1e-6) if l[n, k] > l[n, j] else -math.log(1 - s + 1e-6)
+            total += -math.log(s + 1e-6) if true[n, k] > true[n, j] else -math.log(1 - s + 1e-6)
             pairs += 1
     return total / pairs if pairs else 0.0
 
@@ -24,34 +23,35 @@ def brute_force_ranking_loss(p: torch.Tensor, l: torch.Tensor) -> float:
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_ranking_loss_matches_brute_force(seed):
     g = torch.Generator().manual_seed(seed)
-    p, l = torch.randn(3, 7, generator=g), torch.randn(3, 7, generator=g)
-    assert relative_loss_prediction(p, l).item() == pytest.approx(brute_force_ranking_loss(p, l), rel=1e-5)
+    p, true = torch.randn(3, 7, generator=g), torch.randn(3, 7, generator=g)
+    assert relative_loss_prediction(p, true).item() == pytest.approx(brute_force_ranking_loss(p, true), rel=1e-5)
 
 
 def test_ranking_loss_excludes_ties():
     p = torch.tensor([[0.3, -0.2, 0.9, 0.1]])
-    l = torch.tensor([[1.0, 1.0, 2.0, 2.0]])  # 4 tied ordered pairs excluded, 8 counted
-    assert relative_loss_prediction(p, l).item() == pytest.approx(brute_force_ranking_loss(p, l), rel=1e-5)
+    true = torch.tensor([[1.0, 1.0, 2.0, 2.0]])  # 4 tied ordered pairs excluded, 8 counted
+    assert relative_loss_prediction(p, true).item() == pytest.approx(brute_force_ranking_loss(p, true), rel=1e-5)
     assert relative_loss_prediction(p, torch.ones(1, 4)).item() == 0.0
 
 
 def test_ranking_loss_rewards_right_order():
-    l = torch.tensor([[0.1, 0.5, 0.9, 1.3]])
-    assert relative_loss_prediction(l * 10, l) < relative_loss_prediction(-l * 10, l)
+    true = torch.tensor([[0.1, 0.5, 0.9, 1.3]])
+    assert relative_loss_prediction(true * 10, true) < relative_loss_prediction(-true * 10, true)
 
 
 def test_ranking_loss_gradients_match_brute_force_and_target_detached():
     p = torch.randn(2, 5, requires_grad=True)
-    l = torch.randn(2, 5, requires_grad=True)
-    relative_loss_prediction(p, l).backward()
-    assert l.grad is None
+    true = torch.randn(2, 5, requires_grad=True)
+    relative_loss_prediction(p, true).backward()
+    assert true.grad is None
     eps = 1e-3
     numeric = torch.zeros_like(p)
     for idx in itertools.product(range(2), range(5)):
         plus, minus = p.detach().clone(), p.detach().clone()
         plus[idx] += eps
         minus[idx] -= eps
-        numeric[idx] = (brute_force_ranking_loss(plus, l.detach()) - brute_force_ranking_loss(minus, l.detach())) / (2 * eps)
+        target = true.detach()
+        numeric[idx] = (brute_force_ranking_loss(plus, target) - brute_force_ranking_loss(minus, target)) / (2 * eps)
     assert torch.allclose(p.grad, numeric, atol=1e-3)
 
 

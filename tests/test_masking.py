@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from selfmedhpm.masking import hard_patch_mask, hard_ratio_at, num_masked
 
 

@@ -3,15 +3,21 @@ from __future__ import annotations
 import pytest
 import torch
 from monai.networks.nets import UNETR
-
 from selfmedhpm.engine import autocast
 from selfmedhpm.losses import HPMLoss
 from selfmedhpm.masking import hard_patch_mask
 from selfmedhpm.networks import HPMMaskedAutoEncoder, PatchLossMap
 from selfmedhpm.transfer import encoder_state_dict
 
-SMALL = dict(hidden_size=48, mlp_dim=96, num_heads=4, decoder_hidden_size=24, decoder_mlp_dim=48,
-             decoder_num_layers=1, decoder_num_heads=4)
+SMALL = dict(
+    hidden_size=48,
+    mlp_dim=96,
+    num_heads=4,
+    decoder_hidden_size=24,
+    decoder_mlp_dim=48,
+    decoder_num_layers=1,
+    decoder_num_heads=4,
+)
 
 
 def small_net(img_size=32) -> HPMMaskedAutoEncoder:
@@ -21,8 +27,16 @@ def small_net(img_size=32) -> HPMMaskedAutoEncoder:
 
 @pytest.mark.parametrize("hidden,mlp,heads", [(48, 96, 4), (768, 3072, 12)])
 def test_encoder_keys_load_into_unetr_vit_strictly(hidden, mlp, heads):
-    net = HPMMaskedAutoEncoder(img_size=32, hidden_size=hidden, mlp_dim=mlp, num_heads=heads,
-                               decoder_hidden_size=24, decoder_mlp_dim=48, decoder_num_layers=1, decoder_num_heads=4)
+    net = HPMMaskedAutoEncoder(
+        img_size=32,
+        hidden_size=hidden,
+        mlp_dim=mlp,
+        num_heads=heads,
+        decoder_hidden_size=24,
+        decoder_mlp_dim=48,
+        decoder_num_layers=1,
+        decoder_num_heads=4,
+    )
     unetr = UNETR(1, 14, (32, 32, 32), hidden_size=hidden, mlp_dim=mlp, num_heads=heads)
     state = encoder_state_dict(net)
     result = unetr.vit.load_state_dict(state, strict=True)

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 from conftest import PRETRAIN, SCHEMA, configs, run_workflow
-
 from selfmedhpm.checkpoint import load_weights
 
 pytestmark = pytest.mark.slow
@@ -68,7 +67,6 @@ def test_encoder_file_loads_into_unetr_vit_strictly(pretrained):
 def test_loss_predictor_ranks_held_out_patches_better_than_chance(pretrained, phantom_dir):
     from monai.bundle import ConfigParser
     from monai.transforms import Compose, RandSpatialCropSamples
-
     from selfmedhpm.metrics import loss_prediction_tau
 
     out, _ = pretrained
@@ -91,7 +89,9 @@ def test_check_properties_empty_and_metadata_valid(phantom_dir):
     from monai.bundle import ConfigWorkflow
 
     for name, kind in (("train.json", "train"), ("inference.json", "infer")):
-        workflow = ConfigWorkflow(config_file=configs(PRETRAIN, name)[0], workflow_type=kind, dataset_dir=str(phantom_dir))
+        workflow = ConfigWorkflow(
+            config_file=configs(PRETRAIN, name)[0], workflow_type=kind, dataset_dir=str(phantom_dir)
+        )
         workflow.initialize()
         assert workflow.check_properties() == [], name
     meta = configs(PRETRAIN, "metadata.json")[0]

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import PRETRAIN, configs
-
 from selfmedhpm.checkpoint import CheckpointError, ResumeFromCheckpoint, load_weights, save_atomic
 
 
@@ -48,7 +47,6 @@ def test_load_weights_refuses_code_in_pickle(malicious):
 
 def test_pretrained_encoder_load_refuses_code_in_pickle(malicious):
     from monai.networks.nets import UNETR
-
     from selfmedhpm.transfer import load_pretrained_encoder
 
     path, marker = malicious
@@ -101,7 +99,6 @@ def test_atomic_save_keeps_previous_file_when_writing_fails(tmp_path):
 
 def test_non_finite_loss_stops_training_with_iteration(phantom_dir, tmp_path):
     from monai.bundle import ConfigWorkflow
-
     from selfmedhpm.engine import NonFiniteLossError
 
     workflow = ConfigWorkflow(

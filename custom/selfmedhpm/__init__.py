@@ -10,6 +10,9 @@ The package holds only what MONAI lacks; the bundles under ``bundles/`` referenc
 - :mod:`selfmedhpm.transfer`: encoder export and strict loading into UNETR.
 - :mod:`selfmedhpm.phantom`: the synthetic abdominal CT generator.
 - :mod:`selfmedhpm.check_data`: data checks with clear messages.
+- :mod:`selfmedhpm.labels`, :mod:`selfmedhpm.evaluation`, :mod:`selfmedhpm.seg_engine`, :mod:`selfmedhpm.seg_data`:
+  the segmentation bundle's label sets, evaluation reports, engine pieces and inputs.
+- :mod:`selfmedhpm.reports`, :mod:`selfmedhpm.visualize`, :mod:`selfmedhpm.demo`: figures, tables and the main job.
 """
 
 __version__ = "0.1.0"
@@ -18,8 +21,29 @@ import importlib
 from typing import Any
 
 _SUBMODULES = {
-    "bundle", "check_data", "checkpoint", "ema", "engine", "handlers", "losses", "masking", "metrics", "networks",
-    "optim", "phantom", "reports", "transfer", "inference",
+    "bundle",
+    "check_data",
+    "checkpoint",
+    "ema",
+    "engine",
+    "handlers",
+    "losses",
+    "masking",
+    "metrics",
+    "networks",
+    "optim",
+    "phantom",
+    "reports",
+    "transfer",
+    "visualize",
+    "demo",
+    "evaluation",
+    "labels",
+    "seg_data",
+    "seg_engine",
+    "tracking",
+    "release",
+    "verify",
 }
 
 

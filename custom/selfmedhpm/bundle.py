@@ -59,7 +59,9 @@ def datalist(dataset_dir: str, datalist_file: str | None, split: str | Sequence[
         datalist_file = os.path.join(dataset_dir, datalist_file)
     entries: list = []
     for name in [split] if isinstance(split, str) else split:
-        entries += load_decathlon_datalist(datalist_file, is_segmentation=labels, data_list_key=name, base_dir=dataset_dir)
+        entries += load_decathlon_datalist(
+            datalist_file, is_segmentation=labels, data_list_key=name, base_dir=dataset_dir
+        )
     if not labels:
         entries = [{"image": e["image"]} for e in entries]
     return entries
@@ -105,7 +107,8 @@ def as_bool(value: object, name: str = "value") -> bool:
 
 _RUN_ARGS = {
     "config_file", "meta_file", "logging_file", "args_file", "tracking", "init_id", "run_id", "final_id",
-    "workflow_type", "workflow_name", "properties_path", "bundle_root", "net_id", "filepath", "ckpt_file", "key_in_ckpt",
+    "workflow_type", "workflow_name", "properties_path", "bundle_root", "net_id", "filepath", "ckpt_file",
+    "key_in_ckpt",
 }  # fmt: skip
 
 

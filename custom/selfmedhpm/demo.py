@@ -18,7 +18,6 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
-
 from selfmedhpm import reports
 from selfmedhpm.phantom import generate_dataset
 

@@ -11,7 +11,6 @@ from ignite.engine import Engine
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
-
 from selfmedhpm.ema import EMATeacher, unwrap
 from selfmedhpm.losses import HPMLoss
 from selfmedhpm.masking import hard_patch_mask, hard_ratio_at

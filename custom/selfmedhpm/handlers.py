@@ -12,14 +12,46 @@ from pathlib import Path
 
 import torch
 from ignite.engine import Engine, Events
-
-from selfmedhpm.checkpoint import save_atomic
+from monai.handlers import CheckpointLoader, LrScheduleHandler, ValidationHandler
+from selfmedhpm.bundle import rank
+from selfmedhpm.checkpoint import ResumeFromCheckpoint, save_atomic
 from selfmedhpm.ema import EMATeacher, unwrap
 from selfmedhpm.transfer import encoder_state_dict
 
-__all__ = ["is_rank0", "write_json_atomic", "HistoryRecorder", "PretrainExporter", "CaseProgress", "batch_images"]
+__all__ = [
+    "is_rank0",
+    "write_json_atomic",
+    "HistoryRecorder",
+    "PretrainExporter",
+    "CaseProgress",
+    "batch_images",
+    "rank_handlers",
+]
 
 logger = logging.getLogger(__name__)
+
+EVERY_RANK_HANDLERS: tuple[type, ...] = (LrScheduleHandler, ValidationHandler, CheckpointLoader, ResumeFromCheckpoint)
+"""Handlers that every process of a multi-GPU run must attach: they change the weights, the lr or run collective
+metric computations. Other handlers (logging, saving) run on rank 0 only; a handler can opt in with a true
+``every_rank`` attribute."""
+
+
+def rank_handlers(handlers: Sequence | None) -> list:
+    """The handlers this process attaches in a multi-GPU run: all of them on rank 0; on other ranks only those in
+    :data:`EVERY_RANK_HANDLERS` (lr schedule, resume, checkpoint loading, validation) and those with a true
+    ``every_rank`` attribute. Selecting by type, not by position, keeps working when a tool inserts a handler
+    (MONAI Label puts a ``CheckpointLoader`` first) or appends one (``--tracking mlflow``).
+
+    Examples::
+
+        >>> handlers = [ValidationHandler(interval=1), object()]
+        >>> len(rank_handlers(handlers))  # rank 0 outside torch.distributed
+        2
+    """
+    handlers = list(handlers or [])
+    if rank() == 0:
+        return handlers
+    return [h for h in handlers if isinstance(h, EVERY_RANK_HANDLERS) or getattr(h, "every_rank", False)]
 
 
 def is_rank0() -> bool:
@@ -47,7 +79,8 @@ class HistoryRecorder:
         path: the JSON file, e.g. ``models/history.json``.
         output_keys: scalar keys of ``engine.state.output`` to average over each epoch.
         optimizer: its first group's lr is recorded when given.
-        evaluator: its ``state.metrics`` (e.g. validation Dice) are copied into the epoch record when given.
+        evaluator: its ``state.metrics`` (e.g. validation Dice) are copied into the record of each epoch after which
+            it ran.
         resume: when the file exists at start, keep the records of epochs before the engine's start epoch.
 
     Examples::
@@ -77,12 +110,18 @@ class HistoryRecorder:
         self._sums: dict[str, float] = defaultdict(float)
         self._count = 0
         self._start = time.perf_counter()
+        self._validated = False
 
     def attach(self, engine: Engine) -> None:
+        if self.evaluator is not None:
+            self.evaluator.add_event_handler(Events.COMPLETED, self._validation_done)
         engine.add_event_handler(Events.STARTED, self._started)
         engine.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._iteration)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
+
+    def _validation_done(self, evaluator: Engine) -> None:
+        self._validated = True
 
     def _started(self, engine: Engine) -> None:
         self.records = []
@@ -96,6 +135,8 @@ class HistoryRecorder:
 
     def _iteration(self, engine: Engine) -> None:
         output = engine.state.output
+        if isinstance(output, (list, tuple)) and output:  # decollated by MONAI: batch scalars repeat per sample
+            output = output[0]
         for key in self.output_keys:
             value = output[key]
             self._sums[key] += float(value.item() if isinstance(value, torch.Tensor) else value)
@@ -104,10 +145,11 @@ class HistoryRecorder:
     def _epoch_completed(self, engine: Engine) -> None:
         record: dict = {"epoch": engine.state.epoch, "iterations": self._count}
         record.update({k: v / max(self._count, 1) for k, v in self._sums.items()})
-        if self.optimizer is not None:
-            record["lr"] = self.optimizer.param_groups[0]["lr"]
-        if self.evaluator is not None and self.evaluator.state.metrics:
+        if self.optimizer is not None:  # the base lr: the group without layer-wise decay
+            record["lr"] = max(group["lr"] for group in self.optimizer.param_groups)
+        if self.evaluator is not None and self._validated:
             record.update({k: _plain(v) for k, v in self.evaluator.state.metrics.items()})
+        self._validated = False
         record["seconds"] = time.perf_counter() - self._start
         self.records.append(record)
         if is_rank0():
@@ -162,27 +204,45 @@ class PretrainExporter:
 
 
 class CaseProgress:
-    """Prints one line per inferred case: ``[i/N] <input file> (seconds)``, so long folder runs show progress.
+    """Logs one line per case as an evaluator goes: ``case i/N <input> -> <output>`` (the output is the file that
+    ``SaveImaged(savepath_in_metadict=True)`` wrote, when there is one).
 
     Args:
-        total: number of cases, for the ``i/N`` counter.
-        output_dir: where the outputs go, printed with each line.
+        image_key: key of the input image, whose meta names the input file. Defaults to "image".
+        output_key: key of the saved prediction. Defaults to "pred".
+
+    Examples::
+
+        >>> from monai.data import MetaTensor
+        >>> engine = Engine(lambda e, b: [{"image": MetaTensor(torch.zeros(1), meta={"filename_or_obj": b})}])
+        >>> CaseProgress().attach(engine)
+        >>> _ = engine.run(["a.nii.gz", "b.nii.gz"])
     """
 
-    def __init__(self, total: int | None = None, output_dir: str | os.PathLike | None = None) -> None:
-        self.total, self.output_dir = total, output_dir
-        self._start = time.perf_counter()
+    def __init__(self, image_key: str = "image", output_key: str = "pred") -> None:
+        self.image_key, self.output_key = image_key, output_key
+        self.count = 0
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.ITERATION_STARTED, self._started)
+        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
 
-    def _started(self, engine: Engine) -> None:
-        self._start = time.perf_counter()
+    def _reset(self, engine: Engine) -> None:
+        self.count = 0
+
+    @staticmethod
+    def _total(engine: Engine) -> int | str:
+        try:
+            return len(engine.data_loader.sampler)  # type: ignore[attr-defined]
+        except (AttributeError, TypeError):
+            return engine.state.epoch_length or "?"
 
     def __call__(self, engine: Engine) -> None:
-        seconds = time.perf_counter() - self._start
-        total = self.total or engine.state.epoch_length
-        for name, _ in batch_images(engine):
-            target = f" -> {self.output_dir}" if self.output_dir else ""
-            print(f"[{engine.state.iteration}/{total}] {name} ({seconds:.1f} s){target}", flush=True)
+        output = engine.state.output
+        items = output if isinstance(output, (list, tuple)) else [output]
+        for item in items:
+            self.count += 1
+            source = getattr(item.get(self.image_key), "meta", {}).get("filename_or_obj", "?")
+            target = getattr(item.get(self.output_key), "meta", {}).get("saved_to")
+            arrow = f" -> {target}" if target else ""
+            logger.info("case %d/%s %s%s", self.count, self._total(engine), source, arrow)

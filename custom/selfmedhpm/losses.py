@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-
 from selfmedhpm.bundle import as_bool
 
 __all__ = ["patchify", "unpatchify", "patch_targets", "per_patch_loss", "relative_loss_prediction", "HPMLoss"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-
 from selfmedhpm.ema import unwrap
 from selfmedhpm.losses import patch_targets, per_patch_loss
 from selfmedhpm.masking import hard_patch_mask

@@ -10,7 +10,6 @@ from collections.abc import Mapping
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 from selfmedhpm.check_data import describe_state_dict_mismatch
 from selfmedhpm.checkpoint import CheckpointError, load_weights
 from selfmedhpm.ema import unwrap

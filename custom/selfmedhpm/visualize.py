@@ -15,7 +15,6 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from ignite.engine import Engine, Events  # noqa: E402
-
 from selfmedhpm.ema import unwrap  # noqa: E402
 from selfmedhpm.handlers import batch_images  # noqa: E402
 from selfmedhpm.masking import hard_patch_mask  # noqa: E402
@@ -35,7 +34,11 @@ def center_crop(volume: torch.Tensor, roi_size: Sequence[int]) -> torch.Tensor:
     volume = F.pad(volume, pads)
     starts = [(s - r) // 2 for s, r in zip(volume.shape[2:], roi_size)]
     return volume[
-        :, :, starts[0] : starts[0] + roi_size[0], starts[1] : starts[1] + roi_size[1], starts[2] : starts[2] + roi_size[2]
+        :,
+        :,
+        starts[0] : starts[0] + roi_size[0],
+        starts[1] : starts[1] + roi_size[1],
+        starts[2] : starts[2] + roi_size[2],
     ]
 
 

@@ -10,13 +10,11 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
-
 from monai.networks.blocks.patchembedding import PatchEmbeddingBlock
 from monai.networks.blocks.pos_embed_utils import build_sincos_position_embedding
 from monai.networks.blocks.transformerblock import TransformerBlock
 from monai.networks.layers import trunc_normal_
 from monai.utils import ensure_tuple_rep
-
 from selfmedhpm.losses import patchify, unpatchify
 
 __all__ = ["HPMEncoder", "HPMMaskedAutoEncoder", "PatchLossMap"]

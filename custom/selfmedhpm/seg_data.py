@@ -1,0 +1,111 @@
+"""Data of the segmentation bundle: checking the exact training/validation entries a run will read, and finding
+the inputs of an inference run."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from selfmedhpm.check_data import DataCheckError, Problem, validate_dataset
+
+__all__ = ["IMAGE_SUFFIXES", "check_entries", "is_dicom_folder", "find_images"]
+
+IMAGE_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+"""File suffixes that MONAI's ``LoadImage`` reads with its default readers (nibabel, pynrrd; ``.nhdr`` and MetaImage
+need ITK)."""
+
+
+def check_entries(
+    entries: Sequence[Mapping[str, str]],
+    num_classes: int | None = None,
+    source: str = "the training and validation data lists",
+) -> list[Problem]:
+    """Runs :func:`selfmedhpm.check_data.validate_dataset` on explicit ``{"image", "label"}`` entries, the ones a
+    workflow will really read (a datalist split, or the lists MONAI Label passes as ``train#dataset#data``), and
+    returns its warnings. Raises :class:`~selfmedhpm.check_data.DataCheckError` listing every problem found.
+
+    Args:
+        entries: data list entries; relative paths are taken from the current folder.
+        num_classes: label values must lie in ``0..num_classes-1``; None skips the range check.
+        source: what the entries are, named in the error.
+
+    Examples::
+
+        >>> try:
+        ...     check_entries([{"image": "/no/img.nii.gz", "label": "/no/lab.nii.gz"}])
+        ... except DataCheckError as e:
+        ...     print(e.problems[0])
+        ERROR  /no/img.nii.gz: file not found
+    """
+    if not entries:
+        raise DataCheckError([Problem("(data list)", "no cases: the list of entries is empty")], source)
+    absolute = [{k: os.path.abspath(v) if k in ("image", "label") else v for k, v in e.items()} for e in entries]
+    with tempfile.TemporaryDirectory() as tmp:
+        datalist = Path(tmp) / "datalist.json"
+        datalist.write_text(json.dumps({"training": absolute}))
+        try:
+            return validate_dataset(tmp, str(datalist), splits=["training"], num_classes=num_classes)
+        except DataCheckError as e:
+            raise DataCheckError(e.problems, source) from None
+
+
+def is_dicom_folder(path: str | os.PathLike) -> bool:
+    """True for a folder holding DICOM files (``*.dcm``, or files with the ``DICM`` preamble).
+
+    Examples::
+
+        >>> is_dicom_folder(tempfile.mkdtemp())
+        False
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        return False
+    for i, file in enumerate(sorted(p for p in folder.iterdir() if p.is_file())):
+        if file.suffix.lower() == ".dcm":
+            return True
+        if i < 5:
+            with open(file, "rb") as f:
+                if f.read(132)[128:] == b"DICM":
+                    return True
+    return False
+
+
+def _images_in(folder: Path) -> list[str]:
+    found = []
+    for entry in sorted(folder.iterdir()):
+        if entry.is_file() and entry.name.lower().endswith(IMAGE_SUFFIXES):
+            found.append(str(entry))
+        elif is_dicom_folder(entry):
+            found.append(str(entry))
+    return found
+
+
+def find_images(dataset_dir: str | os.PathLike, subdir: str = "imagesTs") -> list[str]:
+    """The inference inputs of a folder: image files (:data:`IMAGE_SUFFIXES`) and DICOM series folders, sorted,
+    from ``dataset_dir/subdir`` when that folder exists, else from ``dataset_dir`` itself. Raises
+    ``FileNotFoundError`` naming the folder when it is missing or holds no image.
+
+    Args:
+        dataset_dir: a BTCV-layout data set (its ``imagesTs/``) or a plain folder of images.
+        subdir: the test-image folder looked in first. Defaults to "imagesTs".
+
+    Examples::
+
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> _ = (folder / "ct.nrrd").write_bytes(b""), (folder / "notes.txt").write_text("")
+        >>> [Path(p).name for p in find_images(folder)]
+        ['ct.nrrd']
+    """
+    root = Path(dataset_dir)
+    folder = root / subdir if (root / subdir).is_dir() else root
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: input folder not found; pass --dataset_dir DIR or --input_file PATH.")
+    found = _images_in(folder)
+    if not found:
+        raise FileNotFoundError(
+            f"{folder}: no input images (expected files ending {', '.join(IMAGE_SUFFIXES)} or DICOM series folders)."
+        )
+    return found
