@@ -157,3 +157,53 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(phantom_dir, tm
     assert sum(r["iterations"] for r in history) == sum(r["iterations"] for r in reference)
     a, b = load_weights(full / "model.pt"), load_weights(killed / "model.pt")
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def _segmentation_inference(folder: Path, out: Path, model: Path, env: dict) -> tuple[int, float, str]:
+    """Runs the segmentation inference bundle (CPU preset) on a folder in a child process; returns its exit code,
+    its peak resident memory in GB (measured by the child itself at exit) and its stderr."""
+    from conftest import SEGMENT
+
+    config = str(configs(SEGMENT, "inference.json", "train_cpu.json"))
+    script = (
+        "import resource, sys, runpy\n"
+        "sys.argv = ['monai.bundle'] + sys.argv[1:]\n"
+        "try:\n    runpy.run_module('monai.bundle', run_name='__main__')\n"
+        "finally:\n    print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+    )
+    command = [sys.executable, "-c", script, "run", "--config_file", config, "--dataset_dir", str(folder),
+               "--output_dir", str(out), "--model_file", str(model), "--pixdim", "[5.0, 5.0, 5.0]",
+               "--num_workers", "0"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+    peak = [line for line in result.stderr.splitlines() if line.startswith("PEAK_RSS_KB")]
+    return result.returncode, int(peak[-1].split()[1]) / 1024**2 if peak else float("nan"), result.stderr
+
+
+@pytest.mark.slow
+def test_folder_inference_memory_is_bounded_and_a_bad_case_is_skipped(tmp_path, python_env):
+    import nibabel as nib
+    from monai.bundle import ConfigParser
+    from conftest import SEGMENT
+
+    from selfmedhpm.phantom import generate_case
+
+    parser = ConfigParser()
+    parser.read_config(configs(SEGMENT, "inference.json", "train_cpu.json"))
+    model = save_atomic(parser.get_parsed_content("network_def").state_dict(), tmp_path / "model.pt")
+    few, many = tmp_path / "five", tmp_path / "twenty"
+    for folder, count in ((few, 5), (many, 20)):
+        folder.mkdir()
+        for i in range(count):
+            shape = (64 + 16 * (i % 4), 64 + 16 * (i % 4), 32 + 8 * (i % 3))  # mixed sizes
+            image, _, affine = generate_case(i, shape=shape)
+            nib.save(nib.Nifti1Image(image, affine), folder / f"ct_{i:02d}.nii.gz")
+    (many / "ct_99_broken.nii.gz").write_bytes((many / "ct_00.nii.gz").read_bytes()[:300])  # truncated
+
+    code5, peak5, _ = _segmentation_inference(few, tmp_path / "out5", model, python_env)
+    code20, peak20, stderr = _segmentation_inference(many, tmp_path / "out20", model, python_env)
+    assert code5 == 0 and code20 == 0, stderr[-3000:]
+    outputs = sorted(p.name for p in (tmp_path / "out20").glob("*_seg.nii.gz"))
+    assert len(outputs) == 20 and "ct_99_broken_seg.nii.gz" not in outputs
+    assert "ct_99_broken.nii.gz: cannot be read" in stderr
+    print(f"peak RSS: 5 volumes {peak5:.2f} GB, 20 volumes {peak20:.2f} GB")
+    assert peak20 < peak5 * 1.15 + 0.05, (peak5, peak20)

@@ -88,8 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", default=12, type=int, help="synthetic cases (a quarter for validation)")
     parser.add_argument("--seed", default=0, type=int)
     parser.add_argument("--pretrain_epochs", default=60, type=int)
-    parser.add_argument("--finetune_epochs", default=60, type=int)
-    parser.add_argument("--val_interval", default=10, type=int)
+    parser.add_argument("--finetune_epochs", default=30, type=int)
+    parser.add_argument("--finetune_roi", default=48, type=int, help="fine-tuning crop edge (the encoder's position "
+                        "embeddings are interpolated from the pretraining crop)")  # fmt: skip
+    parser.add_argument("--val_interval", default=5, type=int)
     parser.add_argument("--pixdim", default=[3.0, 3.0, 3.0], type=float, nargs=3, help="demo spacing in mm")
     parser.add_argument("--no_mlflow", action="store_true", help="do not track the stages in MLflow")
     args = parser.parse_args(argv)
@@ -124,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
             run_bundle(
                 _configs(SEGMENT, "train.json", "train_cpu.json"), tracking_uri, f"finetune_{name}",
                 dataset_dir=str(data), output_dir=str(run_dirs[name]), epochs=args.finetune_epochs,
-                val_interval=args.val_interval, pretrained_encoder=str(encoder) if encoder else None, **common,
+                val_interval=args.val_interval, pretrained_encoder=str(encoder) if encoder else None,
+                roi_size=[args.finetune_roi] * 3, **common,
             )  # fmt: skip
     summaries = {}
     for name in runs:
@@ -132,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             run_bundle(
                 _configs(SEGMENT, "train.json", "train_cpu.json", "evaluate.json"), tracking_uri, f"evaluate_{name}",
                 dataset_dir=str(data), model_file=str(run_dirs[name] / "model.pt"),
-                output_dir=str(run_dirs[name] / "eval"), **common,
+                output_dir=str(run_dirs[name] / "eval"), roi_size=[args.finetune_roi] * 3, **common,
             )  # fmt: skip
             summaries[name] = _load(run_dirs[name] / "eval" / "summary.json")
 
@@ -148,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         run_bundle(
             _configs(SEGMENT, "inference.json", "train_cpu.json"), None, "inference",
             input_file=str(image_path), model_file=str(run_dirs["HPM-initialised"] / "model.pt"),
-            output_dir=str(infer_dir), **common,
+            output_dir=str(infer_dir), roi_size=[args.finetune_roi] * 3, **common,
         )  # fmt: skip
         stem = image_path.name.split(".")[0]
         image = nib.load(image_path).get_fdata()

@@ -62,7 +62,8 @@ class HPMTrainer(SupervisedTrainer):
     reconstructs and predicts losses, ``L = L_rec + lambda * L_pred``; (4) optimiser step. The EMA update runs after
     the iteration: the trainer attaches its :class:`~selfmedhpm.ema.EMATeacher` as a handler.
 
-    ``engine.state.output`` holds ``image``, ``loss``, ``rec_loss``, ``pred_loss`` and ``hard_ratio``.
+    ``engine.state.output`` holds ``image``, ``loss``, ``rec_loss``, ``pred_loss`` and ``hard_ratio``, decollated
+    into one dict per sample like the outputs of MONAI's trainers (so ``from_engine(["loss"], first=True)`` works).
 
     Args:
         device: training device.
@@ -160,15 +161,14 @@ class HPMTrainer(SupervisedTrainer):
             loss.backward()
             engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
             engine.optimizer.step()
-        engine.fire_event(IterationEvents.MODEL_COMPLETED)
         engine.state.output = {
             Keys.IMAGE: images,
             Keys.LOSS: loss.detach(),
             "rec_loss": losses["rec_loss"].item(),
             "pred_loss": losses["pred_loss"].item(),
             "hard_ratio": hard_ratio,
-            "mask": mask,
         }
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)  # MONAI decollates the output here, as for its trainers
         return engine.state.output
 
 
@@ -180,7 +180,9 @@ def student(engine: SupervisedTrainer) -> torch.nn.Module:
 def output_scalars(keys: Sequence[str]) -> Callable[[dict], dict[str, float]]:
     """``output_transform`` picking float scalars from ``engine.state.output`` (for stats / MLflow handlers)."""
 
-    def _pick(output: dict) -> dict[str, float]:
+    def _pick(output: dict | list) -> dict[str, float]:
+        if isinstance(output, (list, tuple)):  # decollated: batch scalars repeat in every sample
+            output = output[0]
         picked = {}
         for key in keys:
             value = output[key]
