@@ -5,8 +5,13 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DATA ?= results/data
 RESULTS ?= results/demo
+# MONAI Label 0.8.5 (optional, for annotators): its own environment; torchvision needs torch 2.14.1 there
+MLVENV ?= .venv-monailabel
+MLPIP := $(MLVENV)/bin/pip
+MLSTAMP := $(MLVENV)/.installed
+APP ?= apps/selfmedhpm
 
-.PHONY: venv demo test lint format verify bench bench-quick release clean
+.PHONY: venv demo test lint format verify bench bench-quick release clean monailabel-env monailabel-app
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,10 +22,29 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+$(MLSTAMP):
+	test -x $(MLVENV)/bin/python || $(PYTHON) -m venv $(MLVENV)
+	$(MLPIP) install -q --upgrade pip
+	$(MLPIP) install -q torch==2.14.1 torchvision==0.29.1
+	$(MLPIP) install -q "monai[nibabel,ignite,einops,fire,mlflow,skimage,tqdm,psutil,pillow]==1.6.1" itk \
+		"pydicom<3" dicomweb-client==0.59.1 "pynetdicom<3"
+	$(MLPIP) install -q --no-deps monailabel==0.8.5
+	$(MLPIP) install -q uvicorn pydantic pydantic-settings python-dotenv fastapi python-multipart httpx schedule \
+		timeloop expiringdict expiring_dict cachetools watchdog pydicom-seg pynrrd girder-client pyyaml filelock \
+		passlib pyjwt bcrypt shapely requests requests-toolbelt scikit-learn scipy matplotlib
+	touch $(MLSTAMP)
+
+monailabel-env: $(MLSTAMP)
+
+# the demo's fine-tuned weights (CPU preset, 48^3 crops at 3 mm) in a MONAI Label app folder
+monailabel-app: $(STAMP) $(MLSTAMP)
+	$(PY) -m selfmedhpm.label_app --out $(APP) --preset cpu --weights $(RESULTS)/finetune_hpm \
+		--set "roi_size=[48,48,48]" --set "pixdim=[3.0,3.0,3.0]" --overwrite
+
 demo: $(STAMP)
 	$(PY) -m selfmedhpm.demo --data_dir $(DATA) --results_dir $(RESULTS)
 
-test: $(STAMP)
+test: $(STAMP) $(MLSTAMP)
 	$(PY) -m pytest -q -ra tests
 
 lint: $(STAMP)
@@ -34,3 +58,4 @@ format: $(STAMP)
 
 clean:
 	rm -rf results dist build
+include benchmarks/Makefile.inc

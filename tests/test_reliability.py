@@ -182,9 +182,8 @@ def _segmentation_inference(folder: Path, out: Path, model: Path, env: dict) -> 
 @pytest.mark.slow
 def test_folder_inference_memory_is_bounded_and_a_bad_case_is_skipped(tmp_path, python_env):
     import nibabel as nib
-    from monai.bundle import ConfigParser
     from conftest import SEGMENT
-
+    from monai.bundle import ConfigParser
     from selfmedhpm.phantom import generate_case
 
     parser = ConfigParser()

@@ -155,12 +155,13 @@ def check_overrides(argv: Sequence[str] | None = None) -> bool:
     import difflib
 
     from monai.bundle import ConfigParser
+    from selfmedhpm.tracking import tracking_config_ids
 
     argv = list(sys.argv if argv is None else argv)
     files = _config_files(argv)
     if not files:
         return True
-    known = _config_ids(ConfigParser.load_config_files(files)) | {"_meta_"}
+    known = _config_ids(ConfigParser.load_config_files(files)) | {"_meta_"} | tracking_config_ids(argv)
     for arg in argv:
         if not arg.startswith("--"):
             continue

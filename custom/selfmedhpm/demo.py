@@ -143,13 +143,13 @@ def main(argv: list[str] | None = None) -> int:
     with stages("inference and figures"):
         image_path = data / val_case["image"]
         run_bundle(
-            _configs(PRETRAIN, "inference.json", "train_cpu.json"), None, "hpm_heatmap",
+            _configs(PRETRAIN, "inference.json", "train_cpu.json"), tracking_uri, "hpm_heatmap",
             dataset_dir=str(data), input_files=[str(image_path)], load_path=str(pre_dir / "teacher.pt"),
             output_dir=str(figures), **common,
         )  # fmt: skip
         infer_dir = results / "inference"
         run_bundle(
-            _configs(SEGMENT, "inference.json", "train_cpu.json"), None, "inference",
+            _configs(SEGMENT, "inference.json", "train_cpu.json"), tracking_uri, "inference",
             input_file=str(image_path), model_file=str(run_dirs["HPM-initialised"] / "model.pt"),
             output_dir=str(infer_dir), roi_size=[args.finetune_roi] * 3, **common,
         )  # fmt: skip
@@ -167,8 +167,19 @@ def main(argv: list[str] | None = None) -> int:
     (results / "report.md").write_text(text)
     print("\n" + text, flush=True)
     if tracking_uri:
+        _log_report(tracking_uri, results, figures, summaries, args)
         print(f"MLflow: mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000")
     return 0
+
+
+def _log_report(tracking_uri: str, results: Path, figures: Path, summaries: dict, args: argparse.Namespace) -> None:
+    """The report, the Dice tables and the figures as the MLflow run "report" of the demo's experiment."""
+    from selfmedhpm.tracking import log_run
+
+    params = {k: getattr(args, k) for k in ("cases", "seed", "pixdim", "pretrain_epochs", "finetune_epochs")}
+    metrics = {f"mean_dice/{name}": s["mean_dice"]["all_organs"] for name, s in summaries.items()}
+    files = [results / "report.md", results / "dice_table.csv", results / "dice_table.md", figures]
+    log_run(tracking_uri, "selfmedhpm_demo", "report", params, metrics, files)
 
 
 def _report(summaries: dict, table: str, stages: Stages, args: argparse.Namespace) -> str:

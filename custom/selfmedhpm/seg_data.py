@@ -1,5 +1,5 @@
-"""Data of the segmentation bundle: checking the exact training/validation entries a run will read, and finding
-the inputs of an inference run."""
+"""Data of the segmentation bundle: checking the exact training/validation entries a run will read, finding the
+inputs of an inference run, and resampling them in a way MONAI Label can run."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from monai.transforms import Spacingd
 from selfmedhpm.check_data import DataCheckError, Problem, validate_dataset
 
-__all__ = ["IMAGE_SUFFIXES", "check_entries", "is_dicom_folder", "find_images"]
+__all__ = ["IMAGE_SUFFIXES", "check_entries", "is_dicom_folder", "find_images", "MetaSafeSpacingd"]
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 """File suffixes that MONAI's ``LoadImage`` reads with its default readers (nibabel, pynrrd; ``.nhdr`` and MetaImage
@@ -109,3 +110,30 @@ def find_images(dataset_dir: str | os.PathLike, subdir: str = "imagesTs") -> lis
             f"{folder}: no input images (expected files ending {', '.join(IMAGE_SUFFIXES)} or DICOM series folders)."
         )
     return found
+
+
+class MetaSafeSpacingd(Spacingd):
+    """MONAI's ``Spacingd`` (same arguments) that leaves alone the ``<key>_*`` entries of the data that are not
+    metadata dictionaries.
+
+    For a NIfTI input, MONAI 1.6's ``Spacingd`` updates every entry whose name starts with ``<key>_`` as a metadata
+    dict; MONAI Label 0.8.5 puts the input's path, a string, in ``image_path``, so inference on a NIfTI study
+    fails there (``'str' object has no attribute 'update'``). Such entries are set aside while resampling.
+
+    Examples::
+
+        >>> import torch
+        >>> from monai.data import MetaTensor
+        >>> image = MetaTensor(torch.zeros(1, 4, 4, 4), meta={"filename_or_obj": "ct.nii.gz"})
+        >>> out = MetaSafeSpacingd("image", pixdim=2.0)({"image": image, "image_path": "ct.nii.gz"})
+        >>> tuple(out["image"].shape), out["image_path"]
+        ((1, 2, 2, 2), 'ct.nii.gz')
+    """
+
+    def __call__(self, data: Mapping, lazy: bool | None = None) -> dict:
+        d = dict(data)
+        prefixes = tuple(f"{key}_" for key in self.keys)
+        aside = {k: d.pop(k) for k in list(d) if str(k).startswith(prefixes) and not isinstance(d[k], Mapping)}
+        d = super().__call__(d, lazy=lazy)
+        d.update(aside)
+        return d

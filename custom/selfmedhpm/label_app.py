@@ -1,0 +1,308 @@
+"""A MONAI Label app folder for the segmentation bundle: annotators get organ labels for a CT and train further.
+
+``python -m selfmedhpm.label_app --out apps/selfmedhpm --preset cpu`` writes
+
+- ``apps/selfmedhpm/``: a copy of MONAI Label's ``monaibundle`` sample app, taken from the MONAI Label
+  installation (``.venv-monailabel/monailabel/sample-apps/monaibundle``, ``--sample_app`` for another one);
+- ``apps/selfmedhpm/model/selfmedhpm_ct_segmentation/``: the bundle, self-contained (its configs, docs, weights and
+  the modules of the ``selfmedhpm`` package its configs need, as ``<bundle>/selfmedhpm/``: MONAI Label puts the
+  bundle folder first on ``sys.path``, so nothing has to be installed in MONAI Label's environment).
+
+MONAI Label reads ``configs/inference.json`` and ``configs/train.json`` as they are, with no override files, so a
+preset (``--preset cpu``: ``train_cpu.json``, 64^3 crops and a small ViT), any ``--override FILE.json`` and
+``--set KEY=VALUE`` (VALUE in JSON) are merged, in this order, into both and written back; keys a config does not
+have are left out of it (``epochs`` is not an inference key) and listed. The metadata's ``spatial_shape`` follows the
+merged ``roi_size``.
+
+The weights (``--weights``: ``model.pt`` or its folder, default the bundle's ``models/``) are loaded **strictly**
+into the merged inference network before the app is written: MONAI Label itself loads them with ``strict=False`` and
+only warns, so weights of another preset would silently give a network with random layers. Without weights MONAI
+Label offers training only (``--allow-missing-weights``).
+
+Then::
+
+    .venv-monailabel/bin/monailabel start_server --app apps/selfmedhpm --studies DIR --host 127.0.0.1 --port 8000 \\
+        --conf models selfmedhpm_ct_segmentation --conf zoo_source local --conf sam2 false
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from selfmedhpm.release import PACKAGE, ROOT, release_files
+
+__all__ = [
+    "BUNDLE",
+    "MERGED_CONFIGS",
+    "PRESETS",
+    "LabelAppError",
+    "find_sample_app",
+    "merge_config",
+    "assemble_bundle",
+    "apply_overrides",
+    "check_weights",
+    "prepare_app",
+    "parse_settings",
+    "main",
+]
+
+logger = logging.getLogger(__name__)
+
+BUNDLE = ROOT / "bundles" / "selfmedhpm_ct_segmentation"
+MONAILABEL_ENV = ROOT / ".venv-monailabel"
+MERGED_CONFIGS = ("inference.json", "train.json")
+"""The configs MONAI Label reads (``BundleInferTask`` and ``BundleTrainTask``), written back with overrides merged."""
+PRESETS: dict[str, tuple[str, ...]] = {"none": (), "cpu": ("train_cpu.json",)}
+"""Preset name -> override files of the bundle's ``configs/`` merged into :data:`MERGED_CONFIGS`."""
+
+
+class LabelAppError(RuntimeError):
+    """The app cannot be prepared as asked (no sample app, weights that do not fit, an existing output)."""
+
+
+def find_sample_app(monailabel_env: str | Path = MONAILABEL_ENV, name: str = "monaibundle") -> Path:
+    """The sample app ``name`` of a MONAI Label installation: ``<env>/monailabel/sample-apps/<name>`` (where pip
+    puts them; ``monailabel apps --download`` copies from there), or ``<env>/local/monailabel/...``.
+
+    Raises:
+        LabelAppError: naming the folders looked in.
+    """
+    env = Path(monailabel_env)
+    candidates = [env / "monailabel" / "sample-apps" / name, env / "local" / "monailabel" / "sample-apps" / name]
+    for folder in candidates:
+        if (folder / "main.py").is_file():
+            return folder
+    raise LabelAppError(
+        f"no MONAI Label sample app {name!r} in {', '.join(map(str, candidates))}: build the environment "
+        "(make monailabel-env) or pass --sample_app"
+    )
+
+
+def merge_config(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> tuple[dict, list[str]]:
+    """``base`` with the ids of ``overrides`` (``"key"`` or nested ``"a#b"``) that ``base`` has set to their new
+    values; returns the merged config and the override ids ``base`` lacks (left out).
+
+    Examples::
+
+        >>> merge_config({"epochs": 5, "train": {"batch_size": 2}}, {"epochs": 1, "train#batch_size": 1, "x": 0})
+        ({'epochs': 1, 'train': {'batch_size': 1}}, ['x'])
+    """
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser(json.loads(json.dumps(base)))
+    skipped = []
+    for key, value in overrides.items():
+        if key in parser:
+            parser[key] = value
+        else:
+            skipped.append(key)
+    return parser.get(), skipped
+
+
+def assemble_bundle(
+    bundle_dir: str | Path,
+    target: str | Path,
+    weights_dir: str | Path | None = None,
+    package_dir: str | Path = PACKAGE,
+) -> Path:
+    """Copies the bundle, self-contained, to ``target``: what its release zip holds (``selfmedhpm.release``:
+    LICENSE, configs, docs, ``models/*.pt`` from ``weights_dir`` or the bundle, and the package modules its configs
+    need under ``target/selfmedhpm/``).
+    """
+    target = Path(target)
+    for name, source in release_files(bundle_dir, package_dir, weights_dir).items():
+        destination = target / Path(*name.split("/")[1:])
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, destination)
+    (target / "models").mkdir(exist_ok=True)
+    return target
+
+
+def apply_overrides(
+    bundle_dir: str | Path, override_files: Sequence[str | Path] = (), settings: Mapping[str, Any] | None = None
+) -> dict[str, list[str]]:
+    """Merges ``override_files`` (in order), then ``settings``, into the bundle's :data:`MERGED_CONFIGS` and writes
+    them back as JSON with 4-space indent; sets the metadata's ``spatial_shape`` to the merged ``roi_size``.
+
+    Returns:
+        ``{config name: override ids it lacks}``.
+    """
+    from monai.bundle import ConfigParser
+
+    configs = Path(bundle_dir) / "configs"
+    overrides: dict = {}
+    for path in override_files:
+        overrides.update(ConfigParser.load_config_file(str(path)))
+    overrides.update(settings or {})
+    skipped = {}
+    for name in MERGED_CONFIGS:
+        path = configs / name
+        merged, skipped[name] = merge_config(json.loads(path.read_text()), overrides)
+        path.write_text(json.dumps(merged, indent=4) + "\n")
+    roi = json.loads((configs / "inference.json").read_text()).get("roi_size")
+    if isinstance(roi, list) and all(isinstance(r, int) for r in roi):
+        meta = json.loads((configs / "metadata.json").read_text())
+        for section in ("inputs", "outputs"):
+            for spec in meta.get("network_data_format", {}).get(section, {}).values():
+                if "spatial_shape" in spec:
+                    spec["spatial_shape"] = roi
+        (configs / "metadata.json").write_text(json.dumps(meta, indent=4) + "\n")
+    return skipped
+
+
+def check_weights(bundle_dir: str | Path) -> Path:
+    """Loads ``models/model.pt`` strictly (``weights_only=True``) into the network of the bundle's own
+    ``configs/inference.json``; returns the weight file.
+
+    Raises:
+        LabelAppError: missing weights, or weights that do not fit (the first lines of the mismatch).
+    """
+    import torch
+    from monai.bundle import ConfigParser
+
+    bundle_dir = Path(bundle_dir)
+    path = bundle_dir / "models" / "model.pt"
+    if not path.is_file():
+        raise LabelAppError(f"{path} missing: MONAI Label could not run inference with this bundle")
+    parser = ConfigParser()
+    parser.read_config(str(bundle_dir / "configs" / "inference.json"))
+    parser.update({"bundle_root": str(bundle_dir), "device": "$torch.device('cpu')"})
+    network = parser.get_parsed_content("network_def", instantiate=True)
+    try:
+        network.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
+    except RuntimeError as e:
+        lines = str(e).splitlines()
+        raise LabelAppError(
+            f"{path} does not fit the inference network of {bundle_dir / 'configs' / 'inference.json'} "
+            f"(wrong --preset or --override?): {' '.join(lines[:3])[:600]}"
+        ) from None
+    return path
+
+
+def prepare_app(
+    out: str | Path,
+    bundle_dir: str | Path = BUNDLE,
+    sample_app: str | Path | None = None,
+    preset: str = "cpu",
+    override_files: Sequence[str | Path] = (),
+    settings: Mapping[str, Any] | None = None,
+    weights_dir: str | Path | None = None,
+    allow_missing_weights: bool = False,
+    overwrite: bool = False,
+    package_dir: str | Path = PACKAGE,
+) -> Path:
+    """Writes a MONAI Label app folder ``out`` holding the self-contained bundle as ``out/model/<bundle name>``.
+
+    Args:
+        out: the app folder to write.
+        bundle_dir: the bundle folder. Defaults to the segmentation bundle.
+        sample_app: the sample app copied; default MONAI Label's ``monaibundle`` in ``.venv-monailabel``.
+        preset: a key of :data:`PRESETS`, merged first. Defaults to "cpu".
+        override_files: more override files merged after the preset, in order.
+        settings: ``{config id: value}`` merged last (``{"roi_size": [48, 48, 48]}``).
+        weights_dir: the folder of ``model.pt`` (its ``*.pt`` are copied) or one weight file (copied as
+            ``model.pt``); default the bundle's ``models/``.
+        allow_missing_weights: write the app without ``model.pt`` (MONAI Label then only trains) instead of refusing.
+        overwrite: replace an existing app folder ``out`` (only one holding ``main.py``), once the new one is
+            complete.
+        package_dir: the ``selfmedhpm`` source folder.
+
+    Returns:
+        the bundle folder inside the app.
+
+    Raises:
+        LabelAppError: unknown preset, missing sample app, existing ``out``, missing or unfit weights.
+    """
+    if preset not in PRESETS:
+        raise LabelAppError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
+    bundle_dir, out = Path(bundle_dir).resolve(), Path(out)
+    sample = Path(sample_app) if sample_app else find_sample_app()
+    if not (sample / "main.py").is_file():
+        raise LabelAppError(f"{sample} is not a MONAI Label app (no main.py)")
+    if out.exists() and not (overwrite and (out / "main.py").is_file()):
+        raise LabelAppError(
+            f"{out} already exists; --overwrite replaces an app folder (one with main.py), weights trained in it "
+            "included: pass them with --weights OUT/model/<bundle>/models to keep them"
+        )
+    staging = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(sample, staging, ignore=shutil.ignore_patterns("logs", "model", "__pycache__"))
+    weights = Path(weights_dir) if weights_dir else None
+    target = staging / "model" / bundle_dir.name
+    if weights is not None and weights.is_file():  # one weight file, whatever its name
+        assemble_bundle(bundle_dir, target, staging / "no weights", package_dir)
+        shutil.copyfile(weights, target / "models" / "model.pt")
+    else:
+        assemble_bundle(bundle_dir, target, weights, package_dir)
+    files = [bundle_dir / "configs" / name for name in PRESETS[preset]] + [Path(f) for f in override_files]
+    for name, keys in apply_overrides(target, files, settings).items():
+        if keys:
+            logger.info("%s: left out %s (not keys of this config)", name, ", ".join(keys))
+    try:
+        check_weights(target)
+    except LabelAppError as e:
+        if not (allow_missing_weights and not (target / "models" / "model.pt").exists()):
+            shutil.rmtree(staging)
+            raise
+        logger.warning("%s; MONAI Label will offer training only", e)
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+    return out / "model" / bundle_dir.name
+
+
+def parse_settings(items: Sequence[str]) -> dict[str, Any]:
+    """``["roi_size=[48,48,48]", "a#b=x"]`` -> ``{"roi_size": [48, 48, 48], "a#b": "x"}`` (values in JSON, else
+    strings).
+
+    Examples::
+
+        >>> parse_settings(["roi_size=[48, 48, 48]", "precision=fp32", "check_data=false"])
+        {'roi_size': [48, 48, 48], 'precision': 'fp32', 'check_data': False}
+    """
+    settings = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise LabelAppError(f"--set takes KEY=VALUE, got {item!r}")
+        try:
+            settings[key] = json.loads(value)
+        except json.JSONDecodeError:
+            settings[key] = value
+    return settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m selfmedhpm.label_app", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="the app folder to write")
+    parser.add_argument("--bundle", type=Path, default=BUNDLE, help="the bundle folder (default: segmentation)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="merged into the configs")
+    parser.add_argument("--override", type=Path, nargs="*", default=[], help="more override files, merged in order")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config value (JSON)")
+    parser.add_argument("--weights", type=Path, default=None, help="model.pt or its folder (default: the bundle's)")
+    parser.add_argument("--sample_app", type=Path, default=None, help="default: monaibundle of .venv-monailabel")
+    parser.add_argument("--allow-missing-weights", "--allow_missing_weights", action="store_true")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing app folder --out")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        bundle = prepare_app(
+            args.out, args.bundle, args.sample_app, args.preset, args.override, parse_settings(args.set),
+            args.weights, args.allow_missing_weights, args.overwrite,
+        )  # fmt: skip
+    except LabelAppError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.out} (bundle {bundle})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

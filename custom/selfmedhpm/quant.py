@@ -1,0 +1,160 @@
+"""An int8 shadow of the EMA teacher for HPM's teacher pass, for CPUs whose fast reduced precision is int8.
+
+HPM's teacher only *ranks* patches (which ones to mask); its pass over the full crop costs about as much as a whole
+MAE iteration. Where the hardware has fast bf16 (GPUs, CPUs with AMX) the trainer's ``teacher_precision="bf16"``
+does the job; many CPUs (AVX-512 without AMX) run bf16 matmuls no faster than fp32 but have AVX-512 VNNI int8 dot
+products, about 4 times the fp32 rate. :class:`Int8Teacher` runs the teacher's linear layers as int8 x int8 -> int32
+matmuls (``torch._int_mm``; symmetric per-channel weights, per-token dynamic activations), everything else
+(patch embedding, LayerNorm, attention, GELU) in fp32. The fp32 EMA weights stay the teacher of record (EMA update,
+checkpoints, export); the int8 copy is re-quantised from them every ``refresh_interval`` calls.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+
+import torch
+import torch.nn as nn
+
+__all__ = ["Int8Linear", "Int8Teacher", "cpu_flags", "default_teacher_precision"]
+
+
+class Int8Linear(nn.Module):
+    """Inference-only ``nn.Linear`` with int8 weights (symmetric, one scale per output channel) and int8
+    activations quantised per token at run time; the int32 accumulator is rescaled to fp32 and the bias added.
+
+    Args:
+        linear: the float layer to quantise.
+
+    Examples::
+
+        >>> lin = nn.Linear(64, 32)
+        >>> x = torch.randn(20, 64)
+        >>> err = (Int8Linear(lin)(x) - lin(x)).abs().max() / lin(x).abs().max()
+        >>> bool(err < 0.03)
+        True
+    """
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.register_buffer("weight", torch.empty(self.out_features, self.in_features, dtype=torch.int8))
+        self.register_buffer("weight_scale", torch.empty(self.out_features))
+        self.register_buffer("bias", None if linear.bias is None else torch.empty(self.out_features))
+        self.refresh(linear)
+
+    @torch.no_grad()
+    def refresh(self, linear: nn.Linear) -> None:
+        """Re-quantises from ``linear``'s current weights (in place)."""
+        weight = linear.weight.detach().float()  # [out, in]
+        low, high = torch.aminmax(weight, dim=1)
+        scale = torch.maximum(-low, high).clamp_min_(1e-12).div_(127.0)  # [out]
+        self.weight_scale.copy_(scale)
+        self.weight.copy_(torch.div(weight, scale[:, None]).round_())
+        if self.bias is not None:
+            self.bias.copy_(linear.bias.detach())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, self.in_features).float()
+        x_scale = x2.abs().amax(dim=1, keepdim=True).clamp_min_(1e-12).div_(127.0)  # [M, 1]
+        q = x2.div(x_scale).round_().to(torch.int8)
+        y = torch._int_mm(q, self.weight.t()).float().mul_(x_scale)  # [M, out] from int32 accumulators
+        y = y.mul_(self.weight_scale) if self.bias is None else torch.addcmul(self.bias, y, self.weight_scale)
+        return y.view(*shape[:-1], self.out_features)
+
+
+def _swap_linears(module: nn.Module) -> None:
+    for name, child in module.named_children():
+        if isinstance(child, nn.Linear) and min(child.in_features, child.out_features) >= 16:
+            setattr(module, name, Int8Linear(child))
+        else:
+            _swap_linears(child)
+
+
+class Int8Teacher:
+    """Int8 copy of an :class:`~selfmedhpm.networks.HPMMaskedAutoEncoder` teacher for
+    :meth:`~selfmedhpm.networks.HPMMaskedAutoEncoder.predict_patch_loss` only (the reconstructor is dropped).
+
+    Args:
+        source: the fp32 teacher (``EMATeacher.module``); it is read, never changed.
+        refresh_interval: re-quantise from ``source`` every this many calls (1 = every call). The EMA teacher moves
+            by ``1 - d`` (at most 1e-3) of the student-teacher gap per iteration, far below one int8 step, so a few
+            iterations of staleness change nothing measurable; the benchmarks report the hard-patch overlap.
+
+    Examples::
+
+        >>> from selfmedhpm.networks import HPMMaskedAutoEncoder
+        >>> net = HPMMaskedAutoEncoder(img_size=32, hidden_size=48, mlp_dim=96, num_heads=4, decoder_hidden_size=24,
+        ...                            decoder_mlp_dim=48, decoder_num_layers=1, decoder_num_heads=4).eval()
+        >>> Int8Teacher(net).predict_patch_loss(torch.rand(2, 1, 32, 32, 32)).shape
+        torch.Size([2, 8])
+    """
+
+    def __init__(self, source: nn.Module, refresh_interval: int = 1) -> None:
+        if refresh_interval < 1:
+            raise ValueError(f"refresh_interval must be >= 1, got {refresh_interval}.")
+        self.source = source
+        self.refresh_interval = refresh_interval
+        reconstructor = (source.decoder_blocks, source.decoder_norm, source.decoder_pred)
+        memo = {id(m): m for m in reconstructor}  # deepcopy skips (shares) the unused reconstructor
+        self.net = copy.deepcopy(source, memo).eval().requires_grad_(False)
+        self.net.decoder_blocks, self.net.decoder_norm, self.net.decoder_pred = nn.ModuleList(), None, None
+        for part in (self.net.encoder.blocks, self.net.predictor_blocks):
+            _swap_linears(part)
+        self.net.decoder_embed = Int8Linear(source.decoder_embed)
+        self.calls = 0
+
+    @torch.no_grad()
+    def refresh(self) -> None:
+        """Copies the fp32 teacher's current weights into the int8 copy (re-quantising the linear layers)."""
+        source = dict(self.source.named_modules())
+        for name, module in self.net.named_modules():
+            if isinstance(module, Int8Linear):
+                module.refresh(source[name])
+        own = dict(self.net.named_parameters())
+        own.update(dict(self.net.named_buffers()))
+        for name, value in list(self.source.named_parameters()) + list(self.source.named_buffers()):
+            if name in own and own[name].shape == value.shape and own[name].dtype == value.dtype:
+                own[name].copy_(value)
+
+    def predict_patch_loss(self, images: torch.Tensor) -> torch.Tensor:
+        """The teacher's predicted per-patch loss ``[N, L]`` (fp32), re-quantising first when due."""
+        if self.calls and self.calls % self.refresh_interval == 0:
+            self.refresh()
+        self.calls += 1
+        with torch.inference_mode():
+            return self.net.predict_patch_loss(images.float()).float()
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from ``/proc/cpuinfo`` (empty where unavailable)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            for line in info:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def default_teacher_precision(device: torch.device | str, precision: str = "fp32") -> str:
+    """The teacher-pass precision to use by default: ``precision`` when it is reduced already; otherwise on a CPU
+    "bf16" with AMX, "int8" with VNNI int8 dot products but no AMX (bf16 is not faster there), else "fp32".
+
+    Examples::
+
+        >>> default_teacher_precision("cpu", "bf16")
+        'bf16'
+    """
+    if (precision or "fp32").lower() not in ("fp32", "float32") or torch.device(device).type != "cpu":
+        return precision
+    flags = cpu_flags()
+    if "amx_bf16" in flags:
+        return "bf16"
+    if flags & {"avx512_vnni", "avx_vnni"}:
+        return "int8"
+    return "fp32"

@@ -1,0 +1,411 @@
+"""MLflow tracking of the bundles' workflows: one MLflow run per workflow, logged from rank 0 only.
+
+``--tracking mlflow`` (MONAI's default settings) works with both bundles and logs the loss and the engines'
+metrics. Each bundle also ships ``configs/mlflow_tracking.json``, richer settings for the same ``--tracking``
+argument, built on :class:`BundleMLFlowHandler`:
+
+- the run's key parameters (crop size, model size, masking and hard-ratio schedule, lr, epochs, data set size);
+- per-iteration scalars (loss; reconstruction and loss-prediction losses and the hard ratio for pretraining) and
+  their per-epoch means, the base learning rate, per-epoch metrics (mean and per-organ Dice);
+- artifacts at the end: the executed config, the final weights, the history and the figures or reports.
+
+The trainer's handler creates the run; the validator's handler of the same process joins it (so a training run
+with validation is one run), and in a standalone evaluation or inference the evaluator's handler creates, fills and
+closes its own run. A run whose engine raises is marked FAILED instead of being left RUNNING.
+
+Examples::
+
+    python -m monai.bundle run --config_file bundles/selfmedhpm_ct_pretraining/configs/train.json \\
+        --tracking bundles/selfmedhpm_ct_pretraining/configs/mlflow_tracking.json \\
+        --tracking_uri http://127.0.0.1:5000 --dataset_dir DIR
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import math
+import os
+import re
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite.engine import Engine, Events
+from monai.handlers import MLFlowHandler
+from monai.utils import flatten_dict, path_to_uri
+
+__all__ = [
+    "BundleMLFlowHandler",
+    "output_metrics",
+    "executed_config",
+    "count_parameters",
+    "tracking_config_ids",
+    "log_run",
+]
+
+logger = logging.getLogger(__name__)
+
+MAX_PARAM_LENGTH = 6000
+"""MLflow's limit on the length of a parameter value; longer values are cut."""
+
+_ACTIVE_RUNS: dict[tuple[str, str], str] = {}
+"""(tracking URI, experiment) -> id of the run a handler of this process created and has not closed yet."""
+
+
+def _is_rank0() -> bool:
+    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or (
+        torch.distributed.get_rank() == 0
+    )
+
+
+def _as_float(value: Any) -> float | None:
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            return None
+        value = value.item()
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def output_metrics(names: Mapping[str, str] | Sequence[str]) -> Callable[[Any], dict[str, float]]:
+    """``output_transform`` of an MLflow (or stats) handler: named float scalars from ``engine.state.output``,
+    whether the output is one dict or decollated into one dict per sample (batch scalars repeat in each).
+
+    Args:
+        names: ``{metric name: output key}``, or output keys logged under their own names.
+
+    Examples::
+
+        >>> pick = output_metrics({"train_loss": "loss", "hard_ratio": "hard_ratio"})
+        >>> pick([{"loss": torch.tensor(0.5), "hard_ratio": 0.25}, {"loss": torch.tensor(0.5), "hard_ratio": 0.25}])
+        {'train_loss': 0.5, 'hard_ratio': 0.25}
+    """
+    mapping = dict(names) if isinstance(names, Mapping) else {name: name for name in names}
+
+    def _pick(output: Any) -> dict[str, float]:
+        if isinstance(output, (list, tuple)):
+            output = output[0]
+        picked = {}
+        for name, key in mapping.items():
+            value = _as_float(output[key])
+            if value is not None:
+                picked[name] = value
+        return picked
+
+    return _pick
+
+
+def executed_config(save_execute_config: Any, output_dir: str | os.PathLike) -> str | None:
+    """The executed config that ``--tracking`` wrote (MONAI's ``save_execute_config``), as a file path.
+
+    MONAI writes ``<output_dir>/config_<time>.json`` and records the file as ``output_dir`` plus a suffix: a valid
+    path only when ``output_dir`` is an expression of the config, not when it is overridden by a plain path
+    (``--output_dir /x``). This finds the file in both cases.
+
+    Args:
+        save_execute_config: the parsed ``save_execute_config`` key (a path, a path with MONAI's suffix, or None).
+        output_dir: the parsed ``output_dir`` key.
+
+    Returns:
+        the path of the executed config, or None when it was not saved.
+
+    Examples::
+
+        >>> import tempfile
+        >>> out = tempfile.mkdtemp()
+        >>> path = os.path.join(out, "config_20260101_120000.json")
+        >>> _ = open(path, "w").write("{}")
+        >>> executed_config(out + " + '/config_20260101_120000.json'", out) == path
+        True
+        >>> executed_config(None, out) is None
+        True
+    """
+    if not save_execute_config:
+        return None
+    value = str(save_execute_config)
+    if os.path.isfile(value):
+        return value
+    match = re.search(r"config_\d{8}_\d{6}\.json", value)
+    if match and os.path.isfile(os.path.join(output_dir, match.group(0))):
+        return os.path.join(output_dir, match.group(0))
+    found = sorted(glob.glob(os.path.join(glob.escape(str(output_dir)), "config_*_*.json")), key=os.path.getmtime)
+    return found[-1] if found else None
+
+
+def count_parameters(net: torch.nn.Module) -> int:
+    """Number of parameters of ``net`` (for the run's parameters).
+
+    Examples::
+
+        >>> count_parameters(torch.nn.Linear(3, 2))
+        8
+    """
+    return sum(p.numel() for p in net.parameters())
+
+
+class BundleMLFlowHandler(MLFlowHandler):
+    """MONAI's ``MLFlowHandler`` made safe to attach to every engine of a bundle workflow.
+
+    Differences from ``MLFlowHandler`` (all its arguments are accepted):
+
+    - Run ownership. The first handler of this process that starts a run (the trainer's in a training workflow,
+      the evaluator's in an evaluation or inference workflow) owns it: only the owner logs the artifacts and closes
+      the run when its engine completes, and marks it FAILED when its engine raises. Another handler of the same
+      process and experiment (the validator's) joins the owner's run. ``close_on_complete`` is therefore ignored.
+    - Without ``run_name``, the run is named ``<run_prefix>_<date>_<time>`` (MONAI would join any unfinished run of
+      the experiment, e.g. one left by a crashed job).
+    - ``artifacts`` may be files, folders (logged as folders) or glob patterns; missing ones are skipped.
+    - Parameters and metrics are logged leniently: values are converted to float or cut to MLflow's length limit,
+      non-scalar values are skipped, and a parameter that a resumed run logged with another value is kept (with
+      a warning) rather than stopping the training.
+    - ``epoch_means``: the per-epoch means of the ``output_transform`` scalars are logged as ``epoch_<name>``.
+    - ``log_lr``: the base learning rate (the largest of the optimizer's groups) is logged as ``lr`` each logged
+      iteration; set ``optimizer_param_names=[]`` to skip MONAI's one metric per parameter group.
+    - Nothing is attached on ranks other than 0 of a torch.distributed run.
+
+    Args:
+        run_prefix: prefix of the generated run name. Defaults to "run".
+        epoch_means: log per-epoch means of the iteration scalars. Defaults to False.
+        log_lr: log the base learning rate each logged iteration. Defaults to False.
+        kwargs: ``MLFlowHandler`` arguments (``tracking_uri``, ``experiment_name``, ``run_name``, ``iteration_log``,
+            ``epoch_log``, ``output_transform``, ``experiment_param``, ``artifacts``, ...).
+    """
+
+    def __init__(self, run_prefix: str = "run", epoch_means: bool = False, log_lr: bool = False, **kwargs: Any):
+        kwargs["close_on_complete"] = False
+        super().__init__(**kwargs)
+        self.run_prefix, self.epoch_means, self.log_lr = run_prefix, epoch_means, log_lr
+        tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or kwargs.get("tracking_uri") or ""
+        self._key = (str(tracking_uri), str(self.experiment_name))
+        self.owner = False
+        self._sums: dict[str, float] = defaultdict(float)
+        self._counts: dict[str, int] = defaultdict(int)
+
+    def attach(self, engine: Engine) -> None:
+        """Attaches the MLflow events to ``engine`` (rank 0 only), plus epoch means and failure marking."""
+        if not _is_rank0():
+            return
+        super().attach(engine)
+        if self.epoch_means:
+            engine.add_event_handler(Events.EPOCH_STARTED, self._reset_means)
+            engine.add_event_handler(Events.ITERATION_COMPLETED, self._accumulate)
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self._log_means)
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self._exception_raised)
+        handlers = getattr(engine, "_event_handlers", {}).get(Events.EXCEPTION_RAISED)
+        if handlers and len(handlers) > 1:  # run first: MONAI's StatsHandler re-raises and would skip it
+            handlers.insert(0, handlers.pop())
+
+    def start(self, engine: Engine) -> None:
+        """Creates or joins the run, then logs the parameters (MLflow ``start``)."""
+        if self.cur_run is None:
+            active = _ACTIVE_RUNS.get(self._key)
+            if active is not None:
+                run = self.client.get_run(active)
+                if self.run_name is None or run.info.run_name == self.run_name:
+                    self.cur_run, self.owner = run, False
+            if self.cur_run is None:
+                if self.run_name is None:
+                    self.run_name = f"{self.run_prefix}_{time.strftime('%Y%m%d_%H%M%S')}"
+                self.owner = True
+        super().start(engine)
+        if self.owner:
+            _ACTIVE_RUNS[self._key] = self.cur_run.info.run_id
+
+    def complete(self) -> None:
+        """The owner logs the artifacts and closes the run."""
+        if not self.owner or self.cur_run is None:
+            return
+        try:
+            self._log_artifacts()
+        finally:
+            self._finish(self.run_finish_status)
+
+    def _finish(self, status: str) -> None:
+        run_id = self.cur_run.info.run_id
+        try:
+            self.client.set_terminated(run_id, status)
+        finally:
+            if _ACTIVE_RUNS.get(self._key) == run_id:
+                del _ACTIVE_RUNS[self._key]
+            self.cur_run, self.owner = None, False
+            self._dispose_sqlite_store()
+
+    def _exception_raised(self, engine: Engine, error: Exception) -> None:
+        if self.owner and self.cur_run is not None:
+            try:
+                self._finish("FAILED")
+            except Exception as e:  # the training error matters more than the tracking one
+                logger.warning("could not mark the MLflow run as failed: %s", e)
+        handlers = getattr(engine, "_event_handlers", {}).get(Events.EXCEPTION_RAISED, [])
+        if len(handlers) <= 1:  # no other handler will raise it
+            raise error
+
+    def artifact_files(self) -> list[tuple[str, bool]]:
+        """``(path, is_folder)`` of the existing files and folders that ``artifacts`` names (globs expanded)."""
+        found: list[tuple[str, bool]] = []
+        for entry in self.artifacts:
+            if not entry:
+                continue
+            paths = sorted(glob.glob(str(entry))) if glob.has_magic(str(entry)) else [str(entry)]
+            for path in paths:
+                if os.path.isfile(path) or os.path.isdir(path):
+                    found.append((path, os.path.isdir(path)))
+                else:
+                    logger.info("MLflow: no artifact at %s, skipped", path)
+        return found
+
+    def _log_artifacts(self) -> None:
+        run_id = self.cur_run.info.run_id
+        for path, is_folder in self.artifact_files():
+            if is_folder:
+                self.client.log_artifacts(run_id, path, artifact_path=Path(path).name)
+            else:
+                self.client.log_artifact(run_id, path)
+
+    def _log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.exceptions import MlflowException
+
+        params = {str(k): str(v)[:MAX_PARAM_LENGTH] for k, v in params.items()}
+        try:
+            super()._log_params(params)
+        except MlflowException:  # a resumed run: keep the values it has, log the new keys
+            logged = self.client.get_run(self.cur_run.info.run_id).data.params
+            changed = {k: (logged[k], v) for k, v in params.items() if k in logged and logged[k] != v}
+            if changed:
+                logger.warning("MLflow: the run has other values for %s; kept them (old, new)", changed)
+            new = {k: v for k, v in params.items() if k not in logged}
+            if new:
+                super()._log_params(new)
+
+    def _log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        values = {str(k): _as_float(v) for k, v in flatten_dict(metrics).items()}
+        values = {k: v for k, v in values.items() if v is not None}
+        if values:
+            super()._log_metrics(values, step=step)
+
+    def _default_iteration_log(self, engine: Engine) -> None:
+        super()._default_iteration_log(engine)
+        optimizer = getattr(engine, "optimizer", None)
+        if self.log_lr and optimizer is not None and optimizer.param_groups:
+            lr = max(float(group["lr"]) for group in optimizer.param_groups)
+            self._log_metrics({"lr": lr}, step=engine.state.iteration)
+
+    def _scalars(self, engine: Engine) -> dict[str, float]:
+        value = self.output_transform(engine.state.output)
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            value = {self.tag_name: value}
+        scalars = {k: _as_float(v) for k, v in value.items()}
+        return {k: v for k, v in scalars.items() if v is not None and math.isfinite(v)}
+
+    def _reset_means(self, engine: Engine) -> None:
+        self._sums.clear()
+        self._counts.clear()
+
+    def _accumulate(self, engine: Engine) -> None:
+        for key, value in self._scalars(engine).items():
+            self._sums[key] += value
+            self._counts[key] += 1
+
+    def _log_means(self, engine: Engine) -> None:
+        if self.cur_run is None:
+            return
+        means = {f"epoch_{k}": self._sums[k] / self._counts[k] for k in self._sums if self._counts[k]}
+        self._log_metrics(means, step=self.global_epoch_transform(engine.state.epoch))
+
+
+def _arg_value(argv: Sequence[str], name: str) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == f"--{name}" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(f"--{name}="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def tracking_config_ids(argv: Sequence[str]) -> set[str]:
+    """Top-level config ids that ``--tracking`` adds to a bundle's config (``tracking_uri``, ``experiment_name``,
+    ``run_name``, ...): valid ``--key`` overrides of ``monai.bundle run`` even though no config file defines them.
+
+    Args:
+        argv: the command line (``sys.argv``).
+
+    Examples::
+
+        >>> sorted(tracking_config_ids(["run", "--tracking", "mlflow"]))[:3]
+        ['experiment_name', 'is_not_rank0', 'output_dir']
+        >>> tracking_config_ids(["run"])
+        set()
+    """
+    from monai.bundle import ConfigParser
+    from monai.bundle.utils import DEFAULT_EXP_MGMT_SETTINGS
+
+    value = _arg_value(argv, "tracking")
+    if not value:
+        return set()
+    if value in DEFAULT_EXP_MGMT_SETTINGS:
+        settings = DEFAULT_EXP_MGMT_SETTINGS[value]
+    elif os.path.isfile(value):
+        settings = ConfigParser.load_config_files(value)
+    else:
+        return set()
+    handlers = set(settings.get("handlers_id", {}))
+    return {str(k) for k in settings.get("configs", {}) if k not in handlers}
+
+
+def log_run(
+    tracking_uri: str,
+    experiment_name: str,
+    run_name: str,
+    params: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, float] | None = None,
+    artifacts: Sequence[str | os.PathLike] = (),
+) -> str:
+    """Logs one finished run outside a bundle workflow (e.g. the demo's report with its figures and tables).
+
+    Args:
+        tracking_uri: MLflow tracking URI (``sqlite:///…`` or ``http://…``).
+        experiment_name: created when missing.
+        run_name: name of the new run.
+        params: parameters to log.
+        metrics: scalar metrics to log (step 0).
+        artifacts: files or folders to log; missing ones are skipped.
+
+    Returns:
+        the run id.
+    """
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        location = None
+        if tracking_uri.startswith("sqlite:///"):  # as MONAI's handler: artifacts next to the database
+            location = path_to_uri(Path(tracking_uri[len("sqlite:///") :]).parent / "mlruns")
+        experiment_id = client.create_experiment(experiment_name, artifact_location=location)
+    else:
+        experiment_id = experiment.experiment_id
+    run_id = client.create_run(experiment_id, run_name=run_name).info.run_id
+    status = "FAILED"
+    try:
+        for key, value in (params or {}).items():
+            client.log_param(run_id, str(key), str(value)[:MAX_PARAM_LENGTH])
+        for key, value in (metrics or {}).items():
+            if _as_float(value) is not None:
+                client.log_metric(run_id, str(key), _as_float(value))
+        for path in map(str, artifacts):
+            if os.path.isdir(path):
+                client.log_artifacts(run_id, path, artifact_path=Path(path).name)
+            elif os.path.isfile(path):
+                client.log_artifact(run_id, path)
+        status = "FINISHED"
+    finally:
+        client.set_terminated(run_id, status)
+    return run_id

@@ -1,0 +1,405 @@
+"""MLflow tracking of both bundles: MONAI's plain ``--tracking mlflow`` with its local store, the bundles'
+``configs/mlflow_tracking.json`` against a real ``mlflow server``, the command line, and rank-0-only logging under
+torchrun. What lands in MLflow is read back through ``MlflowClient``."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import PRETRAIN, SEGMENT, configs, run_workflow
+
+mlflow = pytest.importorskip("mlflow")
+MlflowClient = mlflow.MlflowClient
+
+pytestmark = pytest.mark.slow
+
+PRE_TINY = {"pixdim": [3.0, 3.0, 3.0], "num_samples": 2}
+SEG_TINY = {  # as the segmentation tests: the CPU preset at a 32^3 crop on a 6 mm grid
+    "roi_size": [32, 32, 32],
+    "pixdim": [6.0, 6.0, 6.0],
+    "feature_size": 8,
+    "num_samples": 2,
+    "sw_batch_size": 4,
+    "warmup_epochs": 1,
+}
+ORGANS = [
+    "spleen", "right kidney", "left kidney", "gallbladder", "esophagus", "liver", "stomach", "aorta",
+    "inferior vena cava", "portal and splenic veins", "pancreas", "right adrenal gland", "left adrenal gland",
+]  # fmt: skip
+PRE_SETTINGS = str(PRETRAIN / "configs" / "mlflow_tracking.json")
+SEG_SETTINGS = str(SEGMENT / "configs" / "mlflow_tracking.json")
+SERVER_START_S = 120
+
+
+@pytest.fixture(autouse=True)
+def no_tracking_env(monkeypatch):
+    """``MLFLOW_TRACKING_URI`` would take precedence over every URI these tests pass."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_server(uri: str, process: subprocess.Popen, log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"mlflow server exited ({process.returncode}):\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"mlflow server at {uri} did not answer in {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    """SIGTERM to the server's own process group (it starts uvicorn workers), SIGKILL after 15 s."""
+    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 15)):
+        try:
+            os.killpg(process.pid, sig)
+            process.wait(timeout=wait)
+            return
+        except ProcessLookupError:
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory) -> str:
+    """A real ``mlflow server`` (SQLite backend, artifacts proxied to a local folder) on a free port."""
+    root = tmp_path_factory.mktemp("mlflow_server")
+    uri = f"http://127.0.0.1:{free_port()}"
+    executable = Path(sys.executable).parent / "mlflow"
+    command = [str(executable)] if executable.is_file() else [sys.executable, "-m", "mlflow"]
+    command += [
+        "server", "--host", "127.0.0.1", "--port", uri.rsplit(":", 1)[1], "--workers", "1",
+        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts"),
+    ]  # fmt: skip
+    log = root / "server.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=root)
+    try:
+        wait_for_server(uri, process, log, SERVER_START_S)
+        yield uri
+    finally:
+        stop_server(process)
+
+
+def runs_of(uri: str, experiment: str) -> list:
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    assert found is not None, f"no experiment {experiment!r} at {uri}"
+    return client.search_runs([found.experiment_id], order_by=["attributes.start_time ASC"])
+
+
+def history(uri: str, run, key: str) -> list[tuple[int, float]]:
+    return [(m.step, m.value) for m in MlflowClient(uri).get_metric_history(run.info.run_id, key)]
+
+
+def artifacts(uri: str, run) -> set[str]:
+    return {a.path for a in MlflowClient(uri).list_artifacts(run.info.run_id)}
+
+
+def download(uri: str, run, path: str, dst: Path) -> Path:
+    from mlflow.artifacts import download_artifacts
+
+    dst.mkdir(parents=True, exist_ok=True)
+    return Path(download_artifacts(run_id=run.info.run_id, artifact_path=path, dst_path=str(dst), tracking_uri=uri))
+
+
+def executed_config(uri: str, run, dst: Path) -> dict:
+    (name,) = [a for a in artifacts(uri, run) if a.startswith("config_") and a.endswith(".json")]
+    return json.loads(download(uri, run, name, dst).read_text())
+
+
+# ------------------------------------------------------------------------------------------ plain --tracking mlflow
+
+
+def test_plain_tracking_pretraining_logs_loss_to_the_default_local_store(phantom_dir, tmp_path):
+    out = tmp_path / "models"
+    workflow = run_workflow(
+        configs(PRETRAIN, "train.json", "train_cpu.json"), tracking="mlflow",
+        dataset_dir=str(phantom_dir), output_dir=str(out), epochs=2, **PRE_TINY,
+    )  # fmt: skip
+    iterations = workflow.parser.get_parsed_content("train#trainer").state.iteration
+    uri = f"sqlite:///{out / 'mlruns.db'}"  # MONAI 1.6's default: a SQLite store under output_dir
+    (run,) = runs_of(uri, "monai_experiment")
+    assert run.info.status == "FINISHED"
+    losses = history(uri, run, "train_loss")
+    assert [step for step, _ in losses] == list(range(1, iterations + 1)) and iterations == 8
+    assert all(math.isfinite(v) for _, v in losses)
+
+
+def test_plain_tracking_segmentation_train_and_evaluate(phantom_dir, tmp_path):
+    common = {"dataset_dir": str(phantom_dir), "bundle_root": str(tmp_path), **SEG_TINY}
+    run_workflow(configs(SEGMENT, "train.json", "train_cpu.json"), tracking="mlflow", epochs=1, **common)
+    uri = f"sqlite:///{tmp_path / 'models' / 'mlruns.db'}"
+    (run,) = runs_of(uri, "monai_experiment")
+    assert run.info.status == "FINISHED"
+    assert {"train_loss", "train_mean_dice", "val_mean_dice"} <= set(run.data.metrics)
+    run_workflow(configs(SEGMENT, "train.json", "train_cpu.json", "evaluate.json"), tracking="mlflow", **common)
+    (evaluation,) = runs_of(f"sqlite:///{tmp_path / 'eval' / 'mlruns.db'}", "monai_experiment")
+    assert 0.0 <= evaluation.data.metrics["val_mean_dice"] <= 1.0
+
+
+# ----------------------------------------------------------------------------- the bundles' settings, on a server
+
+
+@pytest.fixture(scope="module")
+def pretraining_tracked(mlflow_server, phantom_dir, tmp_path_factory):
+    """2 epochs of pretraining, then heat-map inference, tracked on the server by mlflow_tracking.json."""
+    out = tmp_path_factory.mktemp("pretrain_tracked")
+    tracking = {"tracking": PRE_SETTINGS, "tracking_uri": mlflow_server, "experiment_name": "pretraining"}
+    workflow = run_workflow(
+        configs(PRETRAIN, "train.json", "train_cpu.json"), dataset_dir=str(phantom_dir), output_dir=str(out / "models"),
+        epochs=2, **PRE_TINY, **tracking,
+    )  # fmt: skip
+    run_workflow(
+        configs(PRETRAIN, "inference.json", "train_cpu.json"), workflow_type="infer", dataset_dir=str(phantom_dir),
+        load_path=str(out / "models" / "teacher.pt"), output_dir=str(out / "eval"), pixdim=PRE_TINY["pixdim"],
+        **tracking,
+    )  # fmt: skip
+    return mlflow_server, out, workflow
+
+
+def test_pretraining_run_has_key_parameters(pretrained_runs):
+    uri, train, _, workflow = pretrained_runs
+    params = train.data.params
+    network = workflow.parser.get_parsed_content("network_def")
+    expected = {
+        "roi_size": "[64, 64, 64]", "patch_size": "16", "hidden_size": "96", "num_layers": "12", "num_heads": "4",
+        "mask_ratio": "0.75", "final_hard_ratio": "0.5", "learning_rate": "0.002", "epochs": "2", "train_cases": "4",
+        "num_parameters": str(sum(p.numel() for p in network.parameters())), "world_size": "1",
+    }  # fmt: skip
+    assert {k: params.get(k) for k in expected} == expected
+    assert "0.5 * e / 2" in params["hard_ratio_schedule"]
+
+
+def test_pretraining_logs_losses_and_hard_ratio_per_iteration(pretrained_runs):
+    uri, train, _, workflow = pretrained_runs
+    iterations = workflow.parser.get_parsed_content("train#trainer").state.iteration
+    for key in ("train_loss", "rec_loss", "pred_loss", "hard_ratio", "lr"):
+        values = history(uri, train, key)
+        assert [s for s, _ in values] == list(range(1, iterations + 1)), key
+        assert all(math.isfinite(v) for _, v in values), key
+    per_epoch = iterations // 2
+    assert [v for _, v in history(uri, train, "hard_ratio")] == [0.25] * per_epoch + [0.5] * per_epoch
+    recorded = json.loads((pretrained_runs[2] / "models" / "history.json").read_text())
+    means = history(uri, train, "epoch_rec_loss")
+    assert [s for s, _ in means] == [1, 2]
+    assert [v for _, v in means] == pytest.approx([r["rec_loss"] for r in recorded])
+
+
+def test_pretraining_artifacts_are_the_executed_config_and_final_weights(pretrained_runs, tmp_path):
+    uri, train, out, _ = pretrained_runs
+    assert {"model.pt", "encoder.pt", "history.json"} <= artifacts(uri, train)
+    config = executed_config(uri, train, tmp_path)
+    assert config["epochs"] == 2 and config["roi_size"] == [64, 64, 64]
+    logged = torch.load(download(uri, train, "model.pt", tmp_path), weights_only=True)
+    local = torch.load(out / "models" / "model.pt", weights_only=True)
+    assert logged.keys() == local.keys() and all(torch.equal(logged[k], local[k]) for k in local)
+    assert train.info.status == "FINISHED"
+
+
+def test_pretraining_inference_is_its_own_run_with_the_heat_map_figures(pretrained_runs):
+    uri, _, out, _ = pretrained_runs
+    (infer,) = [r for r in runs_of(uri, "pretraining") if r.data.params.get("workflow") == "inference"]
+    assert infer.info.status == "FINISHED" and infer.info.run_name.startswith("infer_")
+    figures = {a for a in artifacts(uri, infer) if a.endswith("_hpm.png")}
+    assert figures == {p.name for p in (out / "eval").glob("*_hpm.png")} and figures
+    assert infer.data.params["load_path"].endswith("teacher.pt")
+
+
+@pytest.fixture(scope="module")
+def pretrained_runs(pretraining_tracked):
+    uri, out, workflow = pretraining_tracked
+    runs = runs_of(uri, "pretraining")
+    assert len(runs) == 2, [r.info.run_name for r in runs]  # one run per workflow
+    (train,) = [r for r in runs if r.data.params.get("workflow") == "train"]
+    return uri, train, out, workflow
+
+
+@pytest.fixture(scope="module")
+def segmentation_tracked(mlflow_server, phantom_dir, tmp_path_factory):
+    """2 epochs of fine-tuning (validation each epoch), evaluation and inference, tracked on the server."""
+    root = tmp_path_factory.mktemp("seg_tracked")
+    tracking = {"tracking": SEG_SETTINGS, "tracking_uri": mlflow_server, "experiment_name": "segmentation"}
+    common = {"dataset_dir": str(phantom_dir), "bundle_root": str(root), **SEG_TINY, **tracking}
+    workflow = run_workflow(configs(SEGMENT, "train.json", "train_cpu.json"), epochs=2, **common)
+    run_workflow(configs(SEGMENT, "train.json", "train_cpu.json", "evaluate.json"), **common)
+    image = json.loads((phantom_dir / "dataset_0.json").read_text())["validation"][0]["image"]
+    run_workflow(
+        configs(SEGMENT, "inference.json", "train_cpu.json"), workflow_type="infer",
+        input_file=str(phantom_dir / image), **common,
+    )  # fmt: skip
+    runs = {r.data.params.get("workflow", "evaluate"): r for r in runs_of(mlflow_server, "segmentation")}
+    assert len(runs_of(mlflow_server, "segmentation")) == 3 and set(runs) == {"train", "evaluate", "inference"}
+    return mlflow_server, root, workflow, runs
+
+
+def test_segmentation_training_is_one_run_with_loss_and_dice_per_organ(segmentation_tracked):
+    uri, root, workflow, runs = segmentation_tracked
+    train = runs["train"]
+    iterations = workflow.parser.get_parsed_content("train#trainer").state.iteration
+    assert [s for s, _ in history(uri, train, "train_loss")] == list(range(1, iterations + 1))
+    assert [s for s, _ in history(uri, train, "train_mean_dice")] == [1, 2]
+    assert [s for s, _ in history(uri, train, "val_mean_dice")] == [1, 2]  # the validator joined the run
+    for organ in ORGANS:
+        assert [s for s, _ in history(uri, train, f"val_dice/{organ}")] == [1, 2], organ
+    recorded = json.loads((root / "models" / "history.json").read_text())
+    assert [v for _, v in history(uri, train, "val_mean_dice")] == pytest.approx([r["val_mean_dice"] for r in recorded])
+    params = train.data.params
+    assert (params["roi_size"], params["epochs"], params["train_cases"], params["val_cases"]) == (
+        "[32, 32, 32]", "2", "4", "1",
+    )  # fmt: skip
+    assert params["layer_decay"] == "0.75" and params["learning_rate"] == "0.001"
+    assert {"model.pt", "history.json"} <= artifacts(uri, train) and train.info.status == "FINISHED"
+
+
+def test_segmentation_evaluation_run_holds_metrics_and_reports(segmentation_tracked, tmp_path):
+    uri, root, _, runs = segmentation_tracked
+    evaluation = runs["evaluate"]
+    assert evaluation.info.status == "FINISHED" and evaluation.info.run_name.startswith("evaluate_")
+    assert {"val_mean_dice", "val_dice/liver", "val_hd95_mm/liver"} <= set(evaluation.data.metrics)
+    assert {"summary.json", "summary.csv", "dice_per_case.csv"} <= artifacts(uri, evaluation)
+    summary = json.loads(download(uri, evaluation, "summary.json", tmp_path).read_text())
+    assert summary == json.loads((root / "eval" / "summary.json").read_text())
+    config = executed_config(uri, evaluation, tmp_path)  # as run: the bundle's configs merged with the overrides
+    assert config["bundle_root"] == str(root) and "validate#handlers" not in config
+    assert config["validate"]["handlers"][-1]["_target_"] == "selfmedhpm.tracking.BundleMLFlowHandler"
+
+
+def test_segmentation_inference_run(segmentation_tracked):
+    uri, _, _, runs = segmentation_tracked
+    infer = runs["inference"]
+    assert infer.info.status == "FINISHED" and infer.data.params["cases"] == "1"
+    assert any(a.startswith("config_") for a in artifacts(uri, infer))
+
+
+# --------------------------------------------------------------------------- command line, torchrun, failures
+
+
+def test_command_line_takes_tracking_uri_experiment_and_run_name(mlflow_server, phantom_dir, tmp_path, python_env):
+    """``--tracking_uri`` & co. are keys of the tracking settings, not of the bundle's configs: the bundle's check of
+    unknown ``--key`` overrides must accept them (and still refuse typos)."""
+    config = str(configs(PRETRAIN, "train.json", "train_cpu.json"))
+    command = [
+        sys.executable, "-m", "monai.bundle", "run", "--config_file", config, "--dataset_dir", str(phantom_dir),
+        "--output_dir", str(tmp_path / "out"), "--epochs", "1", "--pixdim", "[3.0, 3.0, 3.0]",
+        "--tracking", PRE_SETTINGS, "--tracking_uri", mlflow_server,
+        "--experiment_name", "cli", "--run_name", "cli_run",
+    ]  # fmt: skip
+    env = {k: v for k, v in python_env.items() if k != "MLFLOW_TRACKING_URI"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = runs_of(mlflow_server, "cli")
+    assert run.info.run_name == "cli_run" and run.info.status == "FINISHED"
+    assert len(history(mlflow_server, run, "train_loss")) == 4
+    typo = subprocess.run(command + ["--tracking_urii", "x"], capture_output=True, text=True, env=env, timeout=600)
+    assert typo.returncode != 0 and "did you mean 'tracking_uri'" in typo.stderr
+
+
+def test_two_processes_log_one_run_from_rank_0(phantom_dir, tmp_path, python_env):
+    out = tmp_path / "ddp"
+    config = str(configs(PRETRAIN, "train.json", "train_cpu.json", "multi_gpu_train.json"))
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+        "-m", "monai.bundle", "run", "--config_file", config, "--dataset_dir", str(phantom_dir),
+        "--output_dir", str(out), "--epochs", "2", "--pixdim", "[3.0, 3.0, 3.0]", "--tracking", PRE_SETTINGS,
+    ]  # fmt: skip
+    env = {k: v for k, v in python_env.items() if k != "MLFLOW_TRACKING_URI"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    uri = f"sqlite:///{out / 'mlruns.db'}"
+    (run,) = runs_of(uri, "selfmedhpm_ct_pretraining")  # one run, not one per process
+    assert run.info.status == "FINISHED" and run.data.params["world_size"] == "2"
+    # 4 training cases over 2 ranks: 2 iterations per epoch, logged once
+    assert [s for s, _ in history(uri, run, "train_loss")] == [1, 2, 3, 4]
+    assert {"model.pt", "encoder.pt"} <= artifacts(uri, run)
+
+
+def test_failed_engine_marks_its_run_failed_and_the_error_propagates(tmp_path):
+    from ignite.engine import Engine
+    from monai.handlers import StatsHandler
+    from selfmedhpm.tracking import BundleMLFlowHandler
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+
+    def step(engine, batch):
+        if engine.state.iteration == 2:
+            raise ValueError("broken batch")
+        return {"loss": torch.tensor(1.0)}
+
+    for name, with_stats in (("alone", False), ("with_stats", True)):
+        engine = Engine(step)
+        if with_stats:  # MONAI's StatsHandler re-raises from its own exception handler
+            StatsHandler(output_transform=lambda x: None).attach(engine)
+        BundleMLFlowHandler(
+            tracking_uri=uri, experiment_name="failures", run_name=name, output_transform=lambda x: x["loss"]
+        ).attach(engine)
+        with pytest.raises(ValueError, match="broken batch"):
+            engine.run([0, 1, 2], max_epochs=1)
+    runs = {r.info.run_name: r for r in runs_of(uri, "failures")}
+    assert {k: r.info.status for k, r in runs.items()} == {"alone": "FAILED", "with_stats": "FAILED"}
+    assert len(history(uri, runs["alone"], "Loss")) == 1
+
+    # a resumed job given the failed run's name continues that run (as MONAI joins unfinished runs by name)
+    engine = Engine(lambda engine, batch: {"loss": torch.tensor(0.5)})
+    handler = BundleMLFlowHandler(
+        tracking_uri=uri, experiment_name="failures", run_name="alone", output_transform=lambda x: x["loss"]
+    )
+    handler.attach(engine)
+    engine.run([0, 1], max_epochs=1)
+    resumed = {r.info.run_name: r for r in runs_of(uri, "failures")}["alone"]
+    assert resumed.info.run_id == runs["alone"].info.run_id and resumed.info.status == "FINISHED"
+    assert len(runs_of(uri, "failures")) == 2
+
+
+def test_log_run_records_files_params_and_metrics(tmp_path):
+    from selfmedhpm.tracking import log_run
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "curves.png").write_bytes(b"png")
+    (tmp_path / "report.md").write_text("# report")
+    log_run(uri, "demo", "report", {"cases": 12}, {"mean_dice": 0.5}, [tmp_path / "report.md", tmp_path / "figures"])
+    (run,) = runs_of(uri, "demo")
+    assert run.data.params == {"cases": "12"} and run.data.metrics == {"mean_dice": 0.5}
+    assert artifacts(uri, run) == {"report.md", "figures"} and run.info.status == "FINISHED"
+    assert (tmp_path / "mlruns").is_dir()  # artifacts next to the database, not in the working folder
+
+
+def test_tracking_settings_keys_are_known_overrides():
+    from selfmedhpm.bundle import check_overrides
+    from selfmedhpm.tracking import tracking_config_ids
+
+    assert {"tracking_uri", "experiment_name", "run_name"} <= tracking_config_ids(["run", "--tracking", "mlflow"])
+    assert {"tracking_uri", "is_not_rank0"} <= tracking_config_ids(["--tracking", PRE_SETTINGS])
+    config = configs(PRETRAIN, "train.json")[0]
+    argv = ["run", "--config_file", config, "--tracking", PRE_SETTINGS, "--tracking_uri", "http://x", "--run_name", "r"]
+    assert check_overrides(argv)
