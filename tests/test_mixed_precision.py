@@ -20,12 +20,8 @@ SMALL_DECODER = dict(decoder_hidden_size=24, decoder_mlp_dim=48, decoder_num_hea
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on shared, busy cores two OpenMP threads can run ten times slower than one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

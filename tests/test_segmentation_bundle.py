@@ -38,12 +38,8 @@ TINY = {  # the CPU preset at a 32^3 crop on a 6 mm grid: seconds per epoch
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on shared, busy cores two OpenMP threads can run ten times slower than one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
