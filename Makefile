@@ -44,8 +44,22 @@ monailabel-app: $(STAMP) $(MLSTAMP)
 demo: $(STAMP)
 	$(PY) -m selfmedhpm.demo --data_dir $(DATA) --results_dir $(RESULTS)
 
+# the test suite, then the model zoo's offline checks of both bundles (and black / isort / flake8)
 test: $(STAMP) $(MLSTAMP)
 	$(PY) -m pytest -q -ra tests
+	$(PY) -m selfmedhpm.verify
+
+verify: $(STAMP)
+	$(PY) -m selfmedhpm.verify
+
+# dist/<name>_v<version>.zip of both bundles with the demo's weights (CPU preset, 48^3 crops at 3 mm: the values
+# they were trained with travel as configs/released_weights.json), and bundle_index.json
+RELEASE_ARGS ?=
+release: $(STAMP)
+	$(PY) -m selfmedhpm.release --update-index $(RELEASE_ARGS) \
+		--weights_from selfmedhpm_ct_pretraining=$(RESULTS)/pretrain selfmedhpm_ct_segmentation=$(RESULTS)/finetune_hpm \
+		--set "selfmedhpm_ct_pretraining:pixdim=[3.0,3.0,3.0]" \
+		--set "selfmedhpm_ct_segmentation:roi_size=[48,48,48]" --set "selfmedhpm_ct_segmentation:pixdim=[3.0,3.0,3.0]"
 
 lint: $(STAMP)
 	$(PY) -m black --check -l 120 custom tests
@@ -56,6 +70,15 @@ format: $(STAMP)
 	$(PY) -m black -l 120 custom tests
 	$(PY) -m isort --profile black -l 120 custom tests
 
+# benchmarks: not part of `make test`. `make bench` is the full mode (paper-scale models, for GPU machines),
+# `make bench-quick` finishes in under 5 minutes on 2 CPU cores; both write docs/benchmarks.md and .json
+BENCH_ARGS ?=
+
+bench: $(STAMP)
+	$(PY) -m selfmedhpm.benchmarks.run $(BENCH_ARGS)
+
+bench-quick: $(STAMP)
+	$(PY) -m selfmedhpm.benchmarks.run --quick $(BENCH_ARGS)
+
 clean:
 	rm -rf results dist build
-include benchmarks/Makefile.inc

@@ -145,3 +145,28 @@ def test_quant_examples():
 
     result = doctest.testmod(selfmedhpm.quant)
     assert result.failed == 0 and result.attempted > 0
+
+
+def test_trainer_int8_teacher_requantises_at_each_epoch_start_and_every_interval(monkeypatch):
+    from selfmedhpm.ema import EMATeacher
+    from selfmedhpm.engine import HPMTrainer
+    from selfmedhpm.losses import HPMLoss
+
+    torch.manual_seed(0)
+    net = HPMMaskedAutoEncoder(img_size=32, decoder_num_layers=1, **SMALL, **SMALL_DECODER)
+    batches = [{"image": torch.rand(1, 1, 32, 32, 32)} for _ in range(5)]
+    trainer = HPMTrainer(
+        device="cpu", max_epochs=2, train_data_loader=batches, network=net,
+        optimizer=torch.optim.AdamW(net.parameters(), 1e-3), loss_function=HPMLoss(patch_size=16),
+        teacher=EMATeacher(net), teacher_precision="int8", teacher_refresh_interval=2,
+    )  # fmt: skip
+    refreshed = []
+    monkeypatch.setattr(Int8Teacher, "refresh", lambda self: refreshed.append(trainer.state.iteration))
+    trainer.run()
+    assert isinstance(trainer._int8_teacher, Int8Teacher)  # built at iteration 1 from the EMA weights
+    # epoch 1 (iterations 1-5): built at 1, refreshed at 3 and 5; epoch 2 (6-10): at 6 (its start), 8 and 10,
+    # so a run resumed from the epoch-1 checkpoint (built at 6) quantises the same weights at the same iterations
+    assert refreshed == [3, 5, 6, 8, 10]
+    with pytest.raises(ValueError, match="CPU only"):
+        HPMTrainer(device="meta", max_epochs=1, train_data_loader=batches, network=net, optimizer=trainer.optimizer,
+                   loss_function=HPMLoss(patch_size=16), teacher=EMATeacher(net), teacher_precision="int8")  # fmt: skip

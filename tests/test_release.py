@@ -19,7 +19,7 @@ import torch
 from conftest import PRETRAIN, ROOT, SEGMENT
 from monai.bundle import ConfigParser
 from selfmedhpm import release
-from selfmedhpm.release import ReleaseError, UnsafeArchiveError, build, safe_extract, sha1
+from selfmedhpm.release import ReleaseError, UnsafeArchiveError, build, content_sha1, safe_extract, sha1
 from selfmedhpm.transfer import encoder_state_dict
 
 NAMES = (PRETRAIN.name, SEGMENT.name)
@@ -185,11 +185,14 @@ def test_index_lists_fresh_builds_and_refuses_a_changed_bundle_of_the_same_versi
         assert entry["inference_configs"] == ["configs/inference.json", "configs/train_cpu.json"]
     assert entries[f"{SEGMENT.name}_v0.1.0"]["builds_on"] == f"{PRETRAIN.name}_v0.1.0"
     assert entries[f"{PRETRAIN.name}_v0.1.0"]["builds_on"] is None
-    assert entries[f"{PRETRAIN.name}_v0.1.0"]["weights"] == [
-        "models/encoder.pt",
-        "models/model.pt",
-        "models/teacher.pt",
-    ]
+    weights = entries[f"{PRETRAIN.name}_v0.1.0"]["weights"]
+    assert sorted(weights) == ["models/encoder.pt", "models/model.pt", "models/teacher.pt"]
+    assert weights["models/model.pt"] == sha1(bundles_dir / PRETRAIN.name / "models" / "model.pt")
+    for name in NAMES:  # the content checksum is the zip's non-weight entries, recomputable without the weights
+        with zipfile.ZipFile(released[name]) as archive:
+            members = {n: archive.read(n) for n in archive.namelist()}
+        assert entries[f"{name}_v0.1.0"]["content_sha1"] == content_sha1(members)
+        assert content_sha1(members) == content_sha1(release.release_files(bundles_dir / name))
 
     changed = copy_bundle(bundles_dir / SEGMENT.name, tmp_path / "changed")
     shutil.copytree(bundles_dir / SEGMENT.name / "models", changed / "models")
@@ -207,17 +210,24 @@ def test_index_lists_fresh_builds_and_refuses_a_changed_bundle_of_the_same_versi
     assert release.main(argv_changed + ["--update-index", "--force"]) == 0
 
 
-def test_repository_index_matches_its_zips():
+def test_repository_index_describes_the_current_bundles():
+    """bundle_index.json (committed, written by ``make release``) lists every bundle at its current version with the
+    content of its current configs, docs and carried code; the zips themselves are checked when built here."""
     index = ROOT / "bundle_index.json"
-    if not index.is_file():
-        pytest.skip("no bundle_index.json yet (make release writes it)")
     entries = json.loads(index.read_text())
     assert index.read_text() == json.dumps(entries, indent=4) + "\n"
-    present = {k: ROOT / e["source"] for k, e in entries.items() if "://" not in e["source"]}
-    present = {k: p for k, p in present.items() if p.is_file()}
-    if not present:
-        pytest.skip("the indexed zips are not built here (make release)")
-    assert {k: sha1(p) for k, p in present.items()} == {k: entries[k]["checksum"] for k in present}
+    for name in NAMES:
+        key = f"{name}_v{release.bundle_metadata(ROOT / 'bundles' / name)['version']}"
+        assert key in entries, f"{key} is not in bundle_index.json: run make release"
+        entry = entries[key]
+        assert entry["content_sha1"] == content_sha1(
+            release.release_files(ROOT / "bundles" / name)
+        ), f"{key} changed since its release: bump the version and run make release"
+        assert set(release.required_weights(ROOT / "bundles" / name)) <= set(entry["weights"])  # released with weights
+        zip_path = ROOT / entry["source"]
+        if zip_path.is_file():
+            assert sha1(zip_path) == entry["checksum"]
+    assert entries[f"{SEGMENT.name}_v0.1.0"]["builds_on"] == f"{PRETRAIN.name}_v0.1.0"
 
 
 # ------------------------------------------------------------------------- download and isolated inference

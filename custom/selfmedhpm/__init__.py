@@ -44,6 +44,8 @@ _SUBMODULES = {
     "tracking",
     "release",
     "verify",
+    "quant",
+    "label_app",
 }
 
 

@@ -14,6 +14,7 @@ from monai.utils import CommonKeys as Keys
 from selfmedhpm.ema import EMATeacher, unwrap
 from selfmedhpm.losses import HPMLoss
 from selfmedhpm.masking import hard_patch_mask, hard_ratio_at
+from selfmedhpm.quant import Int8Teacher
 
 __all__ = ["NonFiniteLossError", "autocast", "check_finite", "HPMTrainer"]
 
@@ -76,8 +77,14 @@ class HPMTrainer(SupervisedTrainer):
         mask_ratio: gamma. Defaults to 0.75.
         final_hard_ratio: alpha_T. Defaults to 0.5.
         precision: student precision, "fp32", "bf16" (CPU or GPU autocast) or "fp16" (GPU, with a grad scaler).
-        teacher_precision: precision of the teacher pass, e.g. "bf16" where the hardware has it. Defaults to
-            ``precision``.
+        teacher_precision: precision of the teacher pass: "fp32", "bf16"/"fp16" (autocast) where the hardware has
+            it, or "int8" (a :class:`~selfmedhpm.quant.Int8Teacher` shadow of the EMA weights, for CPUs with int8
+            dot products but no fast bf16; see :func:`~selfmedhpm.quant.default_teacher_precision`). Defaults to
+            ``precision``. The teacher only ranks patches, so its precision changes which patches are hard at the
+            margin only (``make bench`` reports the overlap of the hard sets against fp32).
+        teacher_refresh_interval: with ``teacher_precision="int8"``, re-quantise from the EMA weights every this many
+            iterations, counted from each epoch's start (so a run resumed from an epoch checkpoint re-quantises
+            at the same iterations as an uninterrupted one).
         seed: seed of the mask generator; each rank adds its rank, so ranks draw different random patches.
         train_handlers: ignite handlers, as in ``SupervisedTrainer``.
         kwargs: the other ``SupervisedTrainer`` arguments (``epoch_length``, ``key_train_metric``, ...).
@@ -96,16 +103,25 @@ class HPMTrainer(SupervisedTrainer):
         final_hard_ratio: float = 0.5,
         precision: str = "fp32",
         teacher_precision: str | None = None,
+        teacher_refresh_interval: int = 10,
         seed: int = 0,
         train_handlers: Sequence | None = None,
         **kwargs: Any,
     ) -> None:
         device = torch.device(device)
-        autocast(device, precision), autocast(device, teacher_precision)  # validate early
+        teacher_precision = teacher_precision or precision
+        if teacher_refresh_interval < 1:
+            raise ValueError(f"teacher_refresh_interval must be >= 1, got {teacher_refresh_interval}.")
+        int8 = str(teacher_precision).lower() == "int8"
+        if int8 and device.type != "cpu":
+            raise ValueError(f"teacher_precision='int8' runs on CPU only; use 'bf16' on {device.type}.")
+        autocast(device, precision), autocast(device, "fp32" if int8 else teacher_precision)  # validate early
         self.teacher = teacher.to(device)
         self.mask_ratio, self.final_hard_ratio = mask_ratio, final_hard_ratio
         self.precision = precision
-        self.teacher_precision = teacher_precision or precision
+        self.teacher_precision = teacher_precision
+        self.teacher_refresh_interval = teacher_refresh_interval
+        self._int8_teacher: Int8Teacher | None = None  # built on first use (after any resume)
         rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
         self.mask_generator = torch.Generator(device=device).manual_seed(seed + rank)
         use_scaler = device.type == "cuda" and precision.lower() == "fp16"
@@ -128,9 +144,20 @@ class HPMTrainer(SupervisedTrainer):
 
     def teacher_scores(self, images: torch.Tensor) -> torch.Tensor:
         """Teacher's predicted per-patch loss ``[N, L]`` for full crops, in inference mode."""
+        if str(self.teacher_precision).lower() == "int8":
+            return self._int8_scores(images)
         with torch.inference_mode(), autocast(images.device, self.teacher_precision):
             scores = self.teacher.module.predict_patch_loss(images)
         return scores.float().clone()  # a normal tensor, usable outside inference mode
+
+    def _int8_scores(self, images: torch.Tensor) -> torch.Tensor:
+        if self._int8_teacher is None:
+            self._int8_teacher = Int8Teacher(self.teacher.module, refresh_interval=None)
+        else:
+            steps = self.state.epoch_length or self.state.iteration or 1
+            if (max(self.state.iteration, 1) - 1) % steps % self.teacher_refresh_interval == 0:
+                self._int8_teacher.refresh()
+        return self._int8_teacher.predict_patch_loss(images).clone()
 
     def _iteration(self, engine: HPMTrainer, batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
         if batchdata is None:

@@ -79,7 +79,8 @@ class Int8Teacher:
 
     Args:
         source: the fp32 teacher (``EMATeacher.module``); it is read, never changed.
-        refresh_interval: re-quantise from ``source`` every this many calls (1 = every call). The EMA teacher moves
+        refresh_interval: re-quantise from ``source`` every this many calls (1 = every call; None: only when
+            :meth:`refresh` is called, as ``HPMTrainer`` does on its own schedule). The EMA teacher moves
             by ``1 - d`` (at most 1e-3) of the student-teacher gap per iteration, far below one int8 step, so a few
             iterations of staleness change nothing measurable; the benchmarks report the hard-patch overlap.
 
@@ -92,8 +93,8 @@ class Int8Teacher:
         torch.Size([2, 8])
     """
 
-    def __init__(self, source: nn.Module, refresh_interval: int = 1) -> None:
-        if refresh_interval < 1:
+    def __init__(self, source: nn.Module, refresh_interval: int | None = 1) -> None:
+        if refresh_interval is not None and refresh_interval < 1:
             raise ValueError(f"refresh_interval must be >= 1, got {refresh_interval}.")
         self.source = source
         self.refresh_interval = refresh_interval
@@ -121,7 +122,7 @@ class Int8Teacher:
 
     def predict_patch_loss(self, images: torch.Tensor) -> torch.Tensor:
         """The teacher's predicted per-patch loss ``[N, L]`` (fp32), re-quantising first when due."""
-        if self.calls and self.calls % self.refresh_interval == 0:
+        if self.refresh_interval and self.calls and self.calls % self.refresh_interval == 0:
             self.refresh()
         self.calls += 1
         with torch.inference_mode():

@@ -58,6 +58,8 @@ __all__ = [
     "weights_fit",
     "write_zip",
     "sha1",
+    "is_content",
+    "content_sha1",
     "build",
     "index_entry",
     "update_index",
@@ -378,6 +380,30 @@ def sha1(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def is_content(name: str) -> bool:
+    """Zip entries that must match the bundle's current files: all but the weights and the generated weights
+    config (``models/*``, ``configs/released_weights.json``)."""
+    return "/models/" not in name and not name.endswith(f"/configs/{OVERRIDES_FILE}")
+
+
+def content_sha1(files: Mapping[str, str | os.PathLike | bytes]) -> str:
+    """sha1 over the content entries (:func:`is_content`) of a release, names and bytes in zip order: what a fresh
+    clone can recompute without the weights, to tell whether an index entry still describes the bundle.
+
+    Examples::
+
+        >>> with_weights = {"b/configs/a.json": b"{}", "b/models/model.pt": b"w"}
+        >>> content_sha1(with_weights) == content_sha1({"b/configs/a.json": b"{}"})
+        True
+    """
+    digest = hashlib.sha1(usedforsecurity=False)
+    for name in sorted(n for n in files if is_content(n)):
+        source = files[name]
+        data = source if isinstance(source, bytes) else Path(source).read_bytes()
+        digest.update(name.encode() + b"\0" + hashlib.sha1(data, usedforsecurity=False).digest())
+    return digest.hexdigest()
+
+
 def zip_name(bundle_dir: str | os.PathLike) -> str:
     """``<name>_v<version>.zip`` of a bundle."""
     return f"{Path(bundle_dir).name}_v{bundle_metadata(bundle_dir)['version']}.zip"
@@ -417,7 +443,8 @@ def build(
         files[f"{bundle_dir.name}/configs/{OVERRIDES_FILE}"] = (json.dumps(dict(overrides), indent=4) + "\n").encode()
     path = write_zip(files, Path(dist_dir) / zip_name(bundle_dir))
     facts = {
-        "weights": sorted(n.split("/", 1)[1] for n in files if n.split("/")[1] == "models"),
+        "content_sha1": content_sha1(files),
+        "weights": {n.split("/", 1)[1]: sha1(source) for n, source in files.items() if n.split("/")[1] == "models"},
         "inference_configs": [f"configs/{n}" for n in fits] if fits else None,
     }
     logger.info("%s: %d files, sha1 %s", path, len(files), sha1(path))

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from selfmedhpm.release import OVERRIDES_FILE, ROOT, bundle_metadata, package_modules, release_files
+from selfmedhpm.release import ROOT, bundle_metadata, content_sha1, is_content, package_modules, release_files
 
 __all__ = ["Result", "CHECKS", "verify_bundle", "verify_repository", "main"]
 
@@ -106,15 +106,6 @@ def check_version(bundle: Path, context: dict) -> str:
     return f"version {version} in changelog"
 
 
-def _compared(name: str) -> bool:
-    """Zip entries that must match the bundle: all but the weights and the generated weights config."""
-    return "/models/" not in name and not name.endswith(f"/configs/{OVERRIDES_FILE}")
-
-
-def _carried(files: dict[str, Path]) -> dict[str, bytes]:
-    return {k: v.read_bytes() for k, v in files.items() if _compared(k)}
-
-
 def check_index(bundle: Path, context: dict) -> str:
     """An index entry for this version must hold the current configs, docs and code (weights aside): a bundle that
     changed after its release needs a new version, as the model zoo requires."""
@@ -125,11 +116,14 @@ def check_index(bundle: Path, context: dict) -> str:
         return f"{key} not released yet"
     source = index[key]["source"]
     zip_path = Path(source) if os.path.isabs(source) else index_path.parent / source
-    if "://" in source or not zip_path.is_file():
-        raise NotApplicable(f"{key} is indexed; its zip {source} is not here to compare (make release builds it)")
+    files = release_files(bundle)
+    if "://" in source or not zip_path.is_file():  # a fresh clone: compare the content checksum, weights aside
+        if index[key].get("content_sha1") != content_sha1(files):
+            raise CheckFailed(f"{key} was released with other configs, docs or code: bump the version")
+        return f"{key} matches its indexed content (zip not built here)"
     with zipfile.ZipFile(zip_path) as archive:
-        released = {n: archive.read(n) for n in archive.namelist() if _compared(n)}
-    current = _carried(release_files(bundle))
+        released = {n: archive.read(n) for n in archive.namelist() if is_content(n)}
+    current = {k: v.read_bytes() for k, v in files.items() if is_content(k)}
     changed = sorted(set(released) ^ set(current) | {n for n in released.keys() & current if released[n] != current[n]})
     if changed:
         raise CheckFailed(f"{key} was released with other content ({', '.join(changed[:5])}): bump the version")

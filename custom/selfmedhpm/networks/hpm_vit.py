@@ -17,7 +17,29 @@ from monai.networks.layers import trunc_normal_
 from monai.utils import ensure_tuple_rep
 from selfmedhpm.losses import patchify, unpatchify
 
-__all__ = ["HPMEncoder", "HPMMaskedAutoEncoder", "PatchLossMap"]
+__all__ = ["HPMEncoder", "HPMMaskedAutoEncoder", "PatchLossMap", "freeze_cross_attn_norms"]
+
+
+def freeze_cross_attn_norms(network: nn.Module) -> nn.Module:
+    """Freezes the ``norm_cross_attn`` LayerNorms that MONAI's ``TransformerBlock`` builds even without
+    cross-attention (as in ``UNETR.vit``): their keys stay in the ``state_dict``, but they never get a gradient,
+    which ``DistributedDataParallel`` would otherwise report as unused parameters at the second iteration.
+
+    Args:
+        network: any module (changed in place and returned).
+
+    Examples::
+
+        >>> from monai.networks.nets import UNETR
+        >>> net = freeze_cross_attn_norms(UNETR(1, 3, img_size=32, feature_size=8, hidden_size=48, mlp_dim=96,
+        ...                                     num_heads=4))
+        >>> net.vit.blocks[0].norm_cross_attn.weight.requires_grad, net.vit.blocks[0].norm1.weight.requires_grad
+        (False, True)
+    """
+    for block in network.modules():
+        if isinstance(block, TransformerBlock) and not block.with_cross_attention:
+            block.norm_cross_attn.requires_grad_(False)
+    return network
 
 
 def _blocks(depth: int, hidden_size: int, mlp_dim: int, num_heads: int, qkv_bias: bool) -> nn.ModuleList:
@@ -25,9 +47,7 @@ def _blocks(depth: int, hidden_size: int, mlp_dim: int, num_heads: int, qkv_bias
         TransformerBlock(hidden_size, mlp_dim, num_heads, qkv_bias=qkv_bias, use_flash_attention=True)
         for _ in range(depth)
     )
-    for block in blocks:  # MONAI builds this norm even without cross-attention: keep the key, never train it
-        block.norm_cross_attn.requires_grad_(False)
-    return blocks
+    return freeze_cross_attn_norms(blocks)
 
 
 class HPMEncoder(nn.Module):

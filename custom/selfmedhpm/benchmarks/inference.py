@@ -1,9 +1,9 @@
 """Figures 4 and 5a: the segmentation inference bundle end to end against a bare sliding window, its peak memory, and
 inference time against volume size; knobs: sw_batch_size, bf16 autocast, channels-last.
 
-The bundle runs in a child process (``python -m benchmarks.inference JOB.json``) so that its peak resident memory
-(the child and its data-loader workers, sampled with psutil; the child's ``VmHWM``) is its own. The child
-builds the bundle with ``monai.bundle.ConfigWorkflow`` from ``inference.json`` and times ``evaluator.run()`` (read,
+The bundle runs in a child process (``python -m selfmedhpm.benchmarks.inference JOB.json``) so that its peak resident
+memory (the child and its data-loader workers, sampled with psutil; the child's ``VmHWM``) is its own. The child builds
+the bundle with ``monai.bundle.ConfigWorkflow`` from ``inference.json`` and times ``evaluator.run()`` (read,
 pre-process, sliding window at overlap 0.5, softmax/argmax, invert, write) interleaved with a bare
 ``monai.inferers.sliding_window_inference`` of the same network, in the same precision, on the already pre-processed
 tensor.
@@ -12,7 +12,6 @@ tensor.
 from __future__ import annotations
 
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .common import ROOT, SEGMENT_CONFIGS, Config, Results, fit_exponent, interleaved, log, median
+from .common import SEGMENT_CONFIGS, Config, Results, fit_exponent, interleaved, log, median
 
 __all__ = ["make_volume", "make_model", "run_child", "run"]
 
@@ -104,9 +103,8 @@ def run_child(job: dict[str, Any], workdir: Path, name: str, timeout: float = 36
     job_path, out_path = workdir / f"{name}.job.json", workdir / f"{name}.out.json"
     job_path.write_text(json.dumps(job, indent=1))
     out_path.unlink(missing_ok=True)
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.inference", str(job_path), str(out_path)], env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "selfmedhpm.benchmarks.inference", str(job_path), str(out_path)])
     peak, stop = [0, 0], threading.Event()
 
     def sample() -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import step as step_module
 from .common import Config, Results
 
 __all__ = ["text"]
@@ -69,13 +68,13 @@ def _targets(res: Results, info: dict[str, Any], quick: bool) -> list[str]:
             "gradients on short sequences, attention, LayerNorm and GELU, and the optimizer and EMA update, which "
             "are memory-bound and count no matmul FLOPs (AdamW alone: see the knobs table)."
         )
-        if _v(res, "hpm_step_over_mae_step_tuned") is not None:
+        if _v(res, "hpm_step_over_mae_step_monai_defaults") is not None:
             lines.append(
-                f"- With the proposed pretraining config (`optim_set_to_none: true` in the trainer, `fused: true` in "
-                f"the AdamW; the MAE baseline gets the fused AdamW too): `hpm_step_over_mae_step` "
-                f"{_f(_v(res, 'hpm_step_over_mae_step_tuned'))}, `pretrain_mfu` {_f(_v(res, 'pretrain_mfu_tuned'))} "
-                f"(MAE {_f(_v(res, 'mae_mfu_tuned'))}). The fused optimizer takes the same time off both sides, so "
-                "the ratio rises slightly while both iterations get faster and their MFU rises."
+                "- These figures use the bundles' optimizer settings on both sides (`optim_set_to_none: true` in the "
+                "trainer, `fused: true` in the AdamW; the MAE takes the same optimizer config). With MONAI/torch "
+                "defaults instead (zero-filled gradients, non-fused AdamW; MAE: non-fused AdamW): "
+                f"`hpm_step_over_mae_step` {_f(_v(res, 'hpm_step_over_mae_step_monai_defaults'))}, `pretrain_mfu` "
+                f"{_f(_v(res, 'pretrain_mfu_monai_defaults'))} (MAE {_f(_v(res, 'mae_mfu_monai_defaults'))})."
             )
         lines.append(
             f"- **bf16 MFU** (everything under bf16 autocast, over the bf16 peak): HPM "
@@ -135,25 +134,26 @@ def _knobs(res: Results) -> list[str]:
         med, teacher = step["median_s"], step["teacher_pass_s"]
         rows.append(
             f"| teacher precision | pretraining `teacher_precision` | teacher pass fp32 {teacher['fp32']:.3f} s, "
-            f"bf16 {teacher['bf16']:.3f} s, int8 {teacher['int8']:.3f} s | bf16 on GPUs and AMX CPUs; int8 (proposed "
-            "option) on AVX-512 VNNI CPUs without AMX |"
+            f"bf16 {teacher['bf16']:.3f} s, int8 {teacher['int8']:.3f} s | bf16 on GPUs and AMX CPUs; int8 on "
+            "AVX-512 VNNI CPUs without AMX (the pretraining default, `default_teacher_precision`, picks these) |"
         )
         rows.append(
             f"| bf16 autocast | both bundles' `precision` | ViT-B HPM iteration fp32 {med['hpm_fp32']:.3f} s, bf16 "
             f"{med['hpm_bf16']:.3f} s | on CPUs only where bf16 matmuls are faster (AMX); default on GPUs |"
         )
-        if "hpm_fp32_tuned" in med:
+        if "hpm_fp32_monai_defaults" in med:
             rows.append(
-                f"| grads to None + fused AdamW | pretraining `train#trainer#optim_set_to_none`, `optimizer#fused` | "
-                f"HPM iteration (fp32) {med['hpm_fp32']:.3f} s as configured, {med['hpm_fp32_tuned']:.3f} s with "
-                f"both; MAE {med['mae_fp32']:.3f} s, fused {med['mae_fp32_tuned']:.3f} s | both (the HPM/MAE ratio "
-                "rises a little: MAE gains as much in absolute terms) |"
+                f"| grads to None + fused AdamW | both bundles' `train#trainer#optim_set_to_none`, `optimizer#fused` | "
+                f"HPM iteration (fp32) as configured {med['hpm_fp32']:.3f} s; with MONAI/torch defaults (zero-filled "
+                f"grads, non-fused AdamW) {med['hpm_fp32_monai_defaults']:.3f} s; MAE {med['mae_fp32']:.3f} s, "
+                f"non-fused {med['mae_fp32_monai_defaults']:.3f} s | keep both (set in both bundles) |"
             )
         if "optimizer_s" in step:
             opt = step["optimizer_s"]
             rows.append(
-                f'| fused AdamW | `optimizer` (`"fused": true`) | AdamW step (ViT-B HPM) as configured '
-                f"{opt['as configured']:.3f} s, fused {opt['fused=True']:.3f} s | use it (CPU and GPU) |"
+                f'| fused AdamW | `optimizer` (`"fused": true`) | AdamW step (ViT-B HPM) as configured (fused) '
+                f"{opt['as configured']:.3f} s, torch's default (`fused=False`) {opt['fused=False']:.3f} s | keep it "
+                "(CPU and GPU) |"
             )
     loader = res.details.get("loader")
     if loader:
@@ -209,7 +209,6 @@ def text(res: Results, info: dict[str, Any], cfg: Config) -> str:
         if info.get("gpu")
         else "\nNo GPU in this run: the GPU column is not yet measured (run `make bench` on a GPU machine).\n\n"
     )
-    trainer = "HPMTrainer" if step_module.trainer_target().startswith("selfmedhpm") else "the benchmark's subclass"
     parts = [
         "## Targets: met, missed, and what limits them\n",
         gpu_note,
@@ -226,24 +225,26 @@ def text(res: Results, info: dict[str, Any], cfg: Config) -> str:
         "config files: the pre-processed volumes are cached on the GPU (`EnsureTyped(device=...)` after the "
         "deterministic transforms), a `ThreadDataLoader` with no workers crops and flips there. "
         "`python -m monai.bundle run --config_file \"['configs/train.json','configs/gpu_cache.json']\"`.\n"
-        '- **int8 teacher** (`teacher_precision: "int8"`, `selfmedhpm.quant.Int8Teacher`, measured here through '
-        f"{trainer}): the teacher's linear layers as int8 x int8 -> int32 matmuls (per-channel weights, per-token "
-        "activations), re-quantised from the fp32 EMA weights every 10 iterations. "
-        "`selfmedhpm.quant.default_teacher_precision(device, precision)` picks bf16 on AMX CPUs, int8 on VNNI "
-        "CPUs without AMX, else the student's precision.\n",
+        '- **int8 teacher** (`teacher_precision: "int8"` of `HPMTrainer`, CPU only, `selfmedhpm.quant.Int8Teacher`): '
+        "the teacher's linear layers as int8 x int8 -> int32 matmuls (per-channel weights, per-token activations), "
+        "re-quantised from the fp32 EMA weights every `teacher_refresh_interval` (10) iterations. The pretraining "
+        "`train.json` defaults `teacher_precision` to `selfmedhpm.quant.default_teacher_precision(device, precision)`: "
+        "bf16 on AMX CPUs, int8 on VNNI CPUs without AMX, else the student's precision.\n",
         "\n## How the figures are measured\n\n",
         "- Pretraining iteration: `HPMTrainer._iteration` + `EMATeacher.update`, the trainer, network, loss, "
         "optimizer and EMA teacher instantiated from the pretraining bundle's `train.json` (ViT-B/16, 96^3, "
         "gamma 0.75, alpha at its final 0.5, batch 2 phantom crops); MAE: `monai.networks.nets.MaskedAutoEncoderViT` "
         "with the same widths, depth, crop, batch and mask ratio, the same normalised-pixel MSE on masked patches "
-        "and the same optimizer config. FLOPs: `torch.utils.flop_counter.FlopCounterMode` (CPU flash attention "
-        "and `_int_mm` registered). Peak: best `torch.mm` FLOP/s over square and ViT-B-shaped matrices, measured "
-        "in the same run.\n"
+        "and the same optimizer config (fused AdamW; the HPM trainer sets gradients to None). The int8 teacher's "
+        "re-quantisation is timed alone and added amortised over its interval. FLOPs: "
+        "`torch.utils.flop_counter.FlopCounterMode` (CPU flash attention and `_int_mm` registered). Peak: best "
+        "`torch.mm` FLOP/s over square and ViT-B-shaped matrices, measured in the same run.\n"
         "- Loader: the pretraining bundle's `train#dataloader` from `train.json` via `ConfigParser` over synthetic "
         "CTs (caching excluded, whole epochs timed, worker start-up included).\n"
-        "- Inference: the segmentation bundle's `inference.json` in a child process (`benchmarks/inference.py`), "
-        "`evaluator.run()` interleaved with a bare `sliding_window_inference` of the same network on the "
-        "pre-processed tensor; peak memory: the child's process tree (PSS) sampled with psutil, and its `VmHWM`.\n",
+        "- Inference: the segmentation bundle's `inference.json` in a child process "
+        "(`custom/selfmedhpm/benchmarks/inference.py`), `evaluator.run()` interleaved with a bare "
+        "`sliding_window_inference` of the same network on the pre-processed tensor; peak memory: the child's "
+        "process tree (PSS) sampled with psutil, and its `VmHWM`.\n",
     ]
     if cfg.quick:
         parts.append(

@@ -1,5 +1,5 @@
 """Shared pieces of the benchmarks: the machine's description, interleaved timing, FLOP counting, the matmul peak and
-the result record that :mod:`benchmarks.report` writes out."""
+the result record that :mod:`selfmedhpm.benchmarks.report` writes out."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ __all__ = [
     "log",
 ]
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]  # the repository: custom/selfmedhpm/benchmarks/common.py
 PRETRAIN_CONFIGS = ROOT / "bundles" / "selfmedhpm_ct_pretraining" / "configs"
 SEGMENT_CONFIGS = ROOT / "bundles" / "selfmedhpm_ct_segmentation" / "configs"
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")

@@ -1,4 +1,4 @@
-"""Entry point of the benchmarks: ``python -m benchmarks.run [--quick] [--only step loader ...]``.
+"""Entry point of the benchmarks: ``python -m selfmedhpm.benchmarks.run [--quick] [--only step loader ...]``.
 
 Measures the figures of docs/benchmarks.md on this machine (the CPU column, and the GPU column when a GPU is
 present), writes ``docs/benchmarks.md`` and ``docs/benchmarks.json`` and prints the figures table. Quick mode
@@ -22,7 +22,7 @@ SECTIONS = ("step", "loader", "inference", "precision")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m selfmedhpm.benchmarks.run", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small settings, a few minutes on 2 CPU cores")
     parser.add_argument("--only", nargs="+", choices=SECTIONS, default=(), help="run only these sections")
     parser.add_argument("--reps", type=int, default=None, help="timed repetitions (default 3 quick, 5 full)")
