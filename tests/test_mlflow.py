@@ -277,7 +277,8 @@ def test_segmentation_training_is_one_run_with_loss_and_dice_per_organ(segmentat
     assert (params["roi_size"], params["epochs"], params["train_cases"], params["val_cases"]) == (
         "[32, 32, 32]", "2", "4", "1",
     )  # fmt: skip
-    assert params["layer_decay"] == "0.75" and params["learning_rate"] == "0.001"
+    preset_lr = json.loads((SEGMENT / "configs" / "train_cpu.json").read_text())["learning_rate"]
+    assert params["layer_decay"] == "0.75" and float(params["learning_rate"]) == preset_lr  # the CPU preset's lr
     assert {"model.pt", "history.json"} <= artifacts(uri, train) and train.info.status == "FINISHED"
 
 
