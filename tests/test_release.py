@@ -352,12 +352,18 @@ def test_verify_flags_bad_versions_unformatted_json_and_changed_releases(bundles
     bundle = copy_bundle(bundles_dir / SEGMENT.name, tmp_path / "bundles")
     shutil.copytree(bundles_dir / SEGMENT.name / "models", bundle / "models")
     index = tmp_path / "bundle_index.json"
-    path, _ = build(bundle, tmp_path)
+    path, facts = build(bundle, tmp_path)
     key = f"{SEGMENT.name}_v0.1.0"
-    index.write_text(json.dumps({key: {"checksum": sha1(path), "source": path.name}}, indent=4) + "\n")
+    entry = {"checksum": sha1(path), "source": path.name, "content_sha1": facts["content_sha1"]}
+    index.write_text(json.dumps({key: entry}, indent=4) + "\n")
     context = {"index": index, "tmp": str(tmp_path)}
     assert verify.check_index(bundle, context) == f"{key} matches its release"
+    moved = path.rename(tmp_path / "elsewhere.zip")  # a fresh clone: the zip is not built, the content checksum is
+    assert verify.check_index(bundle, context) == f"{key} matches its indexed content (zip not built here)"
     (bundle / "configs" / "inference.json").write_text(json.dumps({"changed": True}))
+    with pytest.raises(verify.CheckFailed, match="bump the version"):
+        verify.check_index(bundle, context)
+    moved.rename(path)
     with pytest.raises(verify.CheckFailed, match="bump the version"):
         verify.check_index(bundle, context)
     with pytest.raises(verify.CheckFailed, match="inference.json: not pretty-printed"):
