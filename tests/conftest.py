@@ -39,14 +39,29 @@ def run_workflow(config_file: list[str], workflow_type: str = "train", **overrid
     return workflow
 
 
+SEG_TINY = {  # the segmentation CPU preset at a 32^3 crop on a 6 mm grid: seconds per epoch
+    "roi_size": [32, 32, 32],
+    "pixdim": [6.0, 6.0, 6.0],
+    "feature_size": 8,
+    "num_samples": 2,
+    "sw_batch_size": 4,
+    "warmup_epochs": 1,
+}
+
+
+def phantom_set(tmp_path_factory, name: str, cases: int, val_fraction: float = 0.2) -> Path:
+    """``cases`` synthetic abdominal CTs of 96x96x48 voxels in a fresh folder, BTCV layout (seed 0)."""
+    from selfmedhpm.phantom import generate_dataset
+
+    out = tmp_path_factory.mktemp(name)
+    generate_dataset(out, cases=cases, seed=0, val_fraction=val_fraction, shape=(96, 96, 48), verbose=False)
+    return out
+
+
 @pytest.fixture(scope="session")
 def phantom_dir(tmp_path_factory) -> Path:
     """Five synthetic abdominal CTs (4 training, 1 validation) of 96x96x48 voxels."""
-    from selfmedhpm.phantom import generate_dataset
-
-    out = tmp_path_factory.mktemp("phantom")
-    generate_dataset(out, cases=5, seed=0, val_fraction=0.2, shape=(96, 96, 48), verbose=False)
-    return out
+    return phantom_set(tmp_path_factory, "phantom", cases=5)
 
 
 @pytest.fixture(scope="session")

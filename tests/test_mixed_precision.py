@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import PRETRAIN, SEGMENT, configs, run_workflow
+from conftest import PRETRAIN, SEGMENT, configs, phantom_set, run_workflow
 from monai.networks.nets import MaskedAutoEncoderViT
 from selfmedhpm.checkpoint import load_weights
 from selfmedhpm.networks import HPMMaskedAutoEncoder
@@ -27,11 +27,7 @@ def _one_thread(one_thread):
 @pytest.fixture(scope="module")
 def tiny_ct(tmp_path_factory) -> Path:
     """Three synthetic abdominal CTs of 96x96x48 voxels (two for training, one for validation)."""
-    from selfmedhpm.phantom import generate_dataset
-
-    out = tmp_path_factory.mktemp("bf16_data")
-    generate_dataset(out, cases=3, seed=0, shape=(96, 96, 48), verbose=False)
-    return out
+    return phantom_set(tmp_path_factory, "bf16_data", cases=3, val_fraction=0.25)
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import PRETRAIN, SEGMENT, configs, run_workflow
+from conftest import PRETRAIN, SEG_TINY, SEGMENT, configs, run_workflow
 
 mlflow = pytest.importorskip("mlflow")
 MlflowClient = mlflow.MlflowClient
@@ -25,14 +25,6 @@ MlflowClient = mlflow.MlflowClient
 pytestmark = pytest.mark.slow
 
 PRE_TINY = {"pixdim": [3.0, 3.0, 3.0], "num_samples": 2}
-SEG_TINY = {  # as the segmentation tests: the CPU preset at a 32^3 crop on a 6 mm grid
-    "roi_size": [32, 32, 32],
-    "pixdim": [6.0, 6.0, 6.0],
-    "feature_size": 8,
-    "num_samples": 2,
-    "sw_batch_size": 4,
-    "warmup_epochs": 1,
-}
 ORGANS = [
     "spleen", "right kidney", "left kidney", "gallbladder", "esophagus", "liver", "stomach", "aorta",
     "inferior vena cava", "portal and splenic veins", "pancreas", "right adrenal gland", "left adrenal gland",

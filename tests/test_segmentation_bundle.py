@@ -14,7 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import SCHEMA, SEGMENT, configs, run_workflow
+from conftest import SCHEMA, SEG_TINY, SEGMENT, configs, phantom_set, run_workflow
 from monai.bundle import ConfigParser, ConfigWorkflow
 from selfmedhpm.checkpoint import save_atomic
 from selfmedhpm.evaluation import SpacingHausdorffDistanceMetric, summarize, write_reports
@@ -26,15 +26,7 @@ from selfmedhpm.transfer import EncoderMismatchError, encoder_state_dict
 CONFIGS = SEGMENT / "configs"
 ORGANS = list(BTCV_CLASSES[1:])
 VIT = {"hidden_size": 96, "mlp_dim": 384, "num_heads": 4}  # the pretraining bundle's CPU preset ViT
-TINY = {  # the CPU preset at a 32^3 crop on a 6 mm grid: seconds per epoch
-    "roi_size": [32, 32, 32],
-    "pixdim": [6.0, 6.0, 6.0],
-    "feature_size": 8,
-    "num_samples": 2,
-    "sw_batch_size": 4,
-    "warmup_epochs": 1,
-    **VIT,
-}
+TINY = {**SEG_TINY, **VIT}  # the CPU preset at a 32^3 crop on a 6 mm grid: seconds per epoch
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -45,11 +37,7 @@ def _one_thread(one_thread):
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     """Four synthetic abdominal CTs of 96x96x48 voxels (two RAS, two LPS): two for training, two for validation."""
-    from selfmedhpm.phantom import generate_dataset
-
-    out = tmp_path_factory.mktemp("seg_data")
-    generate_dataset(out, cases=4, seed=0, val_fraction=0.5, shape=(96, 96, 48), verbose=False)
-    return out
+    return phantom_set(tmp_path_factory, "seg_data", cases=4, val_fraction=0.5)
 
 
 def save_encoder(path: Path, img_size: int = 32, hidden_size: int = 96, mlp_dim: int = 384, seed: int = 0) -> Path:
