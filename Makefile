@@ -11,7 +11,7 @@ MLPIP := $(MLVENV)/bin/pip
 MLSTAMP := $(MLVENV)/.installed
 APP ?= apps/selfmedhpm
 
-.PHONY: venv demo test lint format verify bench bench-quick release clean monailabel-env monailabel-app
+.PHONY: venv demo test lint format verify bench bench-quick release index clean monailabel-env monailabel-app
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -52,14 +52,19 @@ test: $(STAMP) $(MLSTAMP)
 verify: $(STAMP)
 	$(PY) -m selfmedhpm.verify
 
-# dist/<name>_v<version>.zip of both bundles with the demo's weights (CPU preset, 48^3 crops at 3 mm: the values
-# they were trained with travel as configs/released_weights.json), and bundle_index.json
+# dist/<name>_v<version>.zip of both bundles with the demo's weights, and dist/bundle_index.json listing them. The
+# weights' preset (CPU) and the values below are merged into each zip's configs/inference.json and train.json, so the
+# unzipped bundle runs as it is (and in MONAI Label). Training again and releasing again replaces your earlier build.
 RELEASE_ARGS ?=
 release: $(STAMP)
-	$(PY) -m selfmedhpm.release --update-index $(RELEASE_ARGS) \
+	$(PY) -m selfmedhpm.release $(RELEASE_ARGS) \
 		--weights_from selfmedhpm_ct_pretraining=$(RESULTS)/pretrain selfmedhpm_ct_segmentation=$(RESULTS)/finetune_hpm \
 		--set "selfmedhpm_ct_pretraining:pixdim=[3.0,3.0,3.0]" \
 		--set "selfmedhpm_ct_segmentation:roi_size=[48,48,48]" --set "selfmedhpm_ct_segmentation:pixdim=[3.0,3.0,3.0]"
+
+# bundle_index.json: the bundle folders of this repository at their versions, with their content checksums
+index: $(STAMP)
+	$(PY) -m selfmedhpm.release --source-index
 
 lint: $(STAMP)
 	$(PY) -m black --check -l 120 custom tests

@@ -22,7 +22,7 @@ import pytest
 import torch
 from conftest import ROOT, SEGMENT, configs, run_workflow
 from monai.bundle import ConfigParser
-from selfmedhpm import label_app
+from selfmedhpm import label_app, release
 from selfmedhpm.labels import BTCV_CLASSES
 
 pytestmark = pytest.mark.slow
@@ -66,13 +66,33 @@ def weights(phantom_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def app(weights, tmp_path_factory) -> Path:
-    """The app folder, as the README prepares it: MONAI Label's ``monaibundle`` copy with the self-contained bundle,
-    the CPU preset and :data:`GRID` merged into its inference and train configs."""
-    folder = tmp_path_factory.mktemp("monailabel") / "app"
-    grid = [f"{key}={json.dumps(value)}" for key, value in {**GRID, "num_samples": 2}.items()]
-    command = ["--out", str(folder), "--preset", "cpu", "--weights", str(weights)]
-    assert label_app.main(command + [arg for item in grid for arg in ("--set", item)]) == 0
+    """MONAI Label's stock ``monaibundle`` sample app, unmodified, with the bundle's release zip unpacked into its
+    ``model/`` folder as users install zoo bundles: ``make release`` merged the CPU preset and :data:`GRID` into the
+    zip's inference and train configs."""
+    work = tmp_path_factory.mktemp("monailabel")
+    settings = [f"{NAME}:{key}={json.dumps(value)}" for key, value in {**GRID, "num_samples": 2}.items()]
+    argv = ["--bundles", NAME, "--dist", str(work / "dist"), "--weights_from", f"{NAME}={weights}"]
+    assert release.main(argv + [arg for item in settings for arg in ("--set", item)]) == 0
+    entry = json.loads((work / "dist" / "bundle_index.json").read_text())[
+        f"{NAME}_v{release.bundle_metadata(SEGMENT)['version']}"
+    ]
+    folder = Path(
+        shutil.copytree(label_app.find_sample_app(), work / "app", ignore=shutil.ignore_patterns("__pycache__"))
+    )
+    release.safe_extract(work / "dist" / entry["source"], folder / "model")
     return folder
+
+
+def test_label_app_builder_writes_the_same_bundle_as_the_release(app, weights, tmp_path):
+    """``selfmedhpm.label_app`` (the app folder in one command) and the release zip agree on every config."""
+    bundle = label_app.prepare_app(
+        tmp_path / "app", preset="cpu", settings={**GRID, "num_samples": 2}, weights_dir=weights
+    )
+    released = app / "model" / NAME
+    for name in ("inference.json", "train.json", "metadata.json"):
+        ours = json.loads((bundle / "configs" / name).read_text())
+        assert ours == json.loads((released / "configs" / name).read_text()), name
+    assert sha1(bundle / "models" / "model.pt") == sha1(released / "models" / "model.pt")
 
 
 @pytest.fixture(scope="module")

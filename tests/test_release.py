@@ -23,6 +23,7 @@ from selfmedhpm.release import ReleaseError, UnsafeArchiveError, build, content_
 from selfmedhpm.transfer import encoder_state_dict
 
 NAMES = (PRETRAIN.name, SEGMENT.name)
+VERSION = release.bundle_metadata(SEGMENT)["version"]
 NOT_CARRIED = {"phantom.py", "demo.py", "release.py", "verify.py", "reports.py"}
 
 
@@ -78,7 +79,7 @@ def test_zip_layout_is_self_contained(released, name):
     with zipfile.ZipFile(released[name]) as archive:
         names = archive.namelist()
         infos = archive.infolist()
-    assert released[name].name == f"{name}_v0.1.0.zip"
+    assert released[name].name == f"{name}_v{VERSION}.zip"
     assert names == sorted(names) and all(n.startswith(f"{name}/") for n in names)
     for required in ("LICENSE", "configs/metadata.json", "configs/inference.json", "docs/README.md", "models/model.pt"):
         assert f"{name}/{required}" in names, required
@@ -114,7 +115,7 @@ def test_release_refuses_missing_weights_unless_allowed(tmp_path, capsys):
     assert release.main(argv) == 1
     assert "release refused" in capsys.readouterr().err and not (tmp_path / "dist").exists()
     assert release.main(argv + ["--allow-missing-weights"]) == 0
-    with zipfile.ZipFile(tmp_path / "dist" / f"{SEGMENT.name}_v0.1.0.zip") as archive:
+    with zipfile.ZipFile(tmp_path / "dist" / f"{SEGMENT.name}_v{VERSION}.zip") as archive:
         assert not [n for n in archive.namelist() if "/models/" in n]
 
 
@@ -129,22 +130,37 @@ def test_weights_can_come_from_a_training_output_folder(bundles_dir, released, t
 
 
 def test_weights_trained_with_other_values_are_released_with_them(tmp_path):
+    """The demo's weights (CPU preset, 48^3 crops at 3 mm): the preset and the values are merged into the released
+    inference.json and train.json, which then build the network the weights fit, with no override file."""
     bundle = copy_bundle(SEGMENT, tmp_path / "bundles")
     (bundle / "models").mkdir()
     torch.save(cpu_network(bundle, roi_size=[48, 48, 48]).state_dict(), bundle / "models" / "model.pt")  # the demo's
     argv = ["--bundles_dir", str(tmp_path / "bundles"), "--dist", str(tmp_path / "dist")]
-    argv += ["--index", str(tmp_path / "index.json"), "--update-index"]
     with pytest.raises(ReleaseError, match=r"fit no inference network \(weights trained with other values"):
         build(bundle, tmp_path / "dist")
     settings = ["--set", f"{SEGMENT.name}:roi_size=[48, 48, 48]", "--set", f"{SEGMENT.name}:pixdim=[3.0, 3.0, 3.0]"]
     assert release.main(argv + settings) == 0
-    entry = json.loads((tmp_path / "index.json").read_text())[f"{SEGMENT.name}_v0.1.0"]
-    assert entry["inference_configs"] == [
-        "configs/inference.json", "configs/train_cpu.json", f"configs/{release.OVERRIDES_FILE}",
-    ]  # fmt: skip
-    with zipfile.ZipFile(tmp_path / entry["source"]) as archive:
-        carried = json.loads(archive.read(f"{SEGMENT.name}/configs/{release.OVERRIDES_FILE}"))
-    assert carried == {"roi_size": [48, 48, 48], "pixdim": [3.0, 3.0, 3.0]}
+    entry = json.loads((tmp_path / "dist" / "bundle_index.json").read_text())[f"{SEGMENT.name}_v{VERSION}"]
+    assert entry["inference_configs"] == ["configs/inference.json"]
+    unpacked = tmp_path / "unpacked"
+    safe_extract(tmp_path / "dist" / entry["source"], unpacked)
+    configs_ = unpacked / SEGMENT.name / "configs"
+    record = json.loads((configs_ / release.OVERRIDES_FILE).read_text())
+    assert record["presets"] == ["train_cpu.json"] and record["values"]["roi_size"] == [48, 48, 48]
+    cpu = json.loads((SEGMENT / "configs" / "train_cpu.json").read_text())
+    for name in ("inference.json", "train.json"):
+        config = json.loads((configs_ / name).read_text())
+        assert config["roi_size"] == [48, 48, 48] and config["pixdim"] == [3.0, 3.0, 3.0], name
+        assert config["hidden_size"] == cpu["hidden_size"] and config["feature_size"] == cpu["feature_size"], name
+    assert json.loads((configs_ / "train.json").read_text())["epochs"] == cpu["epochs"]
+    assert "epochs" not in json.loads((configs_ / "inference.json").read_text())  # not an inference key
+    meta = json.loads((configs_ / "metadata.json").read_text())
+    assert meta["network_data_format"]["inputs"]["image"]["spatial_shape"] == [48, 48, 48]
+    parser = ConfigParser()
+    parser.read_config(str(configs_ / "inference.json"))
+    parser.update({"bundle_root": str(unpacked / SEGMENT.name)})
+    state = torch.load(unpacked / SEGMENT.name / "models" / "model.pt", weights_only=True)
+    parser.get_parsed_content("network_def").load_state_dict(state, strict=True)  # raises when the sizes differ
     assert release.main(argv + ["--set", "other_bundle:roi_size=[1]"]) == 1
 
 
@@ -169,65 +185,65 @@ def test_release_refuses_weights_that_do_not_fit_or_are_not_plain_tensors(tmp_pa
 # ----------------------------------------------------------------------------------------------------- the index
 
 
-def test_index_lists_fresh_builds_and_refuses_a_changed_bundle_of_the_same_version(bundles_dir, released, tmp_path):
-    index = tmp_path / "bundle_index.json"
-    argv = ["--bundles_dir", str(bundles_dir), "--dist", str(tmp_path / "dist"), "--index", str(index)]
-    assert release.main(argv + ["--update-index"]) == 0
+def test_release_index_lists_what_was_built_and_takes_a_rebuild(bundles_dir, released, tmp_path, capsys):
+    """``make release`` writes ``dist/bundle_index.json`` next to the zips; building again after training again (other
+    weights, same version) replaces the entry of the earlier build with no --force; a published entry (a URL) of the
+    same version is never silently replaced."""
+    dist = tmp_path / "dist"
+    argv = ["--bundles_dir", str(bundles_dir), "--dist", str(dist)]
+    assert release.main(argv) == 0
+    index = dist / "bundle_index.json"
     text = index.read_text()
     entries = json.loads(text)
     assert text == json.dumps(entries, indent=4) + "\n"
-    assert sorted(entries) == [f"{n}_v0.1.0" for n in sorted(NAMES)]
+    assert f"wrote {index}" in capsys.readouterr().out
+    assert sorted(entries) == [f"{n}_v{VERSION}" for n in sorted(NAMES)]
     for name in NAMES:
-        entry = entries[f"{name}_v0.1.0"]
-        assert entry["source"] == f"dist/{name}_v0.1.0.zip"
-        assert entry["checksum"] == sha1(tmp_path / entry["source"]) == sha1(released[name])  # fresh builds agree
+        entry = entries[f"{name}_v{VERSION}"]
+        assert entry["source"] == f"{name}_v{VERSION}.zip"  # beside the index: the file exists where it says
+        assert entry["checksum"] == sha1(dist / entry["source"]) == sha1(released[name])  # fresh builds agree
         assert entry["monai_version"] == "1.6.1" and entry["pytorch_version"] == "2.13.0" and entry["description"]
-        assert entry["inference_configs"] == ["configs/inference.json", "configs/train_cpu.json"]
-    assert entries[f"{SEGMENT.name}_v0.1.0"]["builds_on"] == f"{PRETRAIN.name}_v0.1.0"
-    assert entries[f"{PRETRAIN.name}_v0.1.0"]["builds_on"] is None
-    weights = entries[f"{PRETRAIN.name}_v0.1.0"]["weights"]
+        assert entry["inference_configs"] == ["configs/inference.json"]
+        assert entry["content_sha1"] == content_sha1(release.release_files(bundles_dir / name))
+    assert entries[f"{SEGMENT.name}_v{VERSION}"]["builds_on"] == f"{PRETRAIN.name}_v{VERSION}"
+    assert entries[f"{PRETRAIN.name}_v{VERSION}"]["builds_on"] is None
+    weights = entries[f"{PRETRAIN.name}_v{VERSION}"]["weights"]
     assert sorted(weights) == ["models/encoder.pt", "models/model.pt", "models/teacher.pt"]
     assert weights["models/model.pt"] == sha1(bundles_dir / PRETRAIN.name / "models" / "model.pt")
-    for name in NAMES:  # the content checksum is the zip's non-weight entries, recomputable without the weights
-        with zipfile.ZipFile(released[name]) as archive:
-            members = {n: archive.read(n) for n in archive.namelist()}
-        assert entries[f"{name}_v0.1.0"]["content_sha1"] == content_sha1(members)
-        assert content_sha1(members) == content_sha1(release.release_files(bundles_dir / name))
 
-    changed = copy_bundle(bundles_dir / SEGMENT.name, tmp_path / "changed")
-    shutil.copytree(bundles_dir / SEGMENT.name / "models", changed / "models")
-    (changed / "docs" / "README.md").write_text("changed\n")
-    argv_changed = [
-        "--bundles_dir",
-        str(tmp_path / "changed"),
-        "--dist",
-        str(tmp_path / "dist2"),
-        "--index",
-        str(index),
-    ]
-    assert release.main(argv_changed + ["--update-index"]) == 1  # same version, other content: bump the version
-    assert json.loads(index.read_text()) == entries
-    assert release.main(argv_changed + ["--update-index", "--force"]) == 0
+    retrained = copy_bundle(bundles_dir / SEGMENT.name, tmp_path / "retrained")
+    add_tiny_weights(retrained)
+    state = torch.load(retrained / "models" / "model.pt", weights_only=True)
+    torch.save({k: v + 1 for k, v in state.items()}, retrained / "models" / "model.pt")
+    again = ["--bundles_dir", str(tmp_path / "retrained"), "--dist", str(dist)]
+    assert release.main(again) == 0
+    rebuilt = json.loads(index.read_text())
+    key = f"{SEGMENT.name}_v{VERSION}"
+    assert rebuilt[key]["checksum"] == sha1(dist / rebuilt[key]["source"]) != entries[key]["checksum"]
+    assert rebuilt[f"{PRETRAIN.name}_v{VERSION}"] == entries[f"{PRETRAIN.name}_v{VERSION}"]  # kept
+
+    published = {key: {**rebuilt[key], "source": f"https://example.org/{key}.zip"}}
+    index.write_text(json.dumps(published, indent=4) + "\n")
+    torch.save({k: v - 1 for k, v in state.items()}, retrained / "models" / "model.pt")
+    assert release.main(again) == 1  # same version, other build: bump the version
+    assert "needs a new version" in capsys.readouterr().err
+    assert release.main(again + ["--force"]) == 0
 
 
-def test_repository_index_describes_the_current_bundles():
-    """bundle_index.json (committed, written by ``make release``) lists every bundle at its current version with the
-    content of its current configs, docs and carried code; the zips themselves are checked when built here."""
+def test_repository_index_describes_the_bundle_folders(tmp_path):
+    """bundle_index.json (committed, written by ``make index``) lists every bundle folder at its current version;
+    its checksum is the content of the current configs, docs and carried code, so a fresh clone can check it."""
     index = ROOT / "bundle_index.json"
     entries = json.loads(index.read_text())
     assert index.read_text() == json.dumps(entries, indent=4) + "\n"
+    assert release.source_index([PRETRAIN, SEGMENT], tmp_path / "index.json") == {
+        key: {**entry, "source": os.path.relpath(ROOT / entry["source"], tmp_path)} for key, entry in entries.items()
+    }, "bundle_index.json is out of date: run make index"
     for name in NAMES:
-        key = f"{name}_v{release.bundle_metadata(ROOT / 'bundles' / name)['version']}"
-        assert key in entries, f"{key} is not in bundle_index.json: run make release"
-        entry = entries[key]
-        assert entry["content_sha1"] == content_sha1(
-            release.release_files(ROOT / "bundles" / name)
-        ), f"{key} changed since its release: bump the version and run make release"
-        assert set(release.required_weights(ROOT / "bundles" / name)) <= set(entry["weights"])  # released with weights
-        zip_path = ROOT / entry["source"]
-        if zip_path.is_file():
-            assert sha1(zip_path) == entry["checksum"]
-    assert entries[f"{SEGMENT.name}_v0.1.0"]["builds_on"] == f"{PRETRAIN.name}_v0.1.0"
+        entry = entries[f"{name}_v{VERSION}"]
+        assert (ROOT / entry["source"] / "configs" / "metadata.json").is_file()  # the source exists where it says
+        assert entry["checksum"] == content_sha1(release.release_files(ROOT / "bundles" / name))
+    assert entries[f"{SEGMENT.name}_v{VERSION}"]["builds_on"] == f"{PRETRAIN.name}_v{VERSION}"
 
 
 # ------------------------------------------------------------------------- download and isolated inference
@@ -276,7 +292,7 @@ def test_unpacked_bundle_imports_its_own_copy_of_the_package(downloaded, tmp_pat
 def test_unpacked_segmentation_bundle_infers_from_any_folder(downloaded, phantom_dir, tmp_path):
     bundle = downloaded / SEGMENT.name
     image = phantom_dir / json.loads((phantom_dir / "dataset_0.json").read_text())["validation"][0]["image"]
-    configs_ = str([str(bundle / "configs" / n) for n in ("inference.json", "train_cpu.json")])
+    configs_ = str(bundle / "configs" / "inference.json")  # the CPU preset of the tiny weights is merged into it
     args = ["-m", "monai.bundle", "run", "--config_file", configs_, "--input_file", str(image),
             "--output_dir", str(tmp_path / "out"), "--pixdim", "[6.0, 6.0, 6.0]"]  # fmt: skip
     result = python(args, isolated_env(bundle), tmp_path)
@@ -287,7 +303,7 @@ def test_unpacked_segmentation_bundle_infers_from_any_folder(downloaded, phantom
 
 def test_unpacked_pretraining_bundle_infers_from_its_own_folder(downloaded, phantom_dir, tmp_path):
     bundle = downloaded / PRETRAIN.name
-    args = ["-m", "monai.bundle", "run", "--config_file", "['configs/inference.json', 'configs/train_cpu.json']",
+    args = ["-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
             "--dataset_dir", str(phantom_dir), "--pixdim", "[3.0, 3.0, 3.0]"]  # fmt: skip
     result = python(args, isolated_env(), bundle)  # `python -m` puts the working folder first on sys.path
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
@@ -346,25 +362,19 @@ def test_safe_extract_unpacks_a_release(released, tmp_path):
 # ---------------------------------------------------------------------------------------------- verify's checks
 
 
-def test_verify_flags_bad_versions_unformatted_json_and_changed_releases(bundles_dir, tmp_path):
+def test_verify_flags_bad_versions_unformatted_json_and_a_stale_index(bundles_dir, tmp_path):
     from selfmedhpm import verify
 
     bundle = copy_bundle(bundles_dir / SEGMENT.name, tmp_path / "bundles")
-    shutil.copytree(bundles_dir / SEGMENT.name / "models", bundle / "models")
     index = tmp_path / "bundle_index.json"
-    path, facts = build(bundle, tmp_path)
-    key = f"{SEGMENT.name}_v0.1.0"
-    entry = {"checksum": sha1(path), "source": path.name, "content_sha1": facts["content_sha1"]}
-    index.write_text(json.dumps({key: entry}, indent=4) + "\n")
     context = {"index": index, "tmp": str(tmp_path)}
-    assert verify.check_index(bundle, context) == f"{key} matches its release"
-    moved = path.rename(tmp_path / "elsewhere.zip")  # a fresh clone: the zip is not built, the content checksum is
-    assert verify.check_index(bundle, context) == f"{key} matches its indexed content (zip not built here)"
-    (bundle / "configs" / "inference.json").write_text(json.dumps({"changed": True}))
-    with pytest.raises(verify.CheckFailed, match="bump the version"):
+    key = f"{SEGMENT.name}_v{VERSION}"
+    with pytest.raises(verify.CheckFailed, match=f"{key} is not in bundle_index.json: run make index"):
         verify.check_index(bundle, context)
-    moved.rename(path)
-    with pytest.raises(verify.CheckFailed, match="bump the version"):
+    release.source_index([bundle], index)
+    assert verify.check_index(bundle, context) == f"{key} matches bundle_index.json"
+    (bundle / "configs" / "inference.json").write_text(json.dumps({"changed": True}))
+    with pytest.raises(verify.CheckFailed, match="describes another content.*run make index"):
         verify.check_index(bundle, context)
     with pytest.raises(verify.CheckFailed, match="inference.json: not pretty-printed"):
         verify.check_json_format(bundle, context)

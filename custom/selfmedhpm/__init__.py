@@ -49,6 +49,11 @@ _SUBMODULES = {
 }
 
 
+from selfmedhpm.errors import install_excepthook
+
+install_excepthook()  # a run that fails on the user's input ends with one line naming the file and the problem
+
+
 def __getattr__(name: str) -> Any:
     """Imports submodules on first use, so configs can write ``$selfmedhpm.masking.hard_patch_mask`` after a plain
     ``$import selfmedhpm``."""

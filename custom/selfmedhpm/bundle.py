@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from selfmedhpm.errors import FlagError, UserInputError
 
 __all__ = ["bundle_root", "datalist", "rank", "world_size", "default_device", "as_bool"]
 
@@ -50,18 +51,54 @@ def datalist(dataset_dir: str, datalist_file: str | None, split: str | Sequence[
     """Entries of ``split`` (or several splits joined) of a BTCV-style data list, paths made absolute under
     ``dataset_dir``. ``datalist_file`` defaults to ``dataset_dir/dataset_0.json``; a relative file name is looked
     up under ``dataset_dir`` when it does not exist as given. With ``labels=False`` only the image is kept.
+
+    The file is checked before anything else reads it: a missing, empty or malformed file, a missing split, an entry
+    without an image (or label) and files that do not exist raise
+    :class:`~selfmedhpm.check_data.DataCheckError` naming the data list and each problem.
+
+    Examples::
+
+        >>> import json, tempfile
+        >>> folder = tempfile.mkdtemp()
+        >>> _ = open(os.path.join(folder, "dataset_0.json"), "w").write('{"training": [{"image": "a.nii.gz",')
+        >>> try:
+        ...     datalist(folder, None, "training")
+        ... except ValueError as e:
+        ...     print(str(e).splitlines()[-1].split(": ", 1)[1])
+        is not valid JSON: Expecting property name enclosed in double quotes at line 1 column 36
     """
     from monai.data import load_decathlon_datalist
+    from selfmedhpm.check_data import DataCheckError, Problem, load_datalist_checked
 
     if not datalist_file:
         datalist_file = os.path.join(dataset_dir, "dataset_0.json")
     elif not os.path.isfile(datalist_file) and os.path.isfile(os.path.join(dataset_dir, datalist_file)):
         datalist_file = os.path.join(dataset_dir, datalist_file)
+    splits = [split] if isinstance(split, str) else list(split)
+    if not os.path.isdir(dataset_dir):
+        raise DataCheckError([Problem(str(dataset_dir), "dataset folder not found (--dataset_dir)")], datalist_file)
+    load_datalist_checked(datalist_file, splits)
     entries: list = []
-    for name in [split] if isinstance(split, str) else split:
-        entries += load_decathlon_datalist(
-            datalist_file, is_segmentation=labels, data_list_key=name, base_dir=dataset_dir
+    for name in splits:
+        try:
+            entries += load_decathlon_datalist(
+                datalist_file, is_segmentation=labels, data_list_key=name, base_dir=dataset_dir
+            )
+        except (KeyError, ValueError, TypeError) as e:
+            raise DataCheckError([Problem(datalist_file, f"'{name}': {e}")], datalist_file) from None
+    keys = ("image", "label") if labels else ("image",)
+    problems = [
+        (
+            Problem(str(entry.get(key, "?")), f"listed in {os.path.basename(datalist_file)} but not found")
+            if key in entry
+            else Problem(datalist_file, f"an entry has no '{key}' (keys: {', '.join(entry)})")
         )
+        for entry in entries
+        for key in keys
+        if key not in entry or not os.path.exists(entry[key])
+    ]
+    if problems:
+        raise DataCheckError(problems, datalist_file)
     if not labels:
         entries = [{"image": e["image"]} for e in entries]
     return entries
@@ -102,7 +139,7 @@ def as_bool(value: object, name: str = "value") -> bool:
         return bool(value)
     if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
         return value.strip().lower() in _TRUE
-    raise ValueError(f"{name} must be true or false, got {value!r}.")
+    raise FlagError(f"--{name} must be true or false (true/false, yes/no, on/off, 1/0), got {value!r}.")
 
 
 _RUN_ARGS = {
@@ -112,7 +149,7 @@ _RUN_ARGS = {
 }  # fmt: skip
 
 
-class UnknownConfigKeyError(KeyError):
+class UnknownConfigKeyError(UserInputError, KeyError):
     """A ``--key value`` override names no key of the bundle's configs (usually a typo)."""
 
     def __str__(self) -> str:

@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import nibabel as nib
 import numpy as np
+from selfmedhpm.errors import UserInputError
 
 logger = logging.getLogger("selfmedhpm.check_data")
 
@@ -50,7 +51,7 @@ class Problem:
         return f"{self.severity.upper()}  {self.path}: {self.message}"
 
 
-class DataCheckError(ValueError):
+class DataCheckError(UserInputError, ValueError):
     """Raised when a data check finds errors; ``.problems`` holds every problem found (warnings included).
 
     Examples:
@@ -67,6 +68,11 @@ class DataCheckError(ValueError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return self.__class__, (self.problems, self.source)
+
+    def summary(self) -> str:
+        """The one problem as ``<file>: <problem>`` when there is one (one line), else the whole report."""
+        errors = [p for p in self.problems if p.severity == "error"]
+        return f"{errors[0].path}: {errors[0].message}" if len(self.problems) == 1 == len(errors) else str(self)
 
 
 def _plural(n: int, word: str, many: str | None = None) -> str:

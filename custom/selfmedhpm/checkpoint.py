@@ -8,7 +8,8 @@ import pickle
 import random
 import re
 import tempfile
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
+from selfmedhpm.errors import UserInputError
+from selfmedhpm.faults import crash_point
 
 __all__ = [
     "CheckpointError",
@@ -24,6 +27,7 @@ __all__ = [
     "latest_checkpoint",
     "rng_state",
     "set_rng_state",
+    "register_state",
     "EpochCheckpointer",
     "ResumeFromCheckpoint",
 ]
@@ -35,13 +39,19 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserInputError, RuntimeError):
     """A checkpoint or weight file that cannot be used; the message names the file and the problem."""
 
 
-def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
+def save_atomic(obj: Any, path: str | os.PathLike, before_replace: Callable[[], None] | None = None) -> Path:
     """``torch.save`` to a temporary file in the same folder, then rename: a reader (or a crash) never sees a
     half-written file, and the previous file stays intact until the new one is complete.
+
+    Args:
+        obj: what to save (tensors and plain containers, so that :func:`load_weights` reads it).
+        path: the file to write.
+        before_replace: called when the temporary file is complete, just before the rename (a crash point for
+            tests, see :mod:`selfmedhpm.faults`).
 
     Examples::
 
@@ -59,6 +69,8 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -142,10 +154,26 @@ def set_rng_state(state: dict[str, Any], engine: Engine | None = None, transform
         generator.set_state(state["mask_generator"])
 
 
+def register_state(engine: Engine, key: str, obj: Any) -> None:
+    """Makes ``obj`` (with ``state_dict`` / ``load_state_dict``) part of every checkpoint of ``engine`` under ``key``:
+    :class:`EpochCheckpointer` saves it and :class:`ResumeFromCheckpoint` restores it, whatever their ``save_dict``.
+    Handlers whose state belongs with the weights (the per-epoch history) register themselves when attached."""
+    engine.__dict__.setdefault("checkpoint_state", {})[key] = obj
+
+
+def _registered(engine: Engine) -> dict[str, Any]:
+    return dict(getattr(engine, "checkpoint_state", {}))
+
+
 class EpochCheckpointer:
-    """Saves a resumable checkpoint ``<prefix>_epoch=N.pt`` after every ``interval`` epochs (rank 0 only, written
-    atomically, older ones pruned to ``n_saved``): the objects of ``save_dict``, the trainer's state (epoch,
-    iteration) under ``"trainer"``, and the random states (:func:`rng_state`) under ``"rng"``.
+    """Saves a resumable checkpoint ``<prefix>_epoch=N.pt`` (rank 0 only, written atomically, older ones pruned to
+    ``n_saved``): the objects of ``save_dict`` (e.g. the model and the optimizer) and those registered with
+    :func:`register_state` (the per-epoch history, so that the history and the weights are one state), the trainer's
+    state (epoch, iteration) under ``"trainer"``, and the random states (:func:`rng_state`) under ``"rng"``.
+
+    A checkpoint is written after every ``interval`` epochs when at least ``min_seconds`` have passed since the
+    previous one (so that short epochs on a fast GPU do not spend their time writing files), and always when the
+    run completes.
 
     Args:
         save_dir: folder of the checkpoints.
@@ -154,6 +182,7 @@ class EpochCheckpointer:
         n_saved: checkpoints kept. Defaults to 1.
         transforms: the training transforms whose random states are saved too.
         prefix: file prefix. Defaults to "checkpoint".
+        min_seconds: least wall time between two checkpoints. Defaults to 0 (every ``interval`` epochs).
     """
 
     def __init__(
@@ -164,25 +193,44 @@ class EpochCheckpointer:
         n_saved: int = 1,
         transforms: Any = None,
         prefix: str = "checkpoint",
+        min_seconds: float = 0.0,
     ) -> None:
         self.save_dir, self.save_dict = Path(save_dir), dict(save_dict)
         self.interval, self.n_saved, self.transforms, self.prefix = interval, n_saved, transforms, prefix
+        self.min_seconds = float(min_seconds)
+        self._last = time.monotonic()
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
+        engine.add_event_handler(Events.STARTED, self._started)
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self._periodic)
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def _started(self, engine: Engine) -> None:
+        self._last = time.monotonic()
+
+    def _periodic(self, engine: Engine) -> None:
+        if time.monotonic() - self._last >= self.min_seconds:
+            self(engine)
 
     def __call__(self, engine: Engine) -> None:
         from selfmedhpm.handlers import is_rank0
 
+        self._last = time.monotonic()
         if not is_rank0():
             return
-        checkpoint = {key: obj.state_dict() for key, obj in self.save_dict.items()}
+        epoch = engine.state.epoch
+        path = self.save_dir / f"{self.prefix}_epoch={epoch}.pt"
+        if engine.last_event_name == Events.COMPLETED and path.is_file():
+            return  # the last epoch's checkpoint is already there
+        objects = {**_registered(engine), **self.save_dict}
+        checkpoint = {key: obj.state_dict() for key, obj in objects.items()}
         checkpoint["trainer"] = engine.state_dict()
         checkpoint["rng"] = rng_state(engine, self.transforms)
-        path = save_atomic(checkpoint, self.save_dir / f"{self.prefix}_epoch={engine.state.epoch}.pt")
+        save_atomic(checkpoint, path, before_replace=lambda: crash_point("checkpoint_writing", epoch))
+        crash_point("checkpoint_saved", epoch)
         for old in sorted(self.save_dir.glob(f"{self.prefix}_epoch=*.pt"), key=_epoch_of)[: -self.n_saved]:
             old.unlink()
-        logger.info("epoch %d: checkpoint %s", engine.state.epoch, path)
+        logger.info("epoch %d: checkpoint %s", epoch, path)
 
 
 def _epoch_of(path: Path) -> int:
@@ -231,8 +279,15 @@ class ResumeFromCheckpoint:
         if path is None:
             logger.warning("resume requested but no checkpoint in %s: starting from scratch.", self.ckpt_dir)
             return
+        for stale in Path(self.ckpt_dir).glob(f".{self.prefix}_epoch=*.tmp"):  # a write cut off by a crash
+            stale.unlink()
         checkpoint = load_weights(path, self.map_location)
         to_load = {**self.load_dict, "trainer": engine}
+        for key, obj in _registered(engine).items():
+            if key in checkpoint:
+                to_load.setdefault(key, obj)
+            else:
+                logger.warning("%s has no %r (written by an older version): it is rebuilt as the run goes.", path, key)
         missing = [key for key in to_load if key not in checkpoint]
         if missing:
             raise CheckpointError(f"{path}: cannot resume, the checkpoint lacks {missing} (it has {list(checkpoint)}).")

@@ -12,6 +12,7 @@ from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
 from selfmedhpm.ema import EMATeacher, unwrap
+from selfmedhpm.faults import crash_point
 from selfmedhpm.losses import HPMLoss
 from selfmedhpm.masking import hard_patch_mask, hard_ratio_at
 from selfmedhpm.quant import Int8Teacher
@@ -187,6 +188,7 @@ class HPMTrainer(SupervisedTrainer):
         else:
             loss.backward()
             engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            crash_point("iteration", engine.state.iteration)
             engine.optimizer.step()
         engine.state.output = {
             Keys.IMAGE: images,

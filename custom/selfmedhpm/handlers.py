@@ -14,7 +14,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader, LrScheduleHandler, ValidationHandler
 from selfmedhpm.bundle import rank
-from selfmedhpm.checkpoint import ResumeFromCheckpoint, save_atomic
+from selfmedhpm.checkpoint import ResumeFromCheckpoint, register_state, save_atomic
 from selfmedhpm.ema import EMATeacher, unwrap
 from selfmedhpm.transfer import encoder_state_dict
 
@@ -81,7 +81,13 @@ class HistoryRecorder:
         optimizer: its first group's lr is recorded when given.
         evaluator: its ``state.metrics`` (e.g. validation Dice) are copied into the record of each epoch after which
             it ran.
-        resume: when the file exists at start, keep the records of epochs before the engine's start epoch.
+        resume: when the run resumes from a checkpoint that did not carry the history (older checkpoints), keep the
+            file's records of the epochs before the engine's start epoch.
+
+    The records are part of the run's state: the recorder registers itself (key ``"history"``) in the checkpoints of
+    the engine it is attached to (:func:`~selfmedhpm.checkpoint.register_state`), and a resumed run rewrites the
+    file from the checkpoint, so the history and the weights always come from the same moment, wherever the
+    process was killed.
 
     Examples::
 
@@ -111,8 +117,12 @@ class HistoryRecorder:
         self._count = 0
         self._start = time.perf_counter()
         self._validated = False
+        self._restored = False
+        self._engine: Engine | None = None
 
     def attach(self, engine: Engine) -> None:
+        self._engine = engine
+        register_state(engine, "history", self)
         if self.evaluator is not None:
             self.evaluator.add_event_handler(Events.COMPLETED, self._validation_done)
         engine.add_event_handler(Events.STARTED, self._started)
@@ -120,13 +130,32 @@ class HistoryRecorder:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._iteration)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
 
+    def state_dict(self) -> dict:
+        """``{"records": [...]}``, the current epoch's record included when called at its end (whatever the order
+        in which the checkpoint and this recorder handle ``EPOCH_COMPLETED``)."""
+        engine = self._engine
+        if engine is not None and engine.last_event_name in (Events.EPOCH_COMPLETED, Events.COMPLETED):
+            self._epoch_completed(engine)
+        return {"records": [dict(r) for r in self.records]}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restores the records of a checkpoint; the file is rewritten from them when the run starts."""
+        self.records = [dict(r) for r in state["records"]]
+        self._restored = True
+
     def _validation_done(self, evaluator: Engine) -> None:
         self._validated = True
 
     def _started(self, engine: Engine) -> None:
-        self.records = []
-        if self.resume and self.path.is_file() and engine.state.epoch > 0:
+        if self._restored:
+            self.records = [r for r in self.records if r["epoch"] <= engine.state.epoch]
+        elif self.resume and self.path.is_file() and engine.state.epoch > 0:
             self.records = [r for r in json.loads(self.path.read_text()) if r["epoch"] <= engine.state.epoch]
+        else:
+            self.records = []
+        self._restored = False
+        if engine.state.epoch > 0 and is_rank0():
+            write_json_atomic(self.records, self.path)  # the file now matches the checkpoint resumed from
 
     def _epoch_started(self, engine: Engine) -> None:
         self._sums.clear()
@@ -143,6 +172,8 @@ class HistoryRecorder:
         self._count += 1
 
     def _epoch_completed(self, engine: Engine) -> None:
+        if self.records and self.records[-1]["epoch"] == engine.state.epoch:
+            return  # recorded already (a checkpoint asked for the state first)
         record: dict = {"epoch": engine.state.epoch, "iterations": self._count}
         record.update({k: v / max(self._count, 1) for k, v in self._sums.items()})
         if self.optimizer is not None:  # the base lr: the group without layer-wise decay
@@ -176,24 +207,39 @@ def _plain(value: object) -> object:
 
 
 class PretrainExporter:
-    """Writes the pretraining results after each ``interval`` epochs and at the end (rank 0, atomic):
-    ``model.pt`` (the student's full state), ``teacher.pt`` (the EMA teacher's full state) and ``encoder.pt``
-    (the student's encoder in ``UNETR.vit`` layout), all plain tensor state dicts.
+    """Writes the pretraining results (rank 0, atomic): ``model.pt`` (the student's full state), ``teacher.pt`` (the
+    EMA teacher's full state) and ``encoder.pt`` (the student's encoder in ``UNETR.vit`` layout), all plain tensor
+    state dicts; after every ``interval`` epochs when at least ``min_seconds`` have passed since the last export,
+    and always at the end of the run.
 
     Args:
         output_dir: folder of the files (the bundle's ``models/`` by default).
         teacher: the EMA teacher.
         interval: epochs between exports. Defaults to 1.
+        min_seconds: least wall time between two exports. Defaults to 0.
     """
 
-    def __init__(self, output_dir: str | os.PathLike, teacher: EMATeacher, interval: int = 1) -> None:
+    def __init__(
+        self, output_dir: str | os.PathLike, teacher: EMATeacher, interval: int = 1, min_seconds: float = 0.0
+    ) -> None:
         self.output_dir, self.teacher, self.interval = Path(output_dir), teacher, interval
+        self.min_seconds = float(min_seconds)
+        self._last = time.monotonic()
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
+        engine.add_event_handler(Events.STARTED, self._started)
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self._periodic)
         engine.add_event_handler(Events.COMPLETED, self)
 
+    def _started(self, engine: Engine) -> None:
+        self._last = time.monotonic()
+
+    def _periodic(self, engine: Engine) -> None:
+        if time.monotonic() - self._last >= self.min_seconds:
+            self(engine)
+
     def __call__(self, engine: Engine) -> None:
+        self._last = time.monotonic()
         if not is_rank0():
             return
         student = unwrap(engine.network)

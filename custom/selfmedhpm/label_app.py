@@ -36,7 +36,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from selfmedhpm.release import PACKAGE, ROOT, release_files
+from selfmedhpm.release import MERGED_CONFIGS, PACKAGE, ROOT, apply_overrides, assemble_bundle, merge_config
 
 __all__ = [
     "BUNDLE",
@@ -57,8 +57,6 @@ logger = logging.getLogger(__name__)
 
 BUNDLE = ROOT / "bundles" / "selfmedhpm_ct_segmentation"
 MONAILABEL_ENV = ROOT / ".venv-monailabel"
-MERGED_CONFIGS = ("inference.json", "train.json")
-"""The configs MONAI Label reads (``BundleInferTask`` and ``BundleTrainTask``), written back with overrides merged."""
 PRESETS: dict[str, tuple[str, ...]] = {"none": (), "cpu": ("train_cpu.json",)}
 """Preset name -> override files of the bundle's ``configs/`` merged into :data:`MERGED_CONFIGS`."""
 
@@ -83,78 +81,6 @@ def find_sample_app(monailabel_env: str | Path = MONAILABEL_ENV, name: str = "mo
         f"no MONAI Label sample app {name!r} in {', '.join(map(str, candidates))}: build the environment "
         "(make monailabel-env) or pass --sample_app"
     )
-
-
-def merge_config(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> tuple[dict, list[str]]:
-    """``base`` with the ids of ``overrides`` (``"key"`` or nested ``"a#b"``) that ``base`` has set to their new
-    values; returns the merged config and the override ids ``base`` lacks (left out).
-
-    Examples::
-
-        >>> merge_config({"epochs": 5, "train": {"batch_size": 2}}, {"epochs": 1, "train#batch_size": 1, "x": 0})
-        ({'epochs': 1, 'train': {'batch_size': 1}}, ['x'])
-    """
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser(json.loads(json.dumps(base)))
-    skipped = []
-    for key, value in overrides.items():
-        if key in parser:
-            parser[key] = value
-        else:
-            skipped.append(key)
-    return parser.get(), skipped
-
-
-def assemble_bundle(
-    bundle_dir: str | Path,
-    target: str | Path,
-    weights_dir: str | Path | None = None,
-    package_dir: str | Path = PACKAGE,
-) -> Path:
-    """Copies the bundle, self-contained, to ``target``: what its release zip holds (``selfmedhpm.release``:
-    LICENSE, configs, docs, ``models/*.pt`` from ``weights_dir`` or the bundle, and the package modules its configs
-    need under ``target/selfmedhpm/``).
-    """
-    target = Path(target)
-    for name, source in release_files(bundle_dir, package_dir, weights_dir).items():
-        destination = target / Path(*name.split("/")[1:])
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, destination)
-    (target / "models").mkdir(exist_ok=True)
-    return target
-
-
-def apply_overrides(
-    bundle_dir: str | Path, override_files: Sequence[str | Path] = (), settings: Mapping[str, Any] | None = None
-) -> dict[str, list[str]]:
-    """Merges ``override_files`` (in order), then ``settings``, into the bundle's :data:`MERGED_CONFIGS` and writes
-    them back as JSON with 4-space indent; sets the metadata's ``spatial_shape`` to the merged ``roi_size``.
-
-    Returns:
-        ``{config name: override ids it lacks}``.
-    """
-    from monai.bundle import ConfigParser
-
-    configs = Path(bundle_dir) / "configs"
-    overrides: dict = {}
-    for path in override_files:
-        overrides.update(ConfigParser.load_config_file(str(path)))
-    overrides.update(settings or {})
-    skipped = {}
-    for name in MERGED_CONFIGS:
-        path = configs / name
-        merged, skipped[name] = merge_config(json.loads(path.read_text()), overrides)
-        path.write_text(json.dumps(merged, indent=4) + "\n")
-    roi = json.loads((configs / "inference.json").read_text()).get("roi_size")
-    if isinstance(roi, list) and all(isinstance(r, int) for r in roi):
-        meta = json.loads((configs / "metadata.json").read_text())
-        for section in ("inputs", "outputs"):
-            for spec in meta.get("network_data_format", {}).get(section, {}).values():
-                if "spatial_shape" in spec:
-                    spec["spatial_shape"] = roi
-        (configs / "metadata.json").write_text(json.dumps(meta, indent=4) + "\n")
-    return skipped
 
 
 def check_weights(bundle_dir: str | Path) -> Path:

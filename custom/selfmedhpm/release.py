@@ -39,6 +39,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import stat
 import sys
 import tempfile
@@ -63,6 +64,10 @@ __all__ = [
     "build",
     "index_entry",
     "update_index",
+    "source_index",
+    "merge_config",
+    "assemble_bundle",
+    "apply_overrides",
     "safe_extract",
     "main",
 ]
@@ -78,7 +83,10 @@ BUILDS_ON = {"selfmedhpm_ct_segmentation": "selfmedhpm_ct_pretraining"}
 PRESETS = ([], ["train_cpu.json"])
 """Config overrides tried, in order, when checking that the weights fit the inference network."""
 OVERRIDES_FILE = "released_weights.json"
-"""Written into a release's ``configs/`` when ``--set`` gave values the weights were trained with."""
+"""Written into a release's ``configs/``: the preset and values merged into its configs, for the record."""
+MERGED_CONFIGS = ("inference.json", "train.json")
+"""The configs that run as they are in a release (and in MONAI Label, whose ``BundleInferTask`` and
+``BundleTrainTask`` read them with no override files): the weights' preset and values are merged into them."""
 
 _CONFIG_SUFFIXES = (".json", ".yaml")
 _SKIP_PARTS = {"__pycache__", ".ipynb_checkpoints", ".DS_Store"}
@@ -257,6 +265,7 @@ def weights_fit(
     bundle_dir: str | os.PathLike,
     weights_dir: str | os.PathLike | None = None,
     overrides: Mapping[str, Any] | None = None,
+    presets: Sequence[Sequence[str]] = PRESETS,
 ) -> list[str]:
     """The inference config list whose network the bundle's inference weights load into strictly.
 
@@ -268,6 +277,7 @@ def weights_fit(
         bundle_dir: the bundle folder.
         weights_dir: where the ``.pt`` files are (default: the bundle's ``models/``).
         overrides: config values the weights were trained with beyond a preset (e.g. ``{"roi_size": [48, 48, 48]}``).
+        presets: the override lists tried. Defaults to :data:`PRESETS`.
 
     Returns:
         the config file names, e.g. ``["inference.json", "train_cpu.json"]``.
@@ -281,7 +291,7 @@ def weights_fit(
     bundle_dir = Path(bundle_dir)
     models = Path(weights_dir) if weights_dir else bundle_dir / "models"
     errors = []
-    for preset in PRESETS:
+    for preset in presets:
         names = ["inference.json"] + [p for p in preset if (bundle_dir / "configs" / p).is_file()]
         if len(names) != 1 + len(preset):
             continue
@@ -304,6 +314,78 @@ def weights_fit(
     raise ReleaseError(
         f"{bundle_dir.name}: the weights in {models} fit no inference network{hint}: " + "; ".join(errors)
     )
+
+
+def merge_config(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> tuple[dict, list[str]]:
+    """``base`` with the ids of ``overrides`` (``"key"`` or nested ``"a#b"``) that ``base`` has set to their new
+    values; returns the merged config and the override ids ``base`` lacks (left out).
+
+    Examples::
+
+        >>> merge_config({"epochs": 5, "train": {"batch_size": 2}}, {"epochs": 1, "train#batch_size": 1, "x": 0})
+        ({'epochs': 1, 'train': {'batch_size': 1}}, ['x'])
+    """
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser(json.loads(json.dumps(base)))
+    skipped = []
+    for key, value in overrides.items():
+        if key in parser:
+            parser[key] = value
+        else:
+            skipped.append(key)
+    return parser.get(), skipped
+
+
+def assemble_bundle(
+    bundle_dir: str | Path,
+    target: str | Path,
+    weights_dir: str | Path | None = None,
+    package_dir: str | Path = PACKAGE,
+) -> Path:
+    """Copies the bundle, self-contained, to ``target``: what its release zip holds (``selfmedhpm.release``:
+    LICENSE, configs, docs, ``models/*.pt`` from ``weights_dir`` or the bundle, and the package modules its configs
+    need under ``target/selfmedhpm/``).
+    """
+    target = Path(target)
+    for name, source in release_files(bundle_dir, package_dir, weights_dir).items():
+        destination = target / Path(*name.split("/")[1:])
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, destination)
+    (target / "models").mkdir(exist_ok=True)
+    return target
+
+
+def apply_overrides(
+    bundle_dir: str | Path, override_files: Sequence[str | Path] = (), settings: Mapping[str, Any] | None = None
+) -> dict[str, list[str]]:
+    """Merges ``override_files`` (in order), then ``settings``, into the bundle's :data:`MERGED_CONFIGS` and writes
+    them back as JSON with 4-space indent; sets the metadata's ``spatial_shape`` to the merged ``roi_size``.
+
+    Returns:
+        ``{config name: override ids it lacks}``.
+    """
+    from monai.bundle import ConfigParser
+
+    configs = Path(bundle_dir) / "configs"
+    overrides: dict = {}
+    for path in override_files:
+        overrides.update(ConfigParser.load_config_file(str(path)))
+    overrides.update(settings or {})
+    skipped = {}
+    for name in MERGED_CONFIGS:
+        path = configs / name
+        merged, skipped[name] = merge_config(json.loads(path.read_text()), overrides)
+        path.write_text(json.dumps(merged, indent=4) + "\n")
+    roi = json.loads((configs / "inference.json").read_text()).get("roi_size")
+    if isinstance(roi, list) and all(isinstance(r, int) for r in roi):
+        meta = json.loads((configs / "metadata.json").read_text())
+        for section in ("inputs", "outputs"):
+            for spec in meta.get("network_data_format", {}).get(section, {}).values():
+                if "spatial_shape" in spec:
+                    spec["spatial_shape"] = roi
+        (configs / "metadata.json").write_text(json.dumps(meta, indent=4) + "\n")
+    return skipped
 
 
 def check_weights(
@@ -417,7 +499,11 @@ def build(
     package_dir: str | os.PathLike = PACKAGE,
     overrides: Mapping[str, Any] | None = None,
 ) -> tuple[Path, dict]:
-    """Checks and packs one bundle into ``dist_dir/<name>_v<version>.zip``.
+    """Checks and packs one bundle into ``dist_dir/<name>_v<version>.zip``, self-consistent as the model zoo's zips
+    are: the preset the weights fit (``train_cpu.json`` for the demo's weights) and ``overrides`` are merged into the
+    released ``configs/inference.json`` and ``configs/train.json`` (see :func:`apply_overrides`), so that
+    ``python -m monai.bundle run --config_file configs/inference.json`` runs the weights inside as it is, and so
+    does MONAI Label. What was merged is recorded in ``configs/released_weights.json``.
 
     Args:
         bundle_dir: the bundle folder.
@@ -425,12 +511,10 @@ def build(
         allow_missing_weights: release without the inference weights (with a warning) instead of refusing.
         weights_dir: take ``*.pt`` from here instead of ``<bundle>/models``.
         package_dir: the ``selfmedhpm`` source folder.
-        overrides: config values the weights were trained with beyond the presets (``roi_size``, ``pixdim``...):
-            the weights are checked with them and they are written into the release as
-            ``configs/released_weights.json``, to add to the config list.
+        overrides: config values the weights were trained with beyond the presets (``roi_size``, ``pixdim``...).
 
     Returns:
-        the zip path and facts for its index entry (weights, the inference configs they fit, carried modules).
+        the zip path and facts for its index entry (weights, what was merged, the content checksum).
 
     Raises:
         ReleaseError: missing or unfit weights.
@@ -438,15 +522,27 @@ def build(
     bundle_dir = Path(bundle_dir).resolve()
     weights = Path(weights_dir).resolve() if weights_dir else None
     fits = check_weights(bundle_dir, weights, allow_missing_weights, overrides)
-    files: dict[str, Path | bytes] = dict(release_files(bundle_dir, package_dir, weights))
-    if overrides:
-        files[f"{bundle_dir.name}/configs/{OVERRIDES_FILE}"] = (json.dumps(dict(overrides), indent=4) + "\n").encode()
-    path = write_zip(files, Path(dist_dir) / zip_name(bundle_dir))
-    facts = {
-        "content_sha1": content_sha1(files),
-        "weights": {n.split("/", 1)[1]: sha1(source) for n, source in files.items() if n.split("/")[1] == "models"},
-        "inference_configs": [f"configs/{n}" for n in fits] if fits else None,
-    }
+    presets = [n for n in (fits or ["inference.json"])[1:] if n != OVERRIDES_FILE]
+    with tempfile.TemporaryDirectory() as tmp:
+        staged = assemble_bundle(bundle_dir, Path(tmp) / bundle_dir.name, weights, package_dir)
+        merged = {}
+        for name in presets:
+            merged.update(json.loads((bundle_dir / "configs" / name).read_text()))
+        merged.update(dict(overrides or {}))
+        if merged:
+            apply_overrides(staged, settings=merged)
+            record = {"merged_into": list(MERGED_CONFIGS), "presets": presets, "values": merged}
+            (staged / "configs" / OVERRIDES_FILE).write_text(json.dumps(record, indent=4) + "\n")
+        if fits is not None:
+            weights_fit(staged, presets=[[]])  # the released inference.json alone runs the weights inside
+        files = {f"{bundle_dir.name}/{p.relative_to(staged).as_posix()}": p for p in _tree(staged)}
+        path = write_zip(files, Path(dist_dir) / zip_name(bundle_dir))
+        facts = {
+            "content_sha1": content_sha1(release_files(bundle_dir, package_dir)),
+            "weights": {n.split("/", 1)[1]: sha1(p) for n, p in files.items() if n.split("/")[1] == "models"},
+            "inference_configs": ["configs/inference.json"] if fits else None,
+            "merged": presets + (["values: " + json.dumps(dict(overrides))] if overrides else []),
+        }
     logger.info("%s: %d files, sha1 %s", path, len(files), sha1(path))
     return path, facts
 
@@ -458,33 +554,46 @@ def _versions() -> dict[str, str]:
     return {"monai": monai.__version__, "torch": torch.__version__.split("+")[0], "python": sys.version.split()[0]}
 
 
+def _base_key(bundle_dir: Path, meta: dict) -> str | None:
+    base = meta.get("builds_on", BUILDS_ON.get(bundle_dir.name))
+    if base and "_v" not in base and (bundle_dir.parent / base / "configs" / "metadata.json").is_file():
+        base = f"{base}_v{bundle_metadata(bundle_dir.parent / base)['version']}"
+    return base
+
+
 def index_entry(
     bundle_dir: str | os.PathLike,
-    zip_path: str | os.PathLike,
+    zip_path: str | os.PathLike | None,
     root: str | os.PathLike = ROOT,
     base_url: str | None = None,
     facts: Mapping[str, Any] | None = None,
 ) -> tuple[str, dict]:
-    """``("<name>_v<version>", entry)`` of the index for a built zip.
+    """``("<name>_v<version>", entry)`` of an index, as the model zoo's ``model_info.json`` (``checksum``,
+    ``source``) plus description, versions, what the bundle builds on and ``facts``.
 
     Args:
         bundle_dir: the bundle folder.
-        zip_path: its built zip.
-        root: ``source`` is the zip's path relative to this folder when ``base_url`` is not given.
+        zip_path: its built zip; None for the entry of the bundle folder itself (the repository's
+            ``bundle_index.json``: ``source`` is the folder, ``checksum`` the content checksum, no weights).
+        root: ``source`` is relative to this folder (the index's) when ``base_url`` is not given.
         base_url: where the zips are published (``source`` = ``base_url/<zip name>``).
         facts: what :func:`build` returned with the zip.
     """
-    bundle_dir, zip_path = Path(bundle_dir), Path(zip_path)
+    bundle_dir = Path(bundle_dir)
     meta = bundle_metadata(bundle_dir)
-    if base_url:
-        source = f"{base_url.rstrip('/')}/{zip_path.name}"
+    where = Path(zip_path) if zip_path is not None else bundle_dir
+    if base_url and zip_path is not None:
+        source = f"{base_url.rstrip('/')}/{where.name}"
     else:
-        source = Path(os.path.relpath(zip_path.resolve(), Path(root).resolve())).as_posix()
-    base = meta.get("builds_on", BUILDS_ON.get(bundle_dir.name))
-    if base and "_v" not in base and (bundle_dir.parent / base / "configs" / "metadata.json").is_file():
-        base = f"{base}_v{bundle_metadata(bundle_dir.parent / base)['version']}"
+        source = Path(os.path.relpath(where.resolve(), Path(root).resolve())).as_posix()
+    if zip_path is None:
+        content = content_sha1(release_files(bundle_dir))
+        facts = {"content_sha1": content, "weights": None, **dict(facts or {})}
+        checksum = content
+    else:
+        checksum = sha1(zip_path)
     entry = {
-        "checksum": sha1(zip_path),
+        "checksum": checksum,
         "source": source,
         "name": meta.get("name", bundle_dir.name),
         "version": meta["version"],
@@ -492,31 +601,58 @@ def index_entry(
         "monai_version": meta.get("monai_version"),
         "pytorch_version": meta.get("pytorch_version"),
         "released_with": _versions(),
-        "builds_on": base,
+        "builds_on": _base_key(bundle_dir, meta),
         **dict(facts or {}),
     }
+    if zip_path is None:
+        del entry["released_with"]  # nothing was built
     return f"{bundle_dir.name}_v{meta['version']}", entry
 
 
 def update_index(entries: Mapping[str, dict], index_path: str | os.PathLike, force: bool = False) -> dict[str, dict]:
     """Adds ``entries`` to the index file (other entries are kept), JSON with 4-space indent, keys sorted.
 
+    An entry of a local build (``source`` a path) is replaced by a new build of the same version, with a log line:
+    it is your own output. A published entry (``source`` a URL) is not: the model zoo's rule is that a changed
+    bundle gets a new version.
+
     Raises:
-        ReleaseError: an entry of the same version with another checksum exists and ``force`` is False (the model
-            zoo's rule: a changed bundle gets a new version).
+        ReleaseError: a published entry of the same version with another checksum exists and ``force`` is False.
     """
     index_path = Path(index_path)
     index = json.loads(index_path.read_text()) if index_path.is_file() else {}
     for key, entry in entries.items():
-        old = index.get(key, {}).get("checksum")
-        if old and old != entry["checksum"] and not force:
-            raise ReleaseError(
-                f"{index_path.name} already lists {key} with checksum {old}; this build is {entry['checksum']}. "
-                "A changed bundle needs a new version (configs/metadata.json 'version' and 'changelog'); "
-                "--force replaces the entry."
-            )
+        old = index.get(key, {})
+        if old.get("checksum") and old["checksum"] != entry["checksum"]:
+            if "://" in str(old.get("source", "")) and not force:
+                raise ReleaseError(
+                    f"{index_path} lists the published {key} ({old['source']}) with checksum {old['checksum']}; this "
+                    f"build is {entry['checksum']}. A changed bundle needs a new version (configs/metadata.json "
+                    "'version' and 'changelog'); --force replaces the entry."
+                )
+            logger.info("%s: %s replaces the earlier build (sha1 %s)", index_path, key, old["checksum"])
         index[key] = entry
     index = dict(sorted(index.items()))
+    index_path.parent.mkdir(parents=True, exist_ok=True)
+    index_path.write_text(json.dumps(index, indent=4) + "\n")
+    return index
+
+
+def source_index(bundles: Sequence[Path], index_path: str | os.PathLike) -> dict[str, dict]:
+    """Writes the repository's index (``bundle_index.json``): one entry per bundle folder at its current version,
+    ``source`` the folder, ``checksum`` its content checksum (configs, docs, carried code; no weights are
+    committed). Entries of versions no bundle has any more are dropped.
+
+    Examples::
+
+        >>> import tempfile
+        >>> index = source_index([ROOT / "bundles" / "selfmedhpm_ct_pretraining"], Path(tempfile.mkdtemp()) / "i.json")
+        >>> [entry["source"] for entry in index.values()]
+        ['bundles/selfmedhpm_ct_pretraining']
+    """
+    index_path = Path(index_path)
+    entries = dict(index_entry(bundle, None, index_path.parent) for bundle in bundles)
+    index = dict(sorted(entries.items()))
     index_path.write_text(json.dumps(index, indent=4) + "\n")
     return index
 
@@ -606,33 +742,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--bundles", nargs="*", help="bundle folder names (default: every bundle)")
     parser.add_argument("--bundles_dir", type=Path, default=ROOT / "bundles")
     parser.add_argument("--dist", type=Path, default=ROOT / "dist", help="where the zips go")
-    parser.add_argument("--update-index", "--update_index", action="store_true", help="write the index")
-    parser.add_argument("--index", type=Path, default=ROOT / "bundle_index.json")
+    parser.add_argument("--index", type=Path, default=None, help="the index of the built zips (default DIST/"
+                        "bundle_index.json)")  # fmt: skip
+    parser.add_argument("--update-index", "--update_index", action="store_true", help="(the index is always written)")
+    parser.add_argument("--source-index", "--source_index", action="store_true", help="only write the repository's "
+                        "bundle_index.json (the bundle folders, no build)")  # fmt: skip
     parser.add_argument("--base_url", default=None, help="where the zips are published (index 'source')")
     parser.add_argument("--weights_from", nargs="*", default=[], metavar="NAME=FOLDER", help="*.pt from FOLDER")
     parser.add_argument("--set", action="append", default=[], metavar="NAME:KEY=VALUE", help="the weights' config")
     parser.add_argument("--allow-missing-weights", "--allow_missing_weights", action="store_true")
-    parser.add_argument("--force", action="store_true", help="replace an index entry of the same version")
+    parser.add_argument("--force", action="store_true", help="replace a published index entry of the same version")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
-        weights, settings = _weights_dirs(args.weights_from), _settings(args.set)
         bundles = _bundles(args.bundles, args.bundles_dir)
+        if args.source_index:
+            index_path = args.index or args.bundles_dir.parent / "bundle_index.json"
+            for key, entry in source_index(bundles, index_path).items():
+                print(f"{key}: {entry['source']}  content sha1 {entry['checksum']}")
+            print(f"wrote {index_path}")
+            return 0
+        weights, settings = _weights_dirs(args.weights_from), _settings(args.set)
         unknown = sorted((set(weights) | set(settings)) - {b.name for b in bundles})
         if unknown:
             raise ReleaseError(f"--weights_from/--set name bundles not released here: {unknown}")
+        index_path = args.index or args.dist / "bundle_index.json"
         entries = {}
         for bundle in bundles:
             overrides = settings.get(bundle.name)
             path, facts = build(
                 bundle, args.dist, args.allow_missing_weights, weights.get(bundle.name), overrides=overrides
             )
-            key, entry = index_entry(bundle, path, args.index.parent, args.base_url, facts)
+            key, entry = index_entry(bundle, path, index_path.parent, args.base_url, facts)
             entries[key] = entry
-            print(f"{path}  sha1 {entry['checksum']}")
-        if args.update_index:
-            update_index(entries, args.index, force=args.force)
-            print(f"updated {args.index}")
+            merged = ", ".join(facts["merged"]) or "nothing"
+            print(f"wrote {path}  sha1 {entry['checksum']}  ({merged} merged into configs/inference.json, train.json)")
+        update_index(entries, index_path, force=args.force)
+        print(f"wrote {index_path}: {', '.join(entries)}")
     except ReleaseError as e:
         print(f"release refused: {e}", file=sys.stderr)
         return 1

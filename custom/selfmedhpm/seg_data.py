@@ -11,6 +11,7 @@ from pathlib import Path
 
 from monai.transforms import Spacingd
 from selfmedhpm.check_data import DataCheckError, Problem, validate_dataset
+from selfmedhpm.errors import InputNotFoundError
 
 __all__ = ["IMAGE_SUFFIXES", "check_entries", "is_dicom_folder", "find_images", "MetaSafeSpacingd"]
 
@@ -103,10 +104,10 @@ def find_images(dataset_dir: str | os.PathLike, subdir: str = "imagesTs") -> lis
     root = Path(dataset_dir)
     folder = root / subdir if (root / subdir).is_dir() else root
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: input folder not found; pass --dataset_dir DIR or --input_file PATH.")
+        raise InputNotFoundError(f"{folder}: input folder not found; pass --dataset_dir DIR or --input_file PATH.")
     found = _images_in(folder)
     if not found:
-        raise FileNotFoundError(
+        raise InputNotFoundError(
             f"{folder}: no input images (expected files ending {', '.join(IMAGE_SUFFIXES)} or DICOM series folders)."
         )
     return found

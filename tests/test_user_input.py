@@ -1,0 +1,209 @@
+"""What a user's input does to every workflow of both bundles: a broken data list is named in the last line a run
+prints, and boolean flags given as text on the command line mean what they say."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from conftest import PRETRAIN, SEGMENT, configs
+from monai.bundle import ConfigParser, ConfigWorkflow
+from selfmedhpm.check_data import DataCheckError
+from selfmedhpm.errors import FlagError, UserInputError, user_error
+
+TRAIN_SEG = ("train.json", "train_cpu.json")
+WORKFLOWS = {  # name: (bundle, config files, workflow type, config key whose evaluation reads the data list)
+    "pretraining train": (PRETRAIN, ("train.json", "train_cpu.json"), "train", "train#dataset#data"),
+    "pretraining multi-GPU train": (
+        PRETRAIN, ("train.json", "train_cpu.json", "multi_gpu_train.json"), "train", "train#dataset#data"
+    ),
+    "pretraining inference": (PRETRAIN, ("inference.json", "train_cpu.json"), "infer", "input_files"),
+    "segmentation train": (SEGMENT, TRAIN_SEG, "train", "train#dataset#data"),
+    "segmentation multi-GPU train": (SEGMENT, (*TRAIN_SEG, "multi_gpu_train.json"), "train", "train#dataset#data"),
+    "segmentation evaluate": (SEGMENT, (*TRAIN_SEG, "evaluate.json"), "eval", "validate#dataset#data"),
+}  # fmt: skip
+
+
+def _entry(i: int) -> dict:
+    return {"image": f"imagesTr/case_{i:03d}.nii.gz", "label": f"labelsTr/case_{i:03d}.nii.gz"}
+
+
+BROKEN = {  # what the user did to dataset_0.json -> (its text, words the error must contain)
+    "missing": (None, "datalist not found"),
+    "cut off mid-entry": ('{"training": [{"image": "imagesTr/case_000.nii.gz",', "is not valid JSON"),
+    "not an object": ("[1, 2]", "top level is a JSON array"),
+    "no such split": (json.dumps({"train": [_entry(0)]}), "split (found keys: train)"),
+    "entry without image": (
+        json.dumps({s: [{"img": "x"}] for s in ("training", "validation", "test")}), "has no 'image' key"
+    ),
+    "file not there": (
+        json.dumps({"training": [_entry(0), {"image": "imagesTr/nope.nii.gz", "label": "labelsTr/case_000.nii.gz"}],
+                    "validation": [_entry(1), {"image": "imagesTr/nope.nii.gz", "label": "labelsTr/case_000.nii.gz"}],
+                    "test": [{"image": "imagesTr/nope.nii.gz"}]}),
+        "nope.nii.gz: listed in dataset_0.json but not found",
+    ),
+}  # fmt: skip
+
+
+def _broken_set(phantom_dir: Path, folder: Path, how: str) -> Path:
+    shutil.copytree(phantom_dir, folder)
+    text, _ = BROKEN[how]
+    datalist = folder / "dataset_0.json"
+    if text is None:
+        datalist.unlink()
+    else:
+        datalist.write_text(text)
+    return folder
+
+
+@pytest.mark.parametrize("how", list(BROKEN))
+@pytest.mark.parametrize("workflow", list(WORKFLOWS))
+def test_broken_datalist_is_named_in_every_workflow(workflow, how, phantom_dir, tmp_path):
+    bundle, files, _, key = WORKFLOWS[workflow]
+    data = _broken_set(phantom_dir, tmp_path / "data", how)
+    parser = ConfigParser()
+    parser.read_config(configs(bundle, *files))
+    splits = {"infer_splits": ["test"]} if "inference" in workflow else {}
+    parser.update({"dataset_dir": str(data), "output_dir": str(tmp_path / "out"), "check_data": False, **splits})
+    with pytest.raises(Exception) as info:  # MONAI wraps it: "Failed to evaluate ConfigExpression"
+        parser.get_parsed_content(key)
+    found = user_error(info.value)
+    assert isinstance(found, DataCheckError), repr(info.value)
+    assert str(data / "dataset_0.json") in str(found) and BROKEN[how][1] in str(found), str(found)
+
+
+def _last_line(stderr: str) -> str:
+    return [line for line in stderr.splitlines() if line.strip()][-1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workflow", list(WORKFLOWS))
+def test_command_line_run_ends_with_the_datalist_problem(workflow, phantom_dir, tmp_path, python_env):
+    """``python -m monai.bundle run`` (or torchrun for multi-GPU) of a data list cut off mid-entry: the last line
+    printed names the file, the problem, its line and column."""
+    bundle, files, _, _ = WORKFLOWS[workflow]
+    data = _broken_set(phantom_dir, tmp_path / "data", "cut off mid-entry")
+    config = str(configs(bundle, *files))
+    args = ["run", "--config_file", config, "--dataset_dir", str(data), "--output_dir", str(tmp_path / "out")]
+    if "inference" in workflow:
+        args += ["--infer_splits", "['training']"]
+    if "multi-GPU" in workflow:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
+                   "-m", "monai.bundle", *args]  # fmt: skip
+    else:
+        command = [sys.executable, "-m", "monai.bundle", *args]
+    result = subprocess.run(command, env=python_env, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    datalist = data / "dataset_0.json"
+    expected = f"ERROR {datalist}: is not valid JSON: Expecting property name enclosed in double quotes at line 1"
+    if "multi-GPU" in workflow:  # torchrun prints its own summary of the failed rank after the rank's output
+        assert expected in result.stderr, result.stderr[-3000:]
+    else:
+        assert expected in _last_line(result.stderr), result.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_segmentation_inference_names_a_missing_input_folder(tmp_path, python_env):
+    missing = tmp_path / "no_such_folder"
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file",
+               str(configs(SEGMENT, "inference.json", "train_cpu.json")), "--dataset_dir", str(missing)]  # fmt: skip
+    result = subprocess.run(command, env=python_env, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert (
+        _last_line(result.stderr) == f"ERROR {missing}: input folder not found; pass --dataset_dir DIR or "
+        "--input_file PATH."
+    ), result.stderr[-3000:]
+
+
+# ------------------------------------------------------------------------------------------------ boolean flags
+
+
+@pytest.fixture(scope="module")
+def rejected_set(tmp_path_factory, phantom_dir) -> Path:
+    """The phantom set with NaN voxels in one training image: the data check refuses it."""
+    folder = tmp_path_factory.mktemp("rejected") / "data"
+    shutil.copytree(phantom_dir, folder)
+    entry = json.loads((folder / "dataset_0.json").read_text())["training"][0]
+    path = folder / entry["image"]
+    image = nib.load(path)
+    voxels = np.asarray(image.dataobj, dtype=np.float32)
+    voxels[10:12, 10:12, 5] = np.nan
+    nib.save(nib.Nifti1Image(voxels, image.affine), path)
+    return folder
+
+
+FLAG_WORKFLOWS = {
+    "pretraining train": (PRETRAIN, ("train.json", "train_cpu.json"), "train"),
+    "segmentation train": (SEGMENT, TRAIN_SEG, "train"),
+    "segmentation evaluate": (SEGMENT, (*TRAIN_SEG, "evaluate.json"), "eval"),
+}
+
+
+@pytest.mark.parametrize("value", ["false", "False", "0", "off", 0, False, "true", "True", "1", 1, True])
+@pytest.mark.parametrize("workflow", list(FLAG_WORKFLOWS))
+def test_check_data_flag_given_as_text(workflow, value, rejected_set, tmp_path):
+    bundle, files, kind = FLAG_WORKFLOWS[workflow]
+    overrides = {"dataset_dir": str(rejected_set), "output_dir": str(tmp_path), "check_data": value}
+    if kind == "eval":
+        overrides["eval_split"] = "training"
+    workflow_ = ConfigWorkflow(config_file=configs(bundle, *files), workflow_type=kind, **overrides)
+    checks = str(value).lower() in ("true", "1")
+    if checks:
+        with pytest.raises(Exception) as info:
+            workflow_.initialize()
+        found = user_error(info.value)
+        assert isinstance(found, DataCheckError) and "NaN" in str(found), repr(info.value)
+    else:
+        workflow_.initialize()  # the check did not run: the run proceeds past it
+
+
+@pytest.mark.parametrize("value,runs_check", [("false", False), ("0", False), ("True", True), ("1", True)])
+def test_check_data_flag_of_segmentation_inference(value, runs_check, rejected_set, tmp_path):
+    entry = json.loads((rejected_set / "dataset_0.json").read_text())["training"][0]
+    bad = str(rejected_set / entry["image"])
+    parser = ConfigParser()
+    parser.read_config(configs(SEGMENT, "inference.json", "train_cpu.json"))
+    parser.update({"input_file": bad, "check_data": value, "output_dir": str(tmp_path)})
+    if runs_check:
+        with pytest.raises(Exception) as info:
+            parser.get_parsed_content("inputs")
+        assert "NaN" in str(user_error(info.value))
+    else:
+        assert parser.get_parsed_content("inputs") == [bad]
+
+
+@pytest.mark.parametrize("key", ["check_data", "resume"])
+def test_a_flag_that_is_not_a_boolean_is_refused_by_name(key, phantom_dir, tmp_path):
+    workflow = ConfigWorkflow(
+        config_file=configs(SEGMENT, *TRAIN_SEG), workflow_type="train", dataset_dir=str(phantom_dir),
+        output_dir=str(tmp_path), **{key: "maybe"},
+    )  # fmt: skip
+    with pytest.raises(Exception) as info:
+        workflow.initialize()
+        workflow.run()
+    found = user_error(info.value)
+    assert isinstance(found, FlagError) and f"--{key} must be true or false" in str(found) and "'maybe'" in str(found)
+
+
+@pytest.mark.parametrize("bundle", [PRETRAIN, SEGMENT])
+def test_override_typo_is_refused_in_both_bundles(bundle, phantom_dir, tmp_path, python_env):
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(configs(bundle, "train.json")),
+               "--dataset_dir", str(phantom_dir), "--output_dir", str(tmp_path), "--epoch", "1"]  # fmt: skip
+    result = subprocess.run(command, env=python_env, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    last = _last_line(result.stderr)
+    assert last.startswith("ERROR unknown config key 'epoch'") and "did you mean 'epochs'?" in last, last
+
+
+def test_user_errors_share_one_base():
+    from selfmedhpm.bundle import UnknownConfigKeyError
+    from selfmedhpm.checkpoint import CheckpointError
+
+    for error in (DataCheckError, FlagError, CheckpointError, UnknownConfigKeyError):
+        assert issubclass(error, UserInputError)
