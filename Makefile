@@ -46,7 +46,7 @@ demo: $(STAMP)
 
 # the test suite, then the model zoo's offline checks of both bundles (and black / isort / flake8)
 test: $(STAMP) $(MLSTAMP)
-	$(PY) -m pytest -q -ra tests
+	SELFMEDHPM_REQUIRE_MONAILABEL=1 $(PY) -m pytest -q -ra tests
 	$(PY) -m selfmedhpm.verify
 
 verify: $(STAMP)

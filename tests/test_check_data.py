@@ -340,7 +340,8 @@ def test_progress_for_large_sets(tmp_path: Path, capsys: pytest.CaptureFixture) 
 
 
 def test_reads_nrrd_through_monai(tmp_path: Path) -> None:
-    nrrd = pytest.importorskip("nrrd")
+    import nrrd  # a dependency (pynrrd): a broken install fails here instead of skipping
+
     bad = ct().astype(np.float32)
     bad[0, 0, 0] = np.nan
     path = str(tmp_path / "scan.nrrd")

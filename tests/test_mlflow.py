@@ -15,12 +15,12 @@ import time
 import urllib.request
 from pathlib import Path
 
+import mlflow
 import pytest
 import torch
 from conftest import PRETRAIN, SEG_TINY, SEGMENT, configs, run_workflow
 
-mlflow = pytest.importorskip("mlflow")
-MlflowClient = mlflow.MlflowClient
+MlflowClient = mlflow.MlflowClient  # mlflow is a dependency: a broken install fails here instead of skipping
 
 pytestmark = pytest.mark.slow
 

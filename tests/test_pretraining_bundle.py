@@ -175,7 +175,7 @@ def test_multiprocess_pretraining_under_torchrun(phantom_dir, tmp_path, python_e
     out = tmp_path / "ddp"
     config = str(configs(PRETRAIN, "train.json", "train_cpu.json", "multi_gpu_train.json"))
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
         "-m", "monai.bundle", "run", "--config_file", config, "--dataset_dir", str(phantom_dir),
         "--output_dir", str(out), "--epochs", "2", "--save_interval", "1", "--pixdim", "[3.0, 3.0, 3.0]",
     ]  # fmt: skip

@@ -20,6 +20,8 @@ __version__ = "0.1.0"
 import importlib
 from typing import Any
 
+from selfmedhpm.errors import install_excepthook
+
 _SUBMODULES = {
     "bundle",
     "check_data",
@@ -46,10 +48,9 @@ _SUBMODULES = {
     "verify",
     "quant",
     "label_app",
+    "errors",
+    "faults",
 }
-
-
-from selfmedhpm.errors import install_excepthook
 
 install_excepthook()  # a run that fails on the user's input ends with one line naming the file and the problem
 
