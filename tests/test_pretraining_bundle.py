@@ -44,8 +44,10 @@ def test_pretraining_writes_models_history_and_checkpoint(pretrained):
     assert [r["epoch"] for r in history] == list(range(1, 51))
     assert history[0]["hard_ratio"] == pytest.approx(0.5 / 50) and history[-1]["hard_ratio"] == pytest.approx(0.5)
     student = load_weights(out / "model.pt")
-    net = workflow.parser.get_parsed_content("network_def", instantiate=True)
-    assert not net.load_state_dict(student, strict=True).missing_keys
+    net = workflow.parser.get_parsed_content("network_def", lazy=False)  # a new instance, not the trained one
+    fresh = {k: v.clone() for k, v in net.state_dict().items()}
+    net.load_state_dict(student, strict=True)  # raises on any missing, unexpected or mis-shaped key
+    assert any(not torch.equal(fresh[k], v) for k, v in net.state_dict().items())  # trained weights, not the init
 
 
 def test_reconstruction_loss_falls(pretrained):
@@ -64,25 +66,55 @@ def test_encoder_file_loads_into_unetr_vit_strictly(pretrained):
     assert all(torch.equal(unetr.vit.state_dict()[k], v) for k, v in encoder.items())
 
 
-def test_loss_predictor_ranks_held_out_patches_better_than_chance(pretrained, phantom_dir):
+@pytest.fixture(scope="module")
+def held_out_crops(tmp_path_factory) -> torch.Tensor:
+    """16 crops of 64^3 from 4 synthetic cases that no test trains on (seeds 100-103), pre-processed as in training."""
+    import nibabel as nib
     from monai.bundle import ConfigParser
     from monai.transforms import Compose, RandSpatialCropSamples
-    from selfmedhpm.metrics import loss_prediction_tau
+    from selfmedhpm.phantom import generate_case
+
+    folder = tmp_path_factory.mktemp("held_out")
+    parser = ConfigParser()
+    parser.read_config(configs(PRETRAIN, "train.json", "train_cpu.json"))
+    parser.update(TINY)
+    preprocessing = Compose(parser.get_parsed_content("train#deterministic_transforms"))
+    sampler = RandSpatialCropSamples([64, 64, 64], num_samples=4, random_size=False)
+    sampler.set_random_state(0)
+    crops = []
+    for seed in range(100, 104):
+        image, _, affine = generate_case(seed, shape=(96, 96, 48))
+        nib.save(nib.Nifti1Image(image, affine), folder / f"case_{seed}.nii.gz")
+        volume = preprocessing({"image": str(folder / f"case_{seed}.nii.gz")})["image"]
+        crops += [torch.as_tensor(c) for c in sampler(volume)]
+    return torch.stack(crops).float()
+
+
+def test_trained_teacher_ranks_held_out_patches_on_content(pretrained, held_out_crops):
+    """The EMA teacher after pretraining, which chooses the masks, ranks held-out patches by their true
+    reconstruction loss better than the same network untrained (paired permutation test over 16 crops of 4 unseen
+    cases) and better than patch position alone."""
+    from monai.bundle import ConfigParser
+    from selfmedhpm.metrics import teacher_ranking
+    from selfmedhpm.stats import paired_permutation_p
 
     out, _ = pretrained
     parser = ConfigParser()
     parser.read_config(configs(PRETRAIN, "train.json", "train_cpu.json"))
-    parser.update({"dataset_dir": str(phantom_dir), **TINY})
-    preprocessing = Compose(parser.get_parsed_content("train#deterministic_transforms"))
-    net = parser.get_parsed_content("network_def")
-    net.load_state_dict(load_weights(out / "model.pt"))
-    held_out = json.loads((phantom_dir / "dataset_0.json").read_text())["validation"]
-    sampler = RandSpatialCropSamples([64, 64, 64], num_samples=16, random_size=False)
-    sampler.set_random_state(0)
-    volume = preprocessing({"image": str(phantom_dir / held_out[0]["image"])})["image"]
-    crops = torch.stack([torch.as_tensor(c) for c in sampler(volume)]).float()
-    trained = loss_prediction_tau(net, crops, trials=2, norm_pix_loss=parser.get_parsed_content("norm_pix_loss"))
-    assert trained > 0.05, trained
+    norm_pix_loss = parser.get_parsed_content("norm_pix_loss")
+    torch.manual_seed(0)
+    untrained = parser.get_parsed_content("network_def", lazy=False)  # lazy=False: a new instance each time
+    teacher = parser.get_parsed_content("network_def", lazy=False)
+    teacher.load_state_dict(load_weights(out / "teacher.pt"))
+    trained = teacher_ranking(teacher, held_out_crops, norm_pix_loss=norm_pix_loss)
+    baseline = teacher_ranking(untrained, held_out_crops, norm_pix_loss=norm_pix_loss)
+    tau, untrained_tau, position_tau = (np.mean(x) for x in (trained["tau"], baseline["tau"], trained["position_tau"]))
+    p_value = paired_permutation_p(trained["tau"], baseline["tau"])
+    print(f"tau trained {tau:.3f}, untrained {untrained_tau:.3f}, position alone {position_tau:.3f}, p {p_value:.4f}, "
+          f"position share {trained['position_share']:.2f}")  # fmt: skip
+    assert p_value < 0.01 and tau > untrained_tau + 0.1, (tau, untrained_tau, p_value)
+    assert tau > position_tau, (tau, position_tau)
+    assert paired_permutation_p(trained["tau"], trained["position_tau"]) < 0.05
 
 
 def test_check_properties_empty_and_metadata_valid(phantom_dir):

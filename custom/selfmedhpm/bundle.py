@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -11,7 +13,12 @@ from pathlib import Path
 import torch
 from selfmedhpm.errors import FlagError, UserInputError
 
-__all__ = ["bundle_root", "datalist", "rank", "world_size", "default_device", "as_bool"]
+__all__ = [
+    "bundle_root", "datalist", "pretraining_splits", "log_pretraining_splits", "rank", "world_size", "default_device",
+    "as_bool",
+]  # fmt: skip
+
+logger = logging.getLogger("selfmedhpm.bundle")
 
 
 def _config_files(argv: Sequence[str]) -> list[str]:
@@ -70,10 +77,7 @@ def datalist(dataset_dir: str, datalist_file: str | None, split: str | Sequence[
     from monai.data import load_decathlon_datalist
     from selfmedhpm.check_data import DataCheckError, Problem, load_datalist_checked
 
-    if not datalist_file:
-        datalist_file = os.path.join(dataset_dir, "dataset_0.json")
-    elif not os.path.isfile(datalist_file) and os.path.isfile(os.path.join(dataset_dir, datalist_file)):
-        datalist_file = os.path.join(dataset_dir, datalist_file)
+    datalist_file = _datalist_path(dataset_dir, datalist_file)
     splits = [split] if isinstance(split, str) else list(split)
     if not os.path.isdir(dataset_dir):
         raise DataCheckError([Problem(str(dataset_dir), "dataset folder not found (--dataset_dir)")], datalist_file)
@@ -102,6 +106,73 @@ def datalist(dataset_dir: str, datalist_file: str | None, split: str | Sequence[
     if not labels:
         entries = [{"image": e["image"]} for e in entries]
     return entries
+
+
+def _datalist_path(dataset_dir: str, datalist_file: str | None) -> str:
+    if not datalist_file:
+        return os.path.join(dataset_dir, "dataset_0.json")
+    if not os.path.isfile(datalist_file) and os.path.isfile(os.path.join(dataset_dir, datalist_file)):
+        return os.path.join(dataset_dir, datalist_file)
+    return datalist_file
+
+
+def _read_splits(dataset_dir: str, datalist_file: str | None) -> dict[str, int]:
+    """Split name -> number of entries of each list of images in the data list ({} when it cannot be read: the
+    data check reports why)."""
+    try:
+        with open(_datalist_path(dataset_dir, datalist_file), encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {
+        k: len(v) for k, v in data.items()
+        if isinstance(v, list) and v and all(isinstance(e, str) or (isinstance(e, dict) and "image" in e) for e in v)
+    }  # fmt: skip
+
+
+def pretraining_splits(dataset_dir: str, datalist_file: str | None = None) -> list[str]:
+    """The pretraining bundle's default ``train_splits``: ``training``, plus ``unlabeled`` when the data list has a
+    non-empty one (``python -m selfmedhpm.datalist`` lists images without labels there). Validation and test
+    splits are never in it: pretraining on them needs ``--train_splits`` naming them.
+
+    Examples::
+
+        >>> import tempfile
+        >>> folder = tempfile.mkdtemp()
+        >>> _ = open(os.path.join(folder, "dataset_0.json"), "w").write('{"training": [], "unlabeled": ["a.nii"]}')
+        >>> pretraining_splits(folder), pretraining_splits("/no/such/folder")
+        (['training', 'unlabeled'], ['training'])
+    """
+    return ["training"] + (["unlabeled"] if _read_splits(dataset_dir, datalist_file).get("unlabeled") else [])
+
+
+def log_pretraining_splits(dataset_dir: str, datalist_file: str | None, splits: str | Sequence[str]) -> str:
+    """Logs (rank 0) and returns which splits of the data list pretraining reads and which it leaves out, e.g.
+    ``pretraining on training (24 images) + unlabeled (20 images); not used: validation (6 images) ...``.
+
+    Examples::
+
+        >>> import tempfile
+        >>> folder = tempfile.mkdtemp()
+        >>> _ = open(os.path.join(folder, "dataset_0.json"), "w").write('{"training": ["a"], "validation": ["b"]}')
+        >>> print(log_pretraining_splits(folder, None, ["training"]))
+        pretraining on training (1 image); not used: validation (1 image) (name a split in --train_splits to use it)
+    """
+    splits = [s for s in (splits.split(",") if isinstance(splits, str) else splits)]
+    counts = _read_splits(dataset_dir, datalist_file)
+    images = lambda n: f"{n} image{'s' * (n != 1)}"  # noqa: E731
+    message = "pretraining on " + " + ".join(f"{s} ({images(counts.get(s, 0))})" for s in splits)
+    held_out = [s for s in splits if s in ("validation", "test")]
+    if held_out:
+        message += f"; {' and '.join(held_out)} used because train_splits names it (not held out from pretraining)"
+    unused = [f"{s} ({images(n)})" for s, n in counts.items() if s not in splits]
+    if unused:
+        message += f"; not used: {', '.join(unused)} (name a split in --train_splits to use it)"
+    if rank() == 0:
+        logger.info(message)
+    return message
 
 
 def rank() -> int:

@@ -7,7 +7,7 @@ from selfmedhpm.ema import unwrap
 from selfmedhpm.losses import patch_targets, per_patch_loss
 from selfmedhpm.masking import hard_patch_mask
 
-__all__ = ["kendall_tau", "loss_prediction_tau"]
+__all__ = ["kendall_tau", "loss_prediction_tau", "teacher_ranking"]
 
 
 def kendall_tau(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -61,3 +61,60 @@ def loss_prediction_tau(
             taus.append(kendall_tau(predicted[i][mask[i]].float(), true_loss[i][mask[i]]))
     net.train(was_training)
     return sum(taus) / len(taus)
+
+
+@torch.no_grad()
+def teacher_ranking(
+    net: torch.nn.Module,
+    images: torch.Tensor,
+    mask_ratio: float = 0.75,
+    trials: int = 4,
+    seed: int = 0,
+    norm_pix_loss: bool = True,
+) -> dict[str, object]:
+    """How well a network's loss predictor, seeing the full crop as the HPM teacher does when it chooses the mask,
+    ranks the patches by their true reconstruction loss, against what patch position alone gives.
+
+    The true loss of a patch is its reconstruction loss when masked, averaged over ``trials`` random masks. Per crop:
+    Kendall tau between the full-view predictions and the true losses; the position-only baseline predicts each
+    patch's loss as the mean true loss at that position over the *other* crops. ``position_share`` is the share of
+    the variance of the predictions that patch position alone explains (R^2 of the per-position mean): near 1, the
+    predictor only learnt where patches usually are hard; low, it follows the content.
+
+    Args:
+        net: an :class:`~selfmedhpm.networks.HPMMaskedAutoEncoder` (load the teacher's weights to assess the teacher).
+        images: held-out crops ``[N, C, H, W, D]`` of the network's input size, N >= 2.
+        mask_ratio: gamma of the random masks.
+        trials: random masks per crop.
+        seed: seed of the masks.
+        norm_pix_loss: targets as in training.
+
+    Returns:
+        ``{"tau": per-crop taus, "position_tau": per-crop taus of the baseline, "position_share": float}``.
+    """
+    net = unwrap(net)
+    was_training = net.training
+    net.eval()
+    generator = torch.Generator(device=images.device).manual_seed(seed)
+    predicted = net.predict_patch_loss(images).float()  # [N, L], full view
+    total = torch.zeros_like(predicted)
+    count = torch.zeros_like(predicted)
+    target = patch_targets(images, net.patch_size, norm_pix_loss)
+    for _ in range(trials):
+        mask = hard_patch_mask(torch.zeros_like(predicted), mask_ratio, 0.0, generator)
+        reconstruction, _ = net(images, mask)
+        total += torch.where(mask, per_patch_loss(reconstruction, target), 0.0)
+        count += mask.float()
+    net.train(was_training)
+    seen = count > 0
+    true = total / count.clamp(min=1)  # [N, L]
+    taus, position_taus = [], []
+    for i in range(images.shape[0]):
+        others = torch.cat([torch.arange(i), torch.arange(i + 1, images.shape[0])])
+        baseline = total[others].sum(0) / count[others].sum(0).clamp(min=1)  # mean true loss per position
+        taus.append(kendall_tau(predicted[i][seen[i]], true[i][seen[i]]))
+        position_taus.append(kendall_tau(baseline[seen[i]], true[i][seen[i]]))
+    by_position = predicted.mean(0, keepdim=True).expand_as(predicted)
+    spread = (predicted - predicted.mean()).pow(2).sum().clamp(min=1e-12)
+    share = 1.0 - float((predicted - by_position).pow(2).sum() / spread)
+    return {"tau": taus, "position_tau": position_taus, "position_share": share}
