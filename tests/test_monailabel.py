@@ -338,7 +338,7 @@ def test_train_one_epoch_from_final_labels_writes_new_weights(server, app, tmp_p
     assert task.get("status") == "DONE", f"{task.get('status')}:\n{details}\n{server.tail()}"
     assert "Restored all variables from" in details  # MONAI Label's CheckpointLoader started from model.pt
     history = json.loads((bundle / "models" / "history.json").read_text())
-    assert [r["epoch"] for r in history] == [1] and 0.0 <= history[0]["val_mean_dice"] <= 1.0
+    assert [r["epoch"] for r in history] == [1] and history[0]["val_mean_dice"] > 0.01  # the liver is found
     assert (bundle / "models" / "checkpoints" / "checkpoint_epoch=1.pt").is_file()
     assert sha1(bundle / "models" / "model.pt") != before  # the validated model of this round
     load_strictly(bundle)

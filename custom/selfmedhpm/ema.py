@@ -37,9 +37,10 @@ def ema_decay_at(epoch: int, decay_start: float = 0.999, decay_end: float = 0.99
 class EMATeacher:
     """EMA copy of a student network, ``theta_T = d * theta_T + (1 - d) * theta_S`` after each iteration.
 
-    An ignite handler (put it in ``train#handlers``) and a checkpointable object (``state_dict`` /
-    ``load_state_dict``), so MONAI's ``CheckpointSaver`` saves it beside the model. The teacher never takes
-    gradients and stays in eval mode. Under DDP every rank applies the same update to the same synchronised student
+    An ignite handler and a checkpointable object (``state_dict`` / ``load_state_dict``), so checkpoints save it
+    beside the model. :class:`~selfmedhpm.engine.HPMTrainer` attaches its teacher itself (one EMA update after every
+    iteration): do not also put it in ``train#handlers``, which would update it twice per step. The teacher never
+    takes gradients and stays in eval mode. Under DDP every rank applies the same update to the same synchronised student
     weights, so the teachers stay identical; ``check_sync`` verifies that at each epoch's end.
 
     Args:
