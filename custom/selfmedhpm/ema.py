@@ -40,8 +40,8 @@ class EMATeacher:
     An ignite handler and a checkpointable object (``state_dict`` / ``load_state_dict``), so checkpoints save it
     beside the model. :class:`~selfmedhpm.engine.HPMTrainer` attaches its teacher itself (one EMA update after every
     iteration): do not also put it in ``train#handlers``, which would update it twice per step. The teacher never
-    takes gradients and stays in eval mode. Under DDP every rank applies the same update to the same synchronised student
-    weights, so the teachers stay identical; ``check_sync`` verifies that at each epoch's end.
+    takes gradients and stays in eval mode. Under DDP every rank applies the same update to the same synchronised
+    student weights, so the teachers stay identical; ``check_sync`` verifies that at each epoch's end.
 
     Args:
         student: the student network (a DDP wrapper is unwrapped).

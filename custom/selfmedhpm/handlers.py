@@ -217,16 +217,26 @@ class PretrainExporter:
         teacher: the EMA teacher.
         interval: epochs between exports. Defaults to 1.
         min_seconds: least wall time between two exports. Defaults to 0.
+        snapshot_epochs: epochs after which the teacher is also kept as ``teacher_epoch<N>.pt`` (to compare what
+            it finds hard early and late in the run). Defaults to none.
     """
 
     def __init__(
-        self, output_dir: str | os.PathLike, teacher: EMATeacher, interval: int = 1, min_seconds: float = 0.0
+        self,
+        output_dir: str | os.PathLike,
+        teacher: EMATeacher,
+        interval: int = 1,
+        min_seconds: float = 0.0,
+        snapshot_epochs: Sequence[int] = (),
     ) -> None:
         self.output_dir, self.teacher, self.interval = Path(output_dir), teacher, interval
         self.min_seconds = float(min_seconds)
+        self.snapshot_epochs = {int(e) for e in snapshot_epochs or ()}
         self._last = time.monotonic()
 
     def attach(self, engine: Engine) -> None:
+        if self.snapshot_epochs:
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self._snapshot)
         engine.add_event_handler(Events.STARTED, self._started)
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self._periodic)
         engine.add_event_handler(Events.COMPLETED, self)
@@ -237,6 +247,11 @@ class PretrainExporter:
     def _periodic(self, engine: Engine) -> None:
         if time.monotonic() - self._last >= self.min_seconds:
             self(engine)
+
+    def _snapshot(self, engine: Engine) -> None:
+        if engine.state.epoch in self.snapshot_epochs and is_rank0():
+            state = {k: v.detach().cpu() for k, v in self.teacher.state_dict().items()}
+            save_atomic(state, self.output_dir / f"teacher_epoch{engine.state.epoch}.pt")
 
     def __call__(self, engine: Engine) -> None:
         self._last = time.monotonic()

@@ -1,0 +1,90 @@
+"""The label-scarce study: its statistics on fixed numbers, and `make study-quick`'s pipeline on a tiny setting."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import numpy as np
+import pytest
+from selfmedhpm import study
+from selfmedhpm.stats import paired_bootstrap_ci, paired_permutation_p
+
+
+def test_paired_bootstrap_ci_on_fixed_numbers():
+    a = [0.80, 0.70, 0.90, 0.60, 0.75, 0.85]
+    b = [0.70, 0.65, 0.80, 0.62, 0.70, 0.75]
+    mean, low, high = paired_bootstrap_ci(a, b, rounds=20_000)
+    assert mean == pytest.approx(np.mean(np.subtract(a, b)))  # 0.0633
+    assert 0.0 < low < mean < high < 0.11
+    assert paired_bootstrap_ci(a, b, rounds=20_000) == (mean, low, high)  # seeded
+    mean, low, high = paired_bootstrap_ci(b, a)
+    assert high < 0  # the order of the arms is the sign
+    assert paired_permutation_p(a, b) < 0.05 and paired_permutation_p(b, a) > 0.9
+    with pytest.raises(ValueError):
+        paired_bootstrap_ci([], [])
+
+
+def test_aggregation_and_pairing_over_seeds_and_cases():
+    per_run = {
+        ("hpm", 3, 0): {"c1": 0.8, "c2": 0.6},
+        ("hpm", 3, 1): {"c1": 0.7, "c2": float("nan")},
+        ("mae", 3, 0): {"c1": 0.5, "c2": 0.4},
+        ("mae", 3, 1): {"c1": 0.6, "c2": 0.5},
+        ("mae", 9, 0): {"c1": 0.9, "c2": 0.9},
+    }
+    xs, ys, seeds = study.paired_differences(per_run, "hpm", "mae", 3)
+    assert (xs, ys, seeds) == ([0.8, 0.6, 0.7], [0.5, 0.4, 0.6], 2)  # the NaN pair is left out
+    assert study.paired_differences(per_run, "hpm", "mae", 9) == ([], [], 0)
+    assert study.aggregate([0.5, 0.7]) == (0.6, 0.1414)
+    assert study.aggregate([0.4]) == (0.4, 0.0)
+    rows = [
+        {"case": "a", "liver": "0.9", "spleen": "0.5", "aorta": "nan"},
+        {"case": "b", "liver": "0.1", "spleen": "0.3"},
+    ]
+    assert study.case_means(rows, ["liver", "spleen", "aorta"]) == {"a": 0.7, "b": 0.2}
+
+
+def test_labelled_draws_differ_by_seed_and_stay_in_the_pool():
+    pool = [{"image": f"case_{i}"} for i in range(24)]
+    draws = {seed: [d["image"] for d in study.labelled_draw(pool, 9, seed)] for seed in range(3)}
+    assert all(len(set(d)) == 9 for d in draws.values())
+    assert draws[0] != draws[1] != draws[2]
+    assert study.labelled_draw(pool, 3, 0) == study.labelled_draw(pool, 3, 0)
+
+
+TINY = [
+    "--pool", "3", "--test", "2", "--budgets", "1",
+    "--set", 'pretrain={"epochs": 2, "roi_size": [32, 32, 32], "num_samples": 1}',
+    "--set", "finetune_iterations=2",
+    "--set", 'common={"pixdim": [8.0, 8.0, 8.0]}',
+    "--set", 'finetune={"roi_size": [32, 32, 32], "num_samples": 1, "feature_size": 8, "warmup_epochs": 1}',
+]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_quick_study_pipeline_runs_reports_and_resumes(tmp_path, one_thread):
+    out = tmp_path / "study"
+    assert study.main(["--quick", "--out", str(out), *TINY]) == 0
+    report = (out / "README.md").read_text()
+    assert "| scratch | 1 | 1 |" in report and "| hpm | 1 | 1 |" in report
+    assert "| 1 | hpm - scratch |" in report  # the paired difference with its interval
+    for figure in ("dice_vs_labels.png", "dice_per_organ.png", "learning_curves.png"):
+        assert (out / "figures" / figure).stat().st_size > 5_000, figure
+    for name in ("teacher_first_epoch_hpm.png", "teacher_last_epoch_hpm.png"):
+        assert (out / "figures" / name).is_file(), name
+    runs = sorted(p.name for p in (out / "runs" / "finetune").iterdir())
+    assert runs == ["hpm_n1_seed0", "scratch_n1_seed0"]
+    summary = json.loads((out / "runs" / "finetune" / "hpm_n1_seed0" / "eval" / "summary.json").read_text())
+    assert summary["num_cases"] == 2  # the test set, never trained on
+    datalist = json.loads((out / "runs" / "finetune" / "hpm_n1_seed0" / "datalist.json").read_text())
+    used = {e["image"] for e in datalist["training"] + datalist["validation"]}
+    assert used.isdisjoint(e["image"] for e in datalist["test"])
+    with sqlite3.connect(out / "runs" / "mlflow.db") as db:
+        names = {row[0] for row in db.execute("select name from experiments")}
+        finished = db.execute("select count(*) from runs where status = 'FINISHED'").fetchone()[0]
+    assert "selfmedhpm_study" in names and finished >= 5  # pretraining, 2 fine-tunings, 2 evaluations (+ figures)
+
+    stamps = {p: p.stat().st_mtime for p in (out / "runs").rglob("done.json")}
+    assert study.main(["--quick", "--out", str(out), *TINY]) == 0  # started again: finished runs are not redone
+    assert {p: p.stat().st_mtime for p in (out / "runs").rglob("done.json")} == stamps
