@@ -28,6 +28,7 @@ __all__ = [
     "rng_state",
     "set_rng_state",
     "register_state",
+    "PeriodicWriter",
     "EpochCheckpointer",
     "ResumeFromCheckpoint",
 ]
@@ -165,7 +166,40 @@ def _registered(engine: Engine) -> dict[str, Any]:
     return dict(getattr(engine, "checkpoint_state", {}))
 
 
-class EpochCheckpointer:
+class PeriodicWriter:
+    """Base of handlers that write files after every ``interval`` epochs when at least ``min_seconds`` have passed
+    since their last write, and always when the run completes. Subclasses implement :meth:`write`.
+
+    Args:
+        interval: epochs between writes. Defaults to 1.
+        min_seconds: least wall time between two writes. Defaults to 0.
+    """
+
+    def __init__(self, interval: int = 1, min_seconds: float = 0.0) -> None:
+        self.interval, self.min_seconds = interval, float(min_seconds)
+        self._last = time.monotonic()
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._started)
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self._periodic)
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def _started(self, engine: Engine) -> None:
+        self._last = time.monotonic()
+
+    def _periodic(self, engine: Engine) -> None:
+        if time.monotonic() - self._last >= self.min_seconds:
+            self(engine)
+
+    def __call__(self, engine: Engine) -> None:
+        self._last = time.monotonic()
+        self.write(engine)
+
+    def write(self, engine: Engine) -> None:
+        raise NotImplementedError
+
+
+class EpochCheckpointer(PeriodicWriter):
     """Saves a resumable checkpoint ``<prefix>_epoch=N.pt`` (rank 0 only, written atomically, older ones pruned to
     ``n_saved``): the objects of ``save_dict`` (e.g. the model and the optimizer) and those registered with
     :func:`register_state` (the per-epoch history, so that the history and the weights are one state), the trainer's
@@ -195,27 +229,13 @@ class EpochCheckpointer:
         prefix: str = "checkpoint",
         min_seconds: float = 0.0,
     ) -> None:
+        super().__init__(interval, min_seconds)
         self.save_dir, self.save_dict = Path(save_dir), dict(save_dict)
-        self.interval, self.n_saved, self.transforms, self.prefix = interval, n_saved, transforms, prefix
-        self.min_seconds = float(min_seconds)
-        self._last = time.monotonic()
+        self.n_saved, self.transforms, self.prefix = n_saved, transforms, prefix
 
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, self._started)
-        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self._periodic)
-        engine.add_event_handler(Events.COMPLETED, self)
-
-    def _started(self, engine: Engine) -> None:
-        self._last = time.monotonic()
-
-    def _periodic(self, engine: Engine) -> None:
-        if time.monotonic() - self._last >= self.min_seconds:
-            self(engine)
-
-    def __call__(self, engine: Engine) -> None:
+    def write(self, engine: Engine) -> None:
         from selfmedhpm.handlers import is_rank0
 
-        self._last = time.monotonic()
         if not is_rank0():
             return
         epoch = engine.state.epoch

@@ -14,7 +14,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader, LrScheduleHandler, ValidationHandler
 from selfmedhpm.bundle import rank
-from selfmedhpm.checkpoint import ResumeFromCheckpoint, register_state, save_atomic
+from selfmedhpm.checkpoint import PeriodicWriter, ResumeFromCheckpoint, register_state, save_atomic
 from selfmedhpm.ema import EMATeacher, unwrap
 from selfmedhpm.transfer import encoder_state_dict
 
@@ -206,7 +206,7 @@ def _plain(value: object) -> object:
     return value
 
 
-class PretrainExporter:
+class PretrainExporter(PeriodicWriter):
     """Writes the pretraining results (rank 0, atomic): ``model.pt`` (the student's full state), ``teacher.pt`` (the
     EMA teacher's full state) and ``encoder.pt`` (the student's encoder in ``UNETR.vit`` layout), all plain tensor
     state dicts; after every ``interval`` epochs when at least ``min_seconds`` have passed since the last export,
@@ -229,32 +229,21 @@ class PretrainExporter:
         min_seconds: float = 0.0,
         snapshot_epochs: Sequence[int] = (),
     ) -> None:
-        self.output_dir, self.teacher, self.interval = Path(output_dir), teacher, interval
-        self.min_seconds = float(min_seconds)
+        super().__init__(interval, min_seconds)
+        self.output_dir, self.teacher = Path(output_dir), teacher
         self.snapshot_epochs = {int(e) for e in snapshot_epochs or ()}
-        self._last = time.monotonic()
 
     def attach(self, engine: Engine) -> None:
         if self.snapshot_epochs:
             engine.add_event_handler(Events.EPOCH_COMPLETED, self._snapshot)
-        engine.add_event_handler(Events.STARTED, self._started)
-        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self._periodic)
-        engine.add_event_handler(Events.COMPLETED, self)
-
-    def _started(self, engine: Engine) -> None:
-        self._last = time.monotonic()
-
-    def _periodic(self, engine: Engine) -> None:
-        if time.monotonic() - self._last >= self.min_seconds:
-            self(engine)
+        super().attach(engine)
 
     def _snapshot(self, engine: Engine) -> None:
         if engine.state.epoch in self.snapshot_epochs and is_rank0():
             state = {k: v.detach().cpu() for k, v in self.teacher.state_dict().items()}
             save_atomic(state, self.output_dir / f"teacher_epoch{engine.state.epoch}.pt")
 
-    def __call__(self, engine: Engine) -> None:
-        self._last = time.monotonic()
+    def write(self, engine: Engine) -> None:
         if not is_rank0():
             return
         student = unwrap(engine.network)
