@@ -11,7 +11,7 @@ MLPIP := $(MLVENV)/bin/pip
 MLSTAMP := $(MLVENV)/.installed
 APP ?= apps/selfmedhpm
 
-.PHONY: venv demo test lint format verify bench bench-quick release index clean monailabel-env monailabel-app
+.PHONY: venv demo study study-quick test lint format verify bench bench-quick release index clean monailabel-env monailabel-app
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,15 @@ monailabel-app: $(STAMP) $(MLSTAMP)
 
 demo: $(STAMP)
 	$(PY) -m selfmedhpm.demo --data_dir $(DATA) --results_dir $(RESULTS)
+
+# what HPM pretraining buys with few labels: scratch / MAE / HPM / loss-prediction-only, 1-3-9 labelled cases,
+# 3 seeds; resumable (finished runs are kept), report in docs/results/README.md. STUDY_ARGS: e.g. --preset gpu
+STUDY_ARGS ?=
+study: $(STAMP)
+	$(PY) -m selfmedhpm.study --out docs/results $(STUDY_ARGS)
+
+study-quick: $(STAMP)
+	$(PY) -m selfmedhpm.study --quick --out results/study_quick $(STUDY_ARGS)
 
 # the test suite, then the model zoo's offline checks of both bundles (and black / isort / flake8)
 test: $(STAMP) $(MLSTAMP)

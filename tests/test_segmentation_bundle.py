@@ -454,3 +454,26 @@ def test_two_process_training_under_torchrun(data_dir, encoder_file, tmp_path):
     assert loaded == 2  # every rank starts from the pretrained encoder (multi_gpu_train.json's @load_encoder)
     logged = (result.stdout + result.stderr).count("Key metric: val_mean_dice best value")
     assert logged == len(history)  # validated every epoch, logged (and the best model saved) by rank 0 only
+
+
+def test_class_balanced_override_centres_crops_on_every_class(data_dir):
+    """``train_demo.json``: crops centred on classes drawn with equal probability (indices computed once, in the
+    cached part), no left-right flip; the cached indices do not reach the network."""
+    settings = {**TINY, "num_samples": 28, "cache_rate": 0.0, "pixdim": [3.0, 3.0, 3.0]}  # crops can move
+    parser = parse("train.json", "train_cpu.json", "train_demo.json", dataset_dir=str(data_dir), **settings)
+    names = [type(t).__name__ for t in parser.get_parsed_content("train#preprocessing").transforms]
+    assert "ClassesToIndicesd" in names and "RandCropByLabelClassesd" in names and "RandFlipd" not in names
+    crops = parser.get_parsed_content("train#dataset")[0]
+    assert len(crops) == 28 and all("label_cls_indices" not in c for c in crops)
+    assert all(tuple(c["image"].shape[1:]) == tuple(TINY["roi_size"]) for c in crops)
+    centres = [int(c["label"][0][tuple(s // 2 for s in TINY["roi_size"])]) for c in crops]
+    # organs, not background and liver, at most crop centres (label-guided pos/neg crops: half on background)
+    assert len(set(centres)) >= 6 and sum(c in (0, 6) for c in centres) < 0.4 * len(centres), centres
+
+
+def test_shared_recipe_never_flips_left_right():
+    parser = parse("train.json")
+    for transform in parser.get_parsed_content("train#random_transforms"):
+        axes = getattr(getattr(transform, "flipper", None), "spatial_axis", None)
+        assert not (type(transform).__name__ == "RandFlipd" and axes in (None, 0, (0,), [0]))
+        assert type(transform).__name__ != "RandRotate90d"

@@ -59,15 +59,22 @@ def _tracking(bundle: Path) -> str:
     return str(settings) if settings.is_file() else "mlflow"
 
 
-def run_bundle(config_file: list[str], tracking_uri: str | None, run_name: str, **overrides: Any) -> None:
-    """``python -m monai.bundle run`` in this process, MLflow-tracked when ``tracking_uri`` is given."""
+def run_bundle(
+    config_file: list[str],
+    tracking_uri: str | None,
+    run_name: str,
+    experiment_name: str = "selfmedhpm_demo",
+    **overrides: Any,
+) -> None:
+    """``python -m monai.bundle run`` in this process, MLflow-tracked (run ``run_name`` of ``experiment_name``) when
+    ``tracking_uri`` is given."""
     from monai.bundle import run
 
     bundle = Path(config_file[0]).parents[1]
     kwargs: dict[str, Any] = {"bundle_root": str(bundle), **overrides}
     if tracking_uri:
         kwargs.update(
-            tracking=_tracking(bundle), tracking_uri=tracking_uri, experiment_name="selfmedhpm_demo", run_name=run_name
+            tracking=_tracking(bundle), tracking_uri=tracking_uri, experiment_name=experiment_name, run_name=run_name
         )
     run(
         config_file=config_file,
@@ -91,6 +98,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--finetune_epochs", default=30, type=int)
     parser.add_argument("--finetune_roi", default=48, type=int, help="fine-tuning crop edge (the encoder's position "
                         "embeddings are interpolated from the pretraining crop)")  # fmt: skip
+    parser.add_argument("--hidden_size", default=96, type=int, help="ViT width of both bundles (mlp_dim: 4x)")
+    parser.add_argument("--num_heads", default=4, type=int)
+    parser.add_argument("--feature_size", default=8, type=int, help="UNETR's convolutional width")
+    parser.add_argument("--learning_rate", default=3e-3, type=float, help="fine-tuning learning rate")
+    parser.add_argument("--layer_decay", default=0.75, type=float, help="fine-tuning layer-wise lr decay")
+    parser.add_argument("--warmup_epochs", default=1, type=int, help="fine-tuning warm-up epochs")
+    parser.add_argument("--class_balanced", action="store_true", help="fine-tune with class-balanced crops over all "
+                        "organs (configs/train_demo.json)")  # fmt: skip
     parser.add_argument("--val_interval", default=5, type=int)
     parser.add_argument("--pixdim", default=[3.0, 3.0, 3.0], type=float, nargs=3, help="demo spacing in mm")
     parser.add_argument("--no_mlflow", action="store_true", help="do not track the stages in MLflow")
@@ -102,7 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     data = args.data_dir.resolve()
     tracking_uri = None if args.no_mlflow else f"sqlite:///{results / 'mlflow.db'}"
     stages = Stages()
-    common = {"pixdim": list(args.pixdim)}
+    vit = {"hidden_size": args.hidden_size, "mlp_dim": 4 * args.hidden_size, "num_heads": args.num_heads}
+    common = {"pixdim": list(args.pixdim), **vit}  # the encoder is loaded strictly: one ViT for both bundles
+    unetr = {"roi_size": [args.finetune_roi] * 3, "feature_size": args.feature_size}
+    mae = {"decoder_hidden_size": args.hidden_size // 2, "decoder_mlp_dim": 2 * args.hidden_size}
 
     with stages("synthetic CT"):
         if (data / "dataset_0.json").is_file():
@@ -116,18 +134,21 @@ def main(argv: list[str] | None = None) -> int:
     with stages("HPM pretraining (CPU preset)"):
         run_bundle(
             _configs(PRETRAIN, "train.json", "train_cpu.json"), tracking_uri, "pretrain_hpm",
-            dataset_dir=str(data), output_dir=str(pre_dir), epochs=args.pretrain_epochs, save_interval=10, **common,
+            dataset_dir=str(data), output_dir=str(pre_dir), epochs=args.pretrain_epochs, save_interval=10,
+            **mae, **common,
         )  # fmt: skip
 
     runs = {"HPM-initialised": pre_dir / "encoder.pt", "scratch": None}
+    finetune_configs = ["train.json", "train_cpu.json"] + (["train_demo.json"] if args.class_balanced else [])
     run_dirs = {name: results / ("finetune_hpm" if encoder else "finetune_scratch") for name, encoder in runs.items()}
     for name, encoder in runs.items():
         with stages(f"UNETR fine-tuning, {name}"):
             run_bundle(
-                _configs(SEGMENT, "train.json", "train_cpu.json"), tracking_uri, f"finetune_{name}",
+                _configs(SEGMENT, *finetune_configs), tracking_uri, f"finetune_{name}",
                 dataset_dir=str(data), output_dir=str(run_dirs[name]), epochs=args.finetune_epochs,
                 val_interval=args.val_interval, pretrained_encoder=str(encoder) if encoder else None,
-                roi_size=[args.finetune_roi] * 3, **common,
+                learning_rate=args.learning_rate, layer_decay=args.layer_decay, warmup_epochs=args.warmup_epochs,
+                **unetr, **common,
             )  # fmt: skip
     summaries = {}
     for name in runs:
@@ -135,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             run_bundle(
                 _configs(SEGMENT, "train.json", "train_cpu.json", "evaluate.json"), tracking_uri, f"evaluate_{name}",
                 dataset_dir=str(data), model_file=str(run_dirs[name] / "model.pt"),
-                output_dir=str(run_dirs[name] / "eval"), roi_size=[args.finetune_roi] * 3, **common,
+                output_dir=str(run_dirs[name] / "eval"), **unetr, **common,
             )  # fmt: skip
             summaries[name] = _load(run_dirs[name] / "eval" / "summary.json")
 
@@ -145,13 +166,13 @@ def main(argv: list[str] | None = None) -> int:
         run_bundle(
             _configs(PRETRAIN, "inference.json", "train_cpu.json"), tracking_uri, "hpm_heatmap",
             dataset_dir=str(data), input_files=[str(image_path)], load_path=str(pre_dir / "teacher.pt"),
-            output_dir=str(figures), **common,
+            output_dir=str(figures), **mae, **common,
         )  # fmt: skip
         infer_dir = results / "inference"
         run_bundle(
             _configs(SEGMENT, "inference.json", "train_cpu.json"), tracking_uri, "inference",
             input_file=str(image_path), model_file=str(run_dirs["HPM-initialised"] / "model.pt"),
-            output_dir=str(infer_dir), roi_size=[args.finetune_roi] * 3, **common,
+            output_dir=str(infer_dir), **unetr, **common,
         )  # fmt: skip
         stem = image_path.name.split(".")[0]
         image = nib.load(image_path).get_fdata()
