@@ -21,7 +21,7 @@ def test_demo_pipeline_writes_report_ranking_and_figures(tmp_path, one_thread):
     ranking = json.loads((out / "hpm_ranking.json").read_text())
     assert ranking["crops"] == 4  # one validation case, 4 crops
     assert all(math.isfinite(ranking[k]) for k in ("tau_teacher", "tau_untrained", "tau_position_only"))
-    assert 0.0 <= ranking["position_share"] <= 1.0 + 1e-6
+    assert ranking["tau_teacher"] != ranking["tau_untrained"]  # the pretrained teacher was loaded
     for figure in ("dice_per_organ.png", "curves.png", "overlay.png"):
         assert (out / "figures" / figure).stat().st_size > 5_000, figure
     assert list((out / "figures").glob("*_hpm.png"))
