@@ -55,7 +55,7 @@ study-quick: $(STAMP)
 
 # the test suite, then the model zoo's offline checks of both bundles (and black / isort / flake8)
 test: $(STAMP) $(MLSTAMP)
-	SELFMEDHPM_REQUIRE_MONAILABEL=1 $(PY) -m pytest -q -ra tests
+	SELFMEDHPM_REQUIRE_MONAILABEL=1 $(PY) -m pytest -q -ra --durations=15 tests
 	$(PY) -m selfmedhpm.verify
 
 verify: $(STAMP)
