@@ -7,7 +7,7 @@ from selfmedhpm.ema import unwrap
 from selfmedhpm.losses import patch_targets, per_patch_loss
 from selfmedhpm.masking import hard_patch_mask
 
-__all__ = ["kendall_tau", "loss_prediction_tau", "teacher_ranking"]
+__all__ = ["kendall_tau", "teacher_ranking"]
 
 
 def kendall_tau(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -26,41 +26,6 @@ def kendall_tau(a: torch.Tensor, b: torch.Tensor) -> float:
     db = torch.sign(b[:, None] - b[None, :])
     n = a.numel()
     return float((da * db).sum() / (n * (n - 1)))
-
-
-@torch.no_grad()
-def loss_prediction_tau(
-    net: torch.nn.Module,
-    images: torch.Tensor,
-    mask_ratio: float = 0.75,
-    trials: int = 4,
-    seed: int = 0,
-    norm_pix_loss: bool = True,
-) -> float:
-    """Mean Kendall tau, over images and random masks, between the loss predictor's output and the true
-    reconstruction loss of the masked patches: > 0 means the predictor ranks patches better than chance.
-
-    Args:
-        net: an :class:`~selfmedhpm.networks.HPMMaskedAutoEncoder`.
-        images: held-out crops ``[N, C, H, W, D]`` of the network's input size.
-        mask_ratio: gamma.
-        trials: random masks per image.
-        seed: seed of the masks.
-        norm_pix_loss: targets as in training: per-patch normalised (True) or raw voxels.
-    """
-    net = unwrap(net)
-    was_training = net.training
-    net.eval()
-    generator = torch.Generator(device=images.device).manual_seed(seed)
-    taus = []
-    for _ in range(trials):
-        mask = hard_patch_mask(torch.zeros(images.shape[0], net.num_patches), mask_ratio, 0.0, generator)
-        reconstruction, predicted = net(images, mask)
-        true_loss = per_patch_loss(reconstruction, patch_targets(images, net.patch_size, norm_pix_loss))
-        for i in range(images.shape[0]):
-            taus.append(kendall_tau(predicted[i][mask[i]].float(), true_loss[i][mask[i]]))
-    net.train(was_training)
-    return sum(taus) / len(taus)
 
 
 @torch.no_grad()
