@@ -3,6 +3,7 @@ autocast), and the int8 teacher pass (a reduced-precision teacher for CPUs witho
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -29,21 +30,26 @@ def tiny_ct(tmp_path_factory) -> Path:
     return phantom_set(tmp_path_factory, "bf16_data", cases=3, val_fraction=0.25)
 
 
-def _record_linear_dtypes(seen: dict, key: str):
-    """Records the output dtypes of every ``torch.nn.Linear`` run with gradients enabled (training passes)."""
+@contextlib.contextmanager
+def linear_dtypes():
+    """Yields the set of output dtypes of every ``torch.nn.Linear`` run with gradients enabled (training passes)
+    while the block runs."""
+    seen: set = set()
 
     def hook(module, args, output):
         if isinstance(module, torch.nn.Linear) and torch.is_grad_enabled():
-            seen.setdefault(key, set()).add(output.dtype)
+            seen.add(output.dtype)
 
-    return torch.nn.modules.module.register_module_forward_hook(hook)
+    handle = torch.nn.modules.module.register_module_forward_hook(hook)
+    try:
+        yield seen
+    finally:
+        handle.remove()
 
 
 @pytest.mark.slow
 def test_pretraining_bundle_runs_under_cpu_bf16_autocast(tiny_ct, tmp_path):
-    seen: dict = {}
-    handle = _record_linear_dtypes(seen, "student")
-    try:
+    with linear_dtypes() as seen:
         workflow = run_workflow(
             configs(PRETRAIN, "train.json", "train_cpu.json"),
             dataset_dir=str(tiny_ct),
@@ -54,11 +60,9 @@ def test_pretraining_bundle_runs_under_cpu_bf16_autocast(tiny_ct, tmp_path):
             pixdim=[3.0, 3.0, 3.0],
             num_samples=2,
         )
-    finally:
-        handle.remove()
     trainer = workflow.parser.get_parsed_content("train#trainer")
     assert trainer.precision == "bf16" and trainer.teacher_precision == "bf16"  # the teacher follows "precision"
-    assert seen["student"] == {torch.bfloat16}, seen  # the student's linear layers really ran in bf16
+    assert seen == {torch.bfloat16}, seen  # the student's linear layers really ran in bf16
     history = json.loads((tmp_path / "history.json").read_text())
     assert [r["epoch"] for r in history] == [1, 2]
     for record in history:
@@ -70,9 +74,7 @@ def test_pretraining_bundle_runs_under_cpu_bf16_autocast(tiny_ct, tmp_path):
 
 @pytest.mark.slow
 def test_segmentation_bundle_runs_under_cpu_bf16_autocast(tiny_ct, tmp_path):
-    seen: dict = {}
-    handle = _record_linear_dtypes(seen, "unetr")
-    try:
+    with linear_dtypes() as seen:
         workflow = run_workflow(
             configs(SEGMENT, "train.json", "train_cpu.json"),
             bundle_root=str(tmp_path),
@@ -87,10 +89,8 @@ def test_segmentation_bundle_runs_under_cpu_bf16_autocast(tiny_ct, tmp_path):
             num_samples=2,
             warmup_epochs=1,
         )
-    finally:
-        handle.remove()
     assert workflow.parser.get_parsed_content("train#inferer").precision == "bf16"
-    assert seen["unetr"] == {torch.bfloat16}, seen  # the UNETR's ViT ran in bf16 in training
+    assert seen == {torch.bfloat16}, seen  # the UNETR's ViT ran in bf16 in training
     history = json.loads((tmp_path / "models" / "history.json").read_text())
     assert [r["epoch"] for r in history] == [1, 2]
     for record in history:

@@ -168,7 +168,8 @@ def _registered(engine: Engine) -> dict[str, Any]:
 
 class PeriodicWriter:
     """Base of handlers that write files after every ``interval`` epochs when at least ``min_seconds`` have passed
-    since their last write, and always when the run completes. Subclasses implement :meth:`write`.
+    since their last write, and when the run completes (unless its last epoch was just written). Subclasses implement
+    :meth:`write`.
 
     Args:
         interval: epochs between writes. Defaults to 1.
@@ -178,6 +179,7 @@ class PeriodicWriter:
     def __init__(self, interval: int = 1, min_seconds: float = 0.0) -> None:
         self.interval, self.min_seconds = interval, float(min_seconds)
         self._last = time.monotonic()
+        self._written_epoch: int | None = None
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self._started)
@@ -185,14 +187,16 @@ class PeriodicWriter:
         engine.add_event_handler(Events.COMPLETED, self)
 
     def _started(self, engine: Engine) -> None:
-        self._last = time.monotonic()
+        self._last, self._written_epoch = time.monotonic(), None
 
     def _periodic(self, engine: Engine) -> None:
         if time.monotonic() - self._last >= self.min_seconds:
             self(engine)
 
     def __call__(self, engine: Engine) -> None:
-        self._last = time.monotonic()
+        if engine.last_event_name == Events.COMPLETED and self._written_epoch == engine.state.epoch:
+            return  # the last epoch was written when it completed
+        self._last, self._written_epoch = time.monotonic(), engine.state.epoch
         self.write(engine)
 
     def write(self, engine: Engine) -> None:
@@ -240,8 +244,6 @@ class EpochCheckpointer(PeriodicWriter):
             return
         epoch = engine.state.epoch
         path = self.save_dir / f"{self.prefix}_epoch={epoch}.pt"
-        if engine.last_event_name == Events.COMPLETED and path.is_file():
-            return  # the last epoch's checkpoint is already there
         objects = {**_registered(engine), **self.save_dict}
         checkpoint = {key: obj.state_dict() for key, obj in objects.items()}
         checkpoint["trainer"] = engine.state_dict()
