@@ -36,10 +36,16 @@ $(MLSTAMP):
 
 monailabel-env: $(MLSTAMP)
 
-# the demo's fine-tuned weights (CPU preset, 48^3 crops at 3 mm) in a MONAI Label app folder
+# what the demo trains beside the CPU presets (its configs/train_demo.json): a 64x48x48 crop on a 5 mm grid, UNETR
+# feature size 16, pretraining on per-patch normalised targets
+DEMO_GRID := "roi_size=[64,48,48]" "pixdim=[5.0,5.0,5.0]"
+DEMO_SEGMENTATION := $(DEMO_GRID) "feature_size=16"
+DEMO_PRETRAINING := $(DEMO_GRID) "norm_pix_loss=true"
+
+# the demo's fine-tuned weights (CPU preset + the demo's values above) in a MONAI Label app folder
 monailabel-app: $(STAMP) $(MLSTAMP)
 	$(PY) -m selfmedhpm.label_app --out $(APP) --preset cpu --weights $(RESULTS)/finetune_hpm \
-		--set "roi_size=[48,48,48]" --set "pixdim=[3.0,3.0,3.0]" --overwrite
+		$(foreach v,$(DEMO_SEGMENTATION),--set $(v)) --overwrite
 
 demo: $(STAMP)
 	$(PY) -m selfmedhpm.demo --data_dir $(DATA) --results_dir $(RESULTS)
@@ -68,8 +74,8 @@ RELEASE_ARGS ?=
 release: $(STAMP)
 	$(PY) -m selfmedhpm.release $(RELEASE_ARGS) \
 		--weights_from selfmedhpm_ct_pretraining=$(RESULTS)/pretrain selfmedhpm_ct_segmentation=$(RESULTS)/finetune_hpm \
-		--set "selfmedhpm_ct_pretraining:pixdim=[3.0,3.0,3.0]" \
-		--set "selfmedhpm_ct_segmentation:roi_size=[48,48,48]" --set "selfmedhpm_ct_segmentation:pixdim=[3.0,3.0,3.0]"
+		$(foreach v,$(DEMO_PRETRAINING),--set selfmedhpm_ct_pretraining:$(v)) \
+		$(foreach v,$(DEMO_SEGMENTATION),--set selfmedhpm_ct_segmentation:$(v))
 
 # bundle_index.json: the bundle folders of this repository at their versions, with their content checksums
 index: $(STAMP)

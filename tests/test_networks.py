@@ -4,7 +4,7 @@ import pytest
 import torch
 from monai.networks.nets import UNETR
 from selfmedhpm.engine import autocast
-from selfmedhpm.losses import HPMLoss
+from selfmedhpm.losses import HPMLoss, patchify
 from selfmedhpm.masking import hard_patch_mask
 from selfmedhpm.networks import HPMMaskedAutoEncoder, PatchLossMap
 from selfmedhpm.transfer import encoder_state_dict
@@ -98,6 +98,22 @@ def test_reconstruct_volume_pastes_visible_patches():
         volume = net.reconstruct_volume(x, mask)
     assert volume.shape == x.shape
     assert torch.allclose(volume[:, :, 16:, 16:, :], x[:, :, 16:, 16:, :])  # patches 6 and 7 are visible
+
+
+def test_reconstruct_volume_maps_normalised_targets_back_only_when_trained_on_them():
+    """A network trained on raw voxels (``norm_pix_loss`` False, the CPU preset) shows its output as it is; one
+    trained on per-patch normalised targets gets each patch's mean and spread back from the input."""
+    net = small_net().eval()
+    x = torch.rand(1, 1, 32, 32, 32) * 3.0 + 1.0
+    mask = torch.ones(1, 8, dtype=torch.bool)
+    with torch.no_grad():
+        raw, _ = net(x, mask)  # [1, 8, 16^3]
+        shown_raw = patchify(net.reconstruct_volume(x, mask, norm_pix_loss=False), 16)
+        shown_norm = patchify(net.reconstruct_volume(x, mask, norm_pix_loss=True), 16)
+    original = patchify(x, 16)
+    mean, std = original.mean(-1, keepdim=True), original.std(-1, keepdim=True, unbiased=False)
+    assert torch.allclose(shown_raw, raw, atol=1e-6)
+    assert torch.allclose(shown_norm, raw * (std + 1e-6) + mean, atol=1e-5)
 
 
 def test_bad_img_size_raises_with_value():

@@ -364,27 +364,40 @@ def test_single_input_file_override(trained, data_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_fine_tuned_model_beats_untrained_on_its_training_case(data_dir, tmp_path):
-    # a 16^3 crop (one ViT token) on an 8 mm grid: 60 epochs of 8 crops in about 20 s; the liver is learnt first
-    small = {**TINY, "roi_size": [16, 16, 16], "pixdim": [8.0, 8.0, 8.0], "sw_batch_size": 8}
-    recipe = {"num_samples": 4, "batch_size": 2, "learning_rate": 0.01, "val_interval": 60, "log_interval": 100}
-    train(data_dir, tmp_path / "trained", epochs=60, **{**small, **recipe})
+def test_demo_recipe_learns_four_organs_in_150_iterations(data_dir, tmp_path):
+    """The demo's recipe (``train_demo.json``: class-balanced crops, feature size 16, no layer decay) on a coarse
+    8 mm grid, where one 48x32x32 crop holds most of the abdomen, at lr 1e-2: 75 epochs of the two training cases,
+    one crop per iteration (about 3 minutes on one thread). Measured: six organs above 0.3 on the training cases
+    (spleen, left kidney, gallbladder, liver, stomach, IVC); after 80 iterations only liver and stomach, and the
+    untrained network none, so a recipe that learns at half the pace fails."""
+    small = {"roi_size": [48, 32, 32], "pixdim": [8.0, 8.0, 8.0], "sw_batch_size": 2, **VIT}
+    recipe = {"epochs": 75, "learning_rate": 0.01, "val_interval": 75, "log_interval": 100, "save_interval": 75}
+    run_workflow(
+        configs(SEGMENT, "train.json", "train_cpu.json", "train_demo.json"),
+        bundle_root=str(tmp_path / "trained"),
+        dataset_dir=str(data_dir),
+        **small,
+        **recipe,
+    )
     torch.manual_seed(0)
-    net = parse("train.json", **small).get_parsed_content("network_def", instantiate=True)
+    net = parse("train.json", "train_cpu.json", "train_demo.json", **small).get_parsed_content("network_def")
     save_atomic(net.state_dict(), tmp_path / "untrained" / "models" / "model.pt")
     summaries = {}
     for name in ("trained", "untrained"):
         run_workflow(
-            configs(SEGMENT, "train.json", "evaluate.json", "train_cpu.json"),
+            configs(SEGMENT, "train.json", "train_cpu.json", "train_demo.json", "evaluate.json"),
             bundle_root=str(tmp_path / name),
             dataset_dir=str(data_dir),
             eval_split="training",
             **small,
         )
         summaries[name] = json.loads((tmp_path / name / "eval" / "summary.json").read_text())
-    trained, untrained = (summaries[n]["mean_dice"]["all_organs"] for n in ("trained", "untrained"))
-    assert trained > untrained + 0.03, (trained, untrained)
-    assert summaries["trained"]["organs"]["liver"]["dice"]["mean"] > 0.3, summaries["trained"]["organs"]["liver"]
+    dice = {organ: v["dice"]["mean"] or 0.0 for organ, v in summaries["trained"]["organs"].items()}
+    learnt = sorted(organ for organ, value in dice.items() if value > 0.3)
+    assert len(learnt) >= 4, dice
+    assert "liver" in learnt, dice
+    untrained = max(v["dice"]["mean"] or 0.0 for v in summaries["untrained"]["organs"].values())
+    assert untrained < 0.3, summaries["untrained"]["organs"]
 
 
 @pytest.mark.slow

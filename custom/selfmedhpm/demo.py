@@ -2,7 +2,7 @@
 pretrained encoder and from scratch -> evaluation -> report (tables, figures), every stage tracked in MLflow.
 
 Run ``make demo`` or ``python -m selfmedhpm.demo --results_dir results/demo``; the defaults finish in about
-12 minutes on 2 CPU cores. Everything lands under ``--results_dir``; ``mlflow ui --backend-store-uri
+13 minutes on 2 CPU cores. Everything lands under ``--results_dir``; ``mlflow ui --backend-store-uri
 sqlite:///results/demo/mlflow.db`` shows the runs.
 """
 
@@ -24,6 +24,18 @@ from selfmedhpm.phantom import generate_dataset
 ROOT = Path(__file__).resolve().parents[2]
 PRETRAIN = ROOT / "bundles" / "selfmedhpm_ct_pretraining"
 SEGMENT = ROOT / "bundles" / "selfmedhpm_ct_segmentation"
+DEMO_RECIPE = SEGMENT / "configs" / "train_demo.json"  # the fine-tuning recipe; its grid and crop serve both stages
+RECIPE_FLAGS = {  # flag: (key of train_demo.json, type, help); the demo's flags whose defaults that file holds
+    "pixdim": ("pixdim", float, "spacing in mm of both stages"),
+    "roi_size": ("roi_size", int, "crop of both stages (multiples of 16)"),
+    "feature_size": ("feature_size", int, "UNETR's convolutional width"),
+    "learning_rate": ("learning_rate", float, "fine-tuning learning rate"),
+    "layer_decay": ("layer_decay", float, "fine-tuning layer-wise lr decay"),
+    "warmup_epochs": ("warmup_epochs", int, "fine-tuning warm-up epochs"),
+    "num_samples": ("num_samples", int, "fine-tuning crops per case and iteration"),
+    "finetune_epochs": ("epochs", int, "fine-tuning epochs per run"),
+    "val_interval": ("val_interval", int, "fine-tuning epochs between validations"),
+}
 
 logger = logging.getLogger(__name__)
 
@@ -133,22 +145,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", default=12, type=int, help="synthetic cases (a quarter for validation)")
     parser.add_argument("--seed", default=0, type=int)
     parser.add_argument("--pretrain_epochs", default=60, type=int)
-    parser.add_argument("--finetune_epochs", default=30, type=int)
-    parser.add_argument("--finetune_roi", default=48, type=int, help="fine-tuning crop edge (the encoder's position "
-                        "embeddings are interpolated from the pretraining crop)")  # fmt: skip
     parser.add_argument("--hidden_size", default=96, type=int, help="ViT width of both bundles (mlp_dim: 4x)")
     parser.add_argument("--num_heads", default=4, type=int)
-    parser.add_argument("--feature_size", default=8, type=int, help="UNETR's convolutional width")
-    parser.add_argument("--learning_rate", default=3e-3, type=float, help="fine-tuning learning rate")
-    parser.add_argument("--layer_decay", default=0.75, type=float, help="fine-tuning layer-wise lr decay")
-    parser.add_argument("--warmup_epochs", default=1, type=int, help="fine-tuning warm-up epochs")
-    parser.add_argument("--class_balanced", action="store_true", help="fine-tune with class-balanced crops over all "
-                        "organs (configs/train_demo.json)")  # fmt: skip
-    parser.add_argument("--val_interval", default=5, type=int)
-    parser.add_argument("--pixdim", default=[3.0, 3.0, 3.0], type=float, nargs=3, help="demo spacing in mm")
+    parser.add_argument("--norm_pix_loss", default=True, action=argparse.BooleanOptionalAction,
+                        help="pretrain on per-patch normalised targets (the paper's setting)")  # fmt: skip
+    recipe = _load(DEMO_RECIPE)
+    for flag, (key, kind, text) in RECIPE_FLAGS.items():
+        nargs = len(recipe[key]) if isinstance(recipe[key], list) else None
+        parser.add_argument(f"--{flag}", type=kind, nargs=nargs, help=f"{text} (default: {recipe[key]}, from "
+                            "configs/train_demo.json of the segmentation bundle)")  # fmt: skip
     parser.add_argument("--no_mlflow", action="store_true", help="do not track the stages in MLflow")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    for flag, (key, _, _) in RECIPE_FLAGS.items():  # the report names every value the run used
+        if getattr(args, flag) is None:
+            setattr(args, flag, recipe[key])
 
     results = args.results_dir.resolve()
     results.mkdir(parents=True, exist_ok=True)
@@ -156,9 +167,15 @@ def main(argv: list[str] | None = None) -> int:
     tracking_uri = None if args.no_mlflow else f"sqlite:///{results / 'mlflow.db'}"
     stages = Stages()
     vit = {"hidden_size": args.hidden_size, "mlp_dim": 4 * args.hidden_size, "num_heads": args.num_heads}
-    common = {"pixdim": list(args.pixdim), **vit}  # the encoder is loaded strictly: one ViT for both bundles
-    unetr = {"roi_size": [args.finetune_roi] * 3, "feature_size": args.feature_size}
-    mae = {"decoder_hidden_size": args.hidden_size // 2, "decoder_mlp_dim": 2 * args.hidden_size}
+    # one grid and one ViT for both bundles: the encoder is loaded strictly, its position embeddings as pretrained
+    common = {"pixdim": list(args.pixdim), "roi_size": list(args.roi_size), **vit}
+    finetuning = {key: getattr(args, flag) for flag, (key, _, _) in RECIPE_FLAGS.items() if key not in common}
+    mae = {
+        "decoder_hidden_size": args.hidden_size // 2,
+        "decoder_mlp_dim": 2 * args.hidden_size,
+        "norm_pix_loss": args.norm_pix_loss,
+    }
+    unetr = {"feature_size": args.feature_size}
 
     with stages("synthetic CT"):
         if (data / "dataset_0.json").is_file():
@@ -177,16 +194,14 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
 
     runs = {"HPM-initialised": pre_dir / "encoder.pt", "scratch": None}
-    finetune_configs = ["train.json", "train_cpu.json"] + (["train_demo.json"] if args.class_balanced else [])
+    finetune_configs = ["train.json", "train_cpu.json", DEMO_RECIPE.name]
     run_dirs = {name: results / ("finetune_hpm" if encoder else "finetune_scratch") for name, encoder in runs.items()}
     for name, encoder in runs.items():
         with stages(f"UNETR fine-tuning, {name}"):
             run_bundle(
                 _configs(SEGMENT, *finetune_configs), tracking_uri, f"finetune_{name}",
-                dataset_dir=str(data), output_dir=str(run_dirs[name]), epochs=args.finetune_epochs,
-                val_interval=args.val_interval, pretrained_encoder=str(encoder) if encoder else None,
-                learning_rate=args.learning_rate, layer_decay=args.layer_decay, warmup_epochs=args.warmup_epochs,
-                **unetr, **common,
+                dataset_dir=str(data), output_dir=str(run_dirs[name]),
+                pretrained_encoder=str(encoder) if encoder else None, **finetuning, **common,
             )  # fmt: skip
     summaries = {}
     for name in runs:
@@ -237,10 +252,21 @@ def _log_report(tracking_uri: str, results: Path, figures: Path, summaries: dict
     """The report, the Dice tables and the figures as the MLflow run "report" of the demo's experiment."""
     from selfmedhpm.tracking import log_run
 
-    params = {k: getattr(args, k) for k in ("cases", "seed", "pixdim", "pretrain_epochs", "finetune_epochs")}
+    params = {k: getattr(args, k) for k in ("cases", "seed", "pretrain_epochs", "norm_pix_loss", *RECIPE_FLAGS)}
     metrics = {f"mean_dice/{name}": s["mean_dice"]["all_organs"] for name, s in summaries.items()}
     files = [results / "report.md", results / "dice_table.csv", results / "dice_table.md", figures]
     log_run(tracking_uri, "selfmedhpm_demo", "report", params, metrics, files)
+
+
+def organs_above(summary: dict, threshold: float) -> int:
+    """How many organs of an evaluation ``summary.json`` have a mean Dice of at least ``threshold``.
+
+    Examples::
+
+        >>> organs_above({"organs": {"liver": {"dice": {"mean": 0.9}}, "aorta": {"dice": {"mean": None}}}}, 0.6)
+        1
+    """
+    return sum((organ["dice"]["mean"] or 0.0) >= threshold for organ in summary["organs"].values())
 
 
 def _report(summaries: dict, table: str, stages: Stages, args: argparse.Namespace, ranking: dict) -> str:
@@ -256,11 +282,16 @@ def _report(summaries: dict, table: str, stages: Stages, args: argparse.Namespac
         )
     times = "\n".join(f"| {name} | {seconds:.0f} |" for name, seconds in stages.times.items())
     total = sum(stages.times.values())
+    found = ", ".join(f"{name} {organs_above(s, 0.6)} of 13" for name, s in summaries.items())
     return (
         "# SelfMedHPM demo report\n\n"
-        f"Synthetic CT ({args.cases} cases, seed {args.seed}), spacing {args.pixdim} mm, CPU presets: "
-        f"{args.pretrain_epochs} pretraining epochs, {args.finetune_epochs} fine-tuning epochs per run.\n\n"
-        f"{verdict}\n\n## Validation Dice per organ\n\n{table}\n"
+        f"Synthetic CT ({args.cases} cases, seed {args.seed}); both stages on a {args.pixdim} mm grid with "
+        f"{args.roi_size} crops; CPU presets. Pretraining: {args.pretrain_epochs} epochs, per-patch normalised "
+        f"targets {args.norm_pix_loss}. Fine-tuning (`configs/train_demo.json`): {args.finetune_epochs} epochs of "
+        f"{args.num_samples} crop(s) per case centred on each organ in turn, UNETR feature size {args.feature_size}, "
+        f"learning rate {args.learning_rate}, layer decay {args.layer_decay}, {args.warmup_epochs} warm-up "
+        "epochs.\n\n"
+        f"{verdict} Organs with validation Dice >= 0.6: {found}.\n\n## Validation Dice per organ\n\n{table}\n"
         "## What the HPM teacher ranks\n\n"
         f"On {ranking['crops']} held-out crops of the validation cases (never pretrained on), Kendall tau between the "
         f"teacher's predicted and the true per-patch reconstruction loss: {ranking['tau_teacher']:.3f} (untrained "

@@ -27,7 +27,7 @@ Examples::
     python -m selfmedhpm.release --update-index
     python -m selfmedhpm.release --bundles selfmedhpm_ct_segmentation --allow-missing-weights
     python -m selfmedhpm.release --update-index --weights_from selfmedhpm_ct_segmentation=results/demo/finetune_hpm \
-        --set "selfmedhpm_ct_segmentation:roi_size=[48,48,48]"
+        --set "selfmedhpm_ct_segmentation:roi_size=[64,48,48]" --set "selfmedhpm_ct_segmentation:feature_size=16"
 """
 
 from __future__ import annotations

@@ -61,13 +61,13 @@ COMPARISONS = (("hpm", "mae"), ("hpm", "scratch"), ("mae", "scratch"), ("hpm", "
 ORGANS_8 = ["spleen", "right kidney", "left kidney", "gallbladder", "liver", "stomach", "aorta", "pancreas"]
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "cpu": {
+    "cpu": {  # the demo's recipe (the segmentation bundle's configs/train_demo.json, its grid for both stages)
         "pretrain_configs": ["train.json", "train_cpu.json"],
-        "finetune_configs": ["train.json", "train_cpu.json"],
-        "pretrain": {"epochs": 60},
-        "finetune_iterations": 240,
-        "common": {"pixdim": [3.0, 3.0, 3.0]},
-        "finetune": {"roi_size": [64, 64, 64]},
+        "finetune_configs": ["train.json", "train_cpu.json", "train_demo.json"],
+        "pretrain": {"epochs": 60, "norm_pix_loss": True},
+        "finetune_iterations": 225,
+        "common": {"pixdim": [5.0, 5.0, 5.0], "roi_size": [64, 48, 48]},
+        "finetune": {},
         "size": "small",
     },
     "gpu": {

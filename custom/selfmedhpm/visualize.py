@@ -15,6 +15,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from ignite.engine import Engine, Events  # noqa: E402
+from selfmedhpm.bundle import as_bool  # noqa: E402
 from selfmedhpm.ema import unwrap  # noqa: E402
 from selfmedhpm.handlers import batch_images  # noqa: E402
 from selfmedhpm.masking import hard_patch_mask  # noqa: E402
@@ -44,7 +45,12 @@ def center_crop(volume: torch.Tensor, roi_size: Sequence[int]) -> torch.Tensor:
 
 @torch.no_grad()
 def hpm_views(
-    net: HPMMaskedAutoEncoder, crop: torch.Tensor, mask_ratio: float = 0.75, hard_ratio: float = 0.5, seed: int = 0
+    net: HPMMaskedAutoEncoder,
+    crop: torch.Tensor,
+    mask_ratio: float = 0.75,
+    hard_ratio: float = 0.5,
+    seed: int = 0,
+    norm_pix_loss: bool = True,
 ) -> dict[str, np.ndarray]:
     """Volumes ``[H, W, D]`` of one crop ``[1, C, H, W, D]``: the image, the HPM mask (1 = masked), the
     reconstruction (visible patches pasted) and the predicted per-patch loss."""
@@ -52,7 +58,7 @@ def hpm_views(
     scores = net.predict_patch_loss(crop).float()  # [1, L]
     generator = torch.Generator(device=crop.device).manual_seed(seed)
     mask = hard_patch_mask(scores, mask_ratio, hard_ratio, generator)  # [1, L]
-    recon = net.reconstruct_volume(crop, mask)
+    recon = net.reconstruct_volume(crop, mask, norm_pix_loss=norm_pix_loss)
     p = net.patch_size
 
     def to_voxels(per_patch: torch.Tensor) -> np.ndarray:
@@ -115,6 +121,7 @@ class HPMFigureSaver:
         roi_size: crop size of the network.
         mask_ratio: gamma. Defaults to 0.75.
         hard_ratio: hard share of the shown mask (alpha_T, the last epoch's). Defaults to 0.5.
+        norm_pix_loss: whether the network was pretrained on per-patch normalised targets. Defaults to True.
     """
 
     def __init__(
@@ -124,9 +131,14 @@ class HPMFigureSaver:
         roi_size: Sequence[int],
         mask_ratio: float = 0.75,
         hard_ratio: float = 0.5,
+        norm_pix_loss: bool = True,
     ) -> None:
         self.output_dir, self.net, self.roi_size = Path(output_dir), net, list(roi_size)
-        self.mask_ratio, self.hard_ratio = mask_ratio, hard_ratio
+        self.mask_ratio, self.hard_ratio, self.norm_pix_loss = (
+            mask_ratio,
+            hard_ratio,
+            as_bool(norm_pix_loss, "norm_pix_loss"),
+        )
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
@@ -135,7 +147,7 @@ class HPMFigureSaver:
         for name, image in batch_images(engine):
             volume = torch.as_tensor(image)[None].to(engine.state.device).float()  # [1, C, H, W, D]
             crop = center_crop(volume, self.roi_size)
-            views = hpm_views(self.net, crop, self.mask_ratio, self.hard_ratio)
+            views = hpm_views(self.net, crop, self.mask_ratio, self.hard_ratio, norm_pix_loss=self.norm_pix_loss)
             stem = Path(name).name.split(".")[0]
             path = plot_hpm_figure(views, self.output_dir / f"{stem}_hpm.png", title=f"{stem}: hard-patch mining")
             logger.info("wrote %s", path)

@@ -222,13 +222,18 @@ class HPMMaskedAutoEncoder(nn.Module):
         Returns ``[N, L]``."""
         return self.predict_loss(self.decoder_tokens(self.encoder(x, None, self.cls_token), None))
 
-    def reconstruct_volume(self, x: torch.Tensor, mask: torch.Tensor, paste_visible: bool = True) -> torch.Tensor:
-        """Reconstruction as a volume ``[N, C, H, W, D]`` (per-patch normalised targets are mapped back to each
-        patch's intensity statistics, taken from the input); visible patches are pasted from the input."""
+    def reconstruct_volume(
+        self, x: torch.Tensor, mask: torch.Tensor, paste_visible: bool = True, norm_pix_loss: bool = True
+    ) -> torch.Tensor:
+        """Reconstruction as a volume ``[N, C, H, W, D]``; visible patches are pasted from the input. With
+        ``norm_pix_loss`` (the network was trained on per-patch normalised targets) each reconstructed patch is
+        mapped back to that patch's intensity statistics, taken from the input; without it the output is voxels."""
         rec, _ = self.forward(x, mask)
         original = patchify(x.float(), self.patch_size)
-        mean, std = original.mean(-1, keepdim=True), original.std(-1, keepdim=True, unbiased=False)
-        rec = rec.float() * (std + 1e-6) + mean
+        rec = rec.float()
+        if norm_pix_loss:
+            mean, std = original.mean(-1, keepdim=True), original.std(-1, keepdim=True, unbiased=False)
+            rec = rec * (std + 1e-6) + mean
         if paste_visible:
             rec = torch.where(mask[..., None], rec, original)
         return unpatchify(rec, self.grid, self.patch_size, self.in_channels)
