@@ -134,11 +134,8 @@ class HPMFigureSaver:
         norm_pix_loss: bool = True,
     ) -> None:
         self.output_dir, self.net, self.roi_size = Path(output_dir), net, list(roi_size)
-        self.mask_ratio, self.hard_ratio, self.norm_pix_loss = (
-            mask_ratio,
-            hard_ratio,
-            as_bool(norm_pix_loss, "norm_pix_loss"),
-        )
+        self.mask_ratio, self.hard_ratio = mask_ratio, hard_ratio
+        self.norm_pix_loss = as_bool(norm_pix_loss, "norm_pix_loss")
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
