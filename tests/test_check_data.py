@@ -20,10 +20,10 @@ from selfmedhpm.check_data import (
     Problem,
     check_dataset,
     check_image_files,
-    describe_state_dict_mismatch,
     load_datalist_checked,
     validate_dataset,
 )
+from selfmedhpm.transfer import describe_state_dict_mismatch
 
 SHAPE = (16, 16, 8)
 AFFINE = np.diag([1.5, 1.5, 2.5, 1.0])

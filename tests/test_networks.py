@@ -119,3 +119,32 @@ def test_reconstruct_volume_maps_normalised_targets_back_only_when_trained_on_th
 def test_bad_img_size_raises_with_value():
     with pytest.raises(ValueError, match="40"):
         HPMMaskedAutoEncoder(img_size=40, **SMALL)
+
+
+def test_hpm_trainer_takes_images_from_prepare_batch_and_runs_the_student_through_the_inferer():
+    from monai.inferers import SimpleInferer
+    from selfmedhpm.ema import EMATeacher
+    from selfmedhpm.engine import HPMTrainer
+
+    net = small_net()
+    seen, calls = [], []
+
+    def prepare_batch(batchdata, device, non_blocking, **kwargs):  # the volumes sit under a custom key
+        seen.append(batchdata["ct"].sum().item())
+        return batchdata["ct"].to(device), None
+
+    class CountingInferer(SimpleInferer):
+        def __call__(self, inputs, network, *args, **kwargs):
+            calls.append(tuple(a.shape for a in args))  # the mask reaches the network through the inferer
+            return super().__call__(inputs, network, *args, **kwargs)
+
+    batches = [{"ct": torch.full((1, 1, 32, 32, 32), float(i + 1))} for i in range(3)]
+    trainer = HPMTrainer(
+        device="cpu", max_epochs=1, train_data_loader=batches, network=net,
+        optimizer=torch.optim.AdamW(net.parameters(), 1e-3), loss_function=HPMLoss(patch_size=16),
+        teacher=EMATeacher(net), prepare_batch=prepare_batch, inferer=CountingInferer(), decollate=False,
+    )  # fmt: skip
+    trainer.run()
+    assert seen == [32.0**3, 2 * 32.0**3, 3 * 32.0**3]
+    assert calls == [(torch.Size([1, 8]),)] * 3  # [N, L] masks of the 2x2x2 token grid
+    assert torch.equal(trainer.state.output["image"], batches[-1]["ct"])

@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from selfmedhpm.errors import FlagError, UserInputError
+from selfmedhpm.errors import UserInputError
+from selfmedhpm.utils import as_bool, rank, world_size  # noqa: F401 (the configs reach them here)
 
 __all__ = [
     "bundle_root", "datalist", "pretraining_splits", "log_pretraining_splits", "rank", "world_size", "default_device",
@@ -175,42 +176,11 @@ def log_pretraining_splits(dataset_dir: str, datalist_file: str | None, splits: 
     return message
 
 
-def rank() -> int:
-    """This process's rank, 0 outside torch.distributed."""
-    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-
-
-def world_size() -> int:
-    """Number of processes, 1 outside torch.distributed."""
-    return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-
-
 def default_device() -> torch.device:
     """``cuda:LOCAL_RANK`` when a GPU is there, else the CPU."""
     if torch.cuda.is_available():
         return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
     return torch.device("cpu")
-
-
-_TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0", "none", "null", ""}
-
-
-def as_bool(value: object, name: str = "value") -> bool:
-    """A config flag as a bool. ``--resume true`` reaches a bundle as the *string* "true" (and "false" would be
-    truthy), so flags go through this: bools, 0/1 and the usual words are accepted, anything else is an error.
-
-    Examples::
-
-        >>> as_bool("false"), as_bool("True"), as_bool(1), as_bool(None)
-        (False, True, True, False)
-    """
-    if isinstance(value, bool) or value is None:
-        return bool(value)
-    if isinstance(value, (int, float)) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-        return value.strip().lower() in _TRUE
-    raise FlagError(f"--{name} must be true or false (true/false, yes/no, on/off, 1/0), got {value!r}.")
 
 
 _RUN_ARGS = {

@@ -7,7 +7,6 @@ import os
 import pickle
 import random
 import re
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -19,6 +18,7 @@ from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 from selfmedhpm.errors import UserInputError
 from selfmedhpm.faults import crash_point
+from selfmedhpm.utils import as_bool, atomic_write, is_rank0
 
 __all__ = [
     "CheckpointError",
@@ -34,10 +34,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 class CheckpointError(UserInputError, RuntimeError):
@@ -61,23 +57,7 @@ def save_atomic(obj: Any, path: str | os.PathLike, before_replace: Callable[[], 
         >>> load_weights(p)["w"].tolist()
         [1.0, 1.0]
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        if before_replace is not None:
-            before_replace()
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda f: torch.save(obj, f), binary=True, before_replace=before_replace)
 
 
 def load_weights(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
@@ -238,8 +218,6 @@ class EpochCheckpointer(PeriodicWriter):
         self.n_saved, self.transforms, self.prefix = n_saved, transforms, prefix
 
     def write(self, engine: Engine) -> None:
-        from selfmedhpm.handlers import is_rank0
-
         if not is_rank0():
             return
         epoch = engine.state.epoch
@@ -286,8 +264,6 @@ class ResumeFromCheckpoint:
         prefix: str = "checkpoint",
         transforms: Any = None,
     ) -> None:
-        from selfmedhpm.bundle import as_bool
-
         self.ckpt_dir, self.load_dict, self.enabled = ckpt_dir, dict(load_dict), as_bool(enabled, "resume")
         self.map_location, self.prefix, self.transforms = map_location, prefix, transforms
         self.loaded_from: Path | None = None

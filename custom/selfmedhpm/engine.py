@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -16,32 +15,13 @@ from selfmedhpm.faults import crash_point
 from selfmedhpm.losses import HPMLoss
 from selfmedhpm.masking import hard_patch_mask, hard_ratio_at
 from selfmedhpm.quant import Int8Teacher
+from selfmedhpm.utils import autocast, rank  # noqa: F401 (autocast: re-exported)
 
 __all__ = ["NonFiniteLossError", "autocast", "check_finite", "HPMTrainer"]
-
-_DTYPES = {"fp32": None, "float32": None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16}
 
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or Inf; training stops before the weights (and any checkpoint) are spoiled."""
-
-
-def autocast(device: torch.device | str, precision: str | None) -> contextlib.AbstractContextManager:
-    """``torch.autocast`` for ``precision`` in {"fp32", "bf16", "fp16"} on the device's type; fp32 is a no-op.
-
-    Examples::
-
-        >>> with autocast("cpu", "bf16"):
-        ...     (torch.ones(2, 2) @ torch.ones(2, 2)).dtype
-        torch.bfloat16
-    """
-    key = (precision or "fp32").lower()
-    if key not in _DTYPES:
-        raise ValueError(f"precision must be one of {sorted(_DTYPES)}, got {precision!r}.")
-    dtype = _DTYPES[key]
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(torch.device(device).type, dtype=dtype)
 
 
 def check_finite(loss: torch.Tensor, engine: Engine) -> None:
@@ -88,7 +68,10 @@ class HPMTrainer(SupervisedTrainer):
             at the same iterations as an uninterrupted one).
         seed: seed of the mask generator; each rank adds its rank, so ranks draw different random patches.
         train_handlers: ignite handlers, as in ``SupervisedTrainer``.
-        kwargs: the other ``SupervisedTrainer`` arguments (``epoch_length``, ``key_train_metric``, ...).
+        kwargs: the other ``SupervisedTrainer`` arguments (``epoch_length``, ``key_train_metric``, ...), honoured as
+            there: ``prepare_batch`` gives the images (its first item; labels are not used), ``inferer`` runs the
+            student as ``inferer(images, network, mask)`` (MONAI's ``SimpleInferer`` by default), ``postprocessing``
+            and ``decollate`` act on the output.
     """
 
     def __init__(
@@ -123,8 +106,7 @@ class HPMTrainer(SupervisedTrainer):
         self.teacher_precision = teacher_precision
         self.teacher_refresh_interval = teacher_refresh_interval
         self._int8_teacher: Int8Teacher | None = None  # built on first use (after any resume)
-        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-        self.mask_generator = torch.Generator(device=device).manual_seed(seed + rank)
+        self.mask_generator = torch.Generator(device=device).manual_seed(seed + rank())
         use_scaler = device.type == "cuda" and precision.lower() == "fp16"
         self.grad_scaler = torch.amp.GradScaler("cuda") if use_scaler else None
         super().__init__(
@@ -163,9 +145,9 @@ class HPMTrainer(SupervisedTrainer):
     def _iteration(self, engine: HPMTrainer, batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
-        images = batchdata[Keys.IMAGE]
-        images = images.as_tensor() if hasattr(images, "as_tensor") else images
-        images = images.to(engine.state.device, non_blocking=engine.non_blocking)  # [N, C, H, W, D]
+        batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
+        images = batch[0]  # labels, if the batch has them, are not used
+        images = images.as_tensor() if hasattr(images, "as_tensor") else images  # [N, C, H, W, D]
 
         hard_ratio = self.hard_ratio(engine)
         scores = self.teacher_scores(images)  # [N, L]
@@ -174,7 +156,7 @@ class HPMTrainer(SupervisedTrainer):
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
         with autocast(images.device, self.precision):
-            reconstruction, predicted_loss = engine.network(images, mask)
+            reconstruction, predicted_loss = engine.inferer(images, engine.network, mask)
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
             losses = engine.loss_function(reconstruction, predicted_loss, images, mask)
         loss = losses["loss"]

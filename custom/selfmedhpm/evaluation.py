@@ -23,8 +23,8 @@ from ignite.engine import Engine, Events
 from monai.data import MetaTensor
 from monai.handlers import IgniteMetricHandler
 from monai.metrics import CumulativeIterationMetric, HausdorffDistanceMetric
-from selfmedhpm.handlers import is_rank0, write_json_atomic
 from selfmedhpm.labels import TRANSUNET_8_ORGANS, organ_names, subset_indices
+from selfmedhpm.utils import atomic_write, is_rank0, write_json_atomic
 
 __all__ = [
     "DEFAULT_SUBSETS",
@@ -200,12 +200,12 @@ def _cell(stats: Mapping[str, Any], key: str) -> str:
 
 
 def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    def write(f):
         writer = csv.writer(f)
         writer.writerow(header)
         writer.writerows(rows)
-    os.replace(tmp, path)
+
+    atomic_write(path, write)
 
 
 def write_reports(

@@ -13,10 +13,10 @@ from pathlib import Path
 import torch
 from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader, LrScheduleHandler, ValidationHandler
-from selfmedhpm.bundle import rank
 from selfmedhpm.checkpoint import PeriodicWriter, ResumeFromCheckpoint, register_state, save_atomic
 from selfmedhpm.ema import EMATeacher, unwrap
 from selfmedhpm.transfer import encoder_state_dict
+from selfmedhpm.utils import is_rank0, rank, write_json_atomic  # noqa: F401 (is_rank0, write_json_atomic: re-exported)
 
 __all__ = [
     "is_rank0",
@@ -52,23 +52,6 @@ def rank_handlers(handlers: Sequence | None) -> list:
     if rank() == 0:
         return handlers
     return [h for h in handlers if isinstance(h, EVERY_RANK_HANDLERS) or getattr(h, "every_rank", False)]
-
-
-def is_rank0() -> bool:
-    """True outside torch.distributed and on rank 0."""
-    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or (
-        torch.distributed.get_rank() == 0
-    )
-
-
-def write_json_atomic(obj: object, path: str | os.PathLike) -> Path:
-    """Writes JSON to a temporary file and renames it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
-    return path
 
 
 class HistoryRecorder:

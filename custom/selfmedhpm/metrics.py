@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 from selfmedhpm.ema import unwrap
-from selfmedhpm.losses import patch_targets, per_patch_loss
+from selfmedhpm.losses import per_patch_loss
 from selfmedhpm.masking import hard_patch_mask
+from selfmedhpm.patches import patch_targets
 
 __all__ = ["kendall_tau", "teacher_ranking"]
 

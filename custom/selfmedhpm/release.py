@@ -48,6 +48,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from selfmedhpm.utils import atomic_write
+
 __all__ = [
     "ROOT",
     "ReleaseError",
@@ -423,20 +425,14 @@ def write_zip(files: Mapping[str, str | os.PathLike | bytes], path: str | os.Pat
         files: ``{name inside the zip (POSIX): source file or content}``.
         path: the zip to write.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        with zipfile.ZipFile(tmp, "w") as archive:
+
+    def write(f) -> None:
+        with zipfile.ZipFile(f, "w") as archive:
             for name in sorted(files):
                 source = files[name]
                 _add_entry(archive, name, source if isinstance(source, bytes) else Path(source))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+
+    return atomic_write(path, write, binary=True)
 
 
 def _add_entry(archive: zipfile.ZipFile, name: str, source: Path | bytes) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from monai.handlers import CheckpointSaver
 from monai.inferers import Inferer, SimpleInferer
-from selfmedhpm.engine import autocast
+from selfmedhpm.utils import autocast
 
 __all__ = ["AutocastInferer", "BestMetricState"]
 

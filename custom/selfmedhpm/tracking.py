@@ -37,6 +37,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.handlers import MLFlowHandler
 from monai.utils import flatten_dict, path_to_uri
+from selfmedhpm.utils import is_rank0
 
 __all__ = [
     "BundleMLFlowHandler",
@@ -54,12 +55,6 @@ MAX_PARAM_LENGTH = 6000
 
 _ACTIVE_RUNS: dict[tuple[str, str], str] = {}
 """(tracking URI, experiment) -> id of the run a handler of this process created and has not closed yet."""
-
-
-def _is_rank0() -> bool:
-    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or (
-        torch.distributed.get_rank() == 0
-    )
 
 
 def _as_float(value: Any) -> float | None:
@@ -189,7 +184,7 @@ class BundleMLFlowHandler(MLFlowHandler):
 
     def attach(self, engine: Engine) -> None:
         """Attaches the MLflow events to ``engine`` (rank 0 only), plus epoch means and failure marking."""
-        if not _is_rank0():
+        if not is_rank0():
             return
         super().attach(engine)
         if self.epoch_means:

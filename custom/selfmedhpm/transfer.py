@@ -6,15 +6,21 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from selfmedhpm.check_data import describe_state_dict_mismatch
 from selfmedhpm.checkpoint import CheckpointError, load_weights
 from selfmedhpm.ema import unwrap
 
-__all__ = ["EncoderMismatchError", "encoder_state_dict", "interpolate_pos_embed", "load_pretrained_encoder"]
+__all__ = [
+    "EncoderMismatchError",
+    "describe_state_dict_mismatch",
+    "encoder_state_dict",
+    "interpolate_pos_embed",
+    "load_pretrained_encoder",
+]
 
 logger = logging.getLogger(__name__)
 POS_KEY = "patch_embedding.position_embeddings"
@@ -22,6 +28,51 @@ POS_KEY = "patch_embedding.position_embeddings"
 
 class EncoderMismatchError(CheckpointError):
     """A pretrained encoder that does not fit the network; the message lists what did not match."""
+
+
+def _listing(title: str, items: list[str], limit: int = 20) -> list[str]:
+    if not items:
+        return []
+    more = [f"    ... and {len(items) - limit} more"] if len(items) > limit else []
+    return [f"  {title} ({len(items)}):"] + [f"    {s}" for s in items[:limit]] + more
+
+
+def describe_state_dict_mismatch(
+    expected: Mapping[str, Any], found: Mapping[str, Any], source: str, limit: int = 20
+) -> str | None:
+    """Describe how a loaded state dict differs from the model's; None when keys and shapes match exactly.
+
+    Args:
+        expected: key -> shape (e.g. ``torch.Size``) the model expects.
+        found: key -> shape in the checkpoint.
+        source: where ``found`` came from (a checkpoint path), named in the message.
+        limit: entries listed per section before "... and N more".
+
+    Examples:
+        >>> print(describe_state_dict_mismatch({"w": (2, 3), "b": (2,)}, {"w": (2, 4), "x": (1,)}, "ckpt.pt"))
+        state dict from ckpt.pt does not match the model: 1 missing, 1 unexpected, 1 shape mismatch
+          missing keys (1):
+            b
+          unexpected keys (1):
+            x
+          shape mismatches (1):
+            w: expected (2, 3) found (2, 4)
+    """
+    shape = lambda s: "(" + ", ".join(str(int(d)) for d in s) + ")"  # noqa: E731
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    mismatched = [
+        f"{k}: expected {shape(expected[k])} found {shape(found[k])}"
+        for k in expected
+        if k in found and tuple(expected[k]) != tuple(found[k])
+    ]
+    if not (missing or unexpected or mismatched):
+        return None
+    counts = f"{len(missing)} missing, {len(unexpected)} unexpected, "
+    counts += f"{len(mismatched)} shape mismatch" + ("" if len(mismatched) == 1 else "es")
+    lines = [f"state dict from {source} does not match the model: {counts}"]
+    lines += _listing("missing keys", missing, limit) + _listing("unexpected keys", unexpected, limit)
+    return "\n".join(lines + _listing("shape mismatches", mismatched, limit))
 
 
 def encoder_state_dict(network: nn.Module) -> dict[str, torch.Tensor]:

@@ -15,11 +15,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from ignite.engine import Engine, Events  # noqa: E402
-from selfmedhpm.bundle import as_bool  # noqa: E402
 from selfmedhpm.ema import unwrap  # noqa: E402
 from selfmedhpm.handlers import batch_images  # noqa: E402
 from selfmedhpm.masking import hard_patch_mask  # noqa: E402
 from selfmedhpm.networks import HPMMaskedAutoEncoder  # noqa: E402
+from selfmedhpm.utils import as_bool  # noqa: E402
 
 __all__ = ["center_crop", "hpm_views", "plot_hpm_figure", "HPMFigureSaver"]
 

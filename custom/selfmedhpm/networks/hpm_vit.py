@@ -15,7 +15,7 @@ from monai.networks.blocks.pos_embed_utils import build_sincos_position_embeddin
 from monai.networks.blocks.transformerblock import TransformerBlock
 from monai.networks.layers import trunc_normal_
 from monai.utils import ensure_tuple_rep
-from selfmedhpm.losses import patchify, unpatchify
+from selfmedhpm.patches import patchify, unpatchify
 
 __all__ = ["HPMEncoder", "HPMMaskedAutoEncoder", "PatchLossMap", "freeze_cross_attn_norms"]
 

@@ -1,0 +1,129 @@
+"""Small helpers every runtime module may use: the process's rank, atomic file writes, config flags as bools and the
+autocast context of a precision name.
+
+A leaf module (it imports only the standard library, torch and :mod:`selfmedhpm.errors`), so that no module has to
+import a bigger one for one of these helpers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+from selfmedhpm.errors import FlagError
+
+__all__ = ["rank", "world_size", "is_rank0", "atomic_write", "write_json_atomic", "as_bool", "autocast"]
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def rank() -> int:
+    """This process's rank, 0 outside torch.distributed."""
+    initialised = torch.distributed.is_available() and torch.distributed.is_initialized()
+    return torch.distributed.get_rank() if initialised else 0
+
+
+def world_size() -> int:
+    """Number of processes, 1 outside torch.distributed."""
+    initialised = torch.distributed.is_available() and torch.distributed.is_initialized()
+    return torch.distributed.get_world_size() if initialised else 1
+
+
+def is_rank0() -> bool:
+    """True outside torch.distributed and on rank 0."""
+    return rank() == 0
+
+
+def atomic_write(
+    path: str | os.PathLike,
+    write: Callable[[IO[Any]], object],
+    binary: bool = False,
+    before_replace: Callable[[], object] | None = None,
+) -> Path:
+    """Writes ``path`` through ``write(file)`` into a temporary file of the same folder, flushed to disk, then renamed
+    over ``path``: a reader sees the old file or the new one, never a part; on any error ``path`` is left as it was.
+
+    Args:
+        path: the file to write (its folder is created).
+        write: called with the open temporary file.
+        binary: open the temporary file in binary mode.
+        before_replace: called after the data is on disk and before the rename (fault-injection tests).
+
+    Examples::
+
+        >>> import tempfile
+        >>> p = atomic_write(Path(tempfile.mkdtemp()) / "a.txt", lambda f: f.write("new"))
+        >>> p.read_text()
+        'new'
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"newline": ""})) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the permissions open() would
+        if before_replace is not None:
+            before_replace()
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def write_json_atomic(obj: object, path: str | os.PathLike) -> Path:
+    """Writes ``obj`` as indented JSON to ``path`` with :func:`atomic_write`."""
+    return atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2)))
+
+
+_TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0", "none", "null", ""}
+
+
+def as_bool(value: object, name: str = "value") -> bool:
+    """A config flag as a bool. ``--resume true`` reaches a bundle as the *string* "true" (and "false" would be
+    truthy), so flags go through this: bools, 0/1 and the usual words are accepted, anything else is an error.
+
+    Examples::
+
+        >>> as_bool("false"), as_bool("True"), as_bool(1), as_bool(None)
+        (False, True, True, False)
+    """
+    if isinstance(value, bool) or value is None:
+        return bool(value)
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise FlagError(f"--{name} must be true or false (true/false, yes/no, on/off, 1/0), got {value!r}.")
+
+
+_DTYPES = {"fp32": None, "float32": None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device | str, precision: str | None) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` for ``precision`` in {"fp32", "bf16", "fp16"} on the device's type; fp32 is a no-op.
+
+    Examples::
+
+        >>> with autocast("cpu", "bf16"):
+        ...     (torch.ones(2, 2) @ torch.ones(2, 2)).dtype
+        torch.bfloat16
+    """
+    key = (precision or "fp32").lower()
+    if key not in _DTYPES:
+        raise ValueError(f"precision must be one of {sorted(_DTYPES)}, got {precision!r}.")
+    dtype = _DTYPES[key]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=dtype)
