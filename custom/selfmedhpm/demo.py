@@ -228,9 +228,10 @@ def main(argv: list[str] | None = None) -> int:
             output_dir=str(infer_dir), **unetr, **common,
         )  # fmt: skip
         stem = image_path.name.split(".")[0]
-        image = nib.load(image_path).get_fdata()
-        label = np.asarray(nib.load(data / val_case["label"]).dataobj)
-        pred = np.asarray(nib.load(infer_dir / f"{stem}_seg.nii.gz").dataobj)
+        # every volume in RAS+ voxel order, whatever its storage (a third of the synthetic cases are stored LPS)
+        image = nib.as_closest_canonical(nib.load(image_path)).get_fdata()
+        label = np.asarray(nib.as_closest_canonical(nib.load(data / val_case["label"])).dataobj)
+        pred = np.asarray(nib.as_closest_canonical(nib.load(infer_dir / f"{stem}_seg.nii.gz")).dataobj)
         reports.plot_overlay(np.clip((image + 175) / 425, 0, 1), label, pred, figures / "overlay.png")
         reports.plot_dice_bars(summaries, figures / "dice_per_organ.png")
         histories = {name: _load(run_dirs[name] / "history.json") for name in runs}

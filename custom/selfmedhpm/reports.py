@@ -123,7 +123,14 @@ def plot_curves(
 def plot_overlay(
     image: np.ndarray, label: np.ndarray, pred: np.ndarray, path: str | os.PathLike, num_classes: int = 14
 ) -> Path:
-    """Axial slices (rows) of the CT with the reference label and the prediction as colour overlays."""
+    """Axial slices (rows) of the CT with the reference label and the prediction as colour overlays, in the
+    radiological convention (the patient's right on the left of the image, anterior at the top).
+
+    Args:
+        image, label, pred: ``[X, Y, Z]`` arrays in RAS+ voxel order (``nibabel.as_closest_canonical``).
+        path: the PNG to write.
+        num_classes: label values 0..num_classes-1 (colours).
+    """
     z_sizes = [int((label == k).sum(axis=(0, 1)).argmax()) for k in (6, 2, 1) if (label == k).any()]
     slices = sorted(set(z_sizes or [image.shape[2] // 2]))[:3]
     fig, axes = plt.subplots(len(slices), 2, figsize=(7, 3.4 * len(slices)), squeeze=False)
@@ -131,13 +138,19 @@ def plot_overlay(
     for row, z in enumerate(slices):
         for col, (title, seg) in enumerate((("reference label", label), ("prediction", pred))):
             ax = axes[row, col]
-            ax.imshow(np.rot90(image[:, :, z]), cmap="gray")
+            ax.imshow(_axial(image[:, :, z]), cmap="gray")
             shown = np.ma.masked_where(seg[:, :, z] == 0, seg[:, :, z])
-            ax.imshow(np.rot90(shown), cmap=cmap, vmin=0, vmax=num_classes - 1, alpha=0.5, interpolation="nearest")
+            ax.imshow(_axial(shown), cmap=cmap, vmin=0, vmax=num_classes - 1, alpha=0.5, interpolation="nearest")
             ax.set_title(f"{title}, slice {z}", fontsize=9)
             ax.set_axis_off()
     fig.tight_layout()
     return _save(fig, path)
+
+
+def _axial(plane: np.ndarray) -> np.ndarray:
+    """An RAS+ ``[X, Y]`` plane as displayed by radiologists: rows from anterior to posterior, columns from the
+    patient's right to the left."""
+    return np.rot90(plane)[:, ::-1]
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
