@@ -50,6 +50,8 @@ _SUBMODULES = {
     "label_app",
     "errors",
     "faults",
+    "utils",
+    "patches",
 }
 
 install_excepthook()  # a run that fails on the user's input ends with one line naming the file and the problem
