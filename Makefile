@@ -59,9 +59,9 @@ study: $(STAMP)
 study-quick: $(STAMP)
 	$(PY) -m selfmedhpm.study --quick --out results/study_quick $(STUDY_ARGS)
 
-# the test suite, then the model zoo's offline checks of both bundles (and black / isort / flake8)
+# the test suite and every docstring example of the package, then the model zoo's offline checks of both bundles
 test: $(STAMP) $(MLSTAMP)
-	SELFMEDHPM_REQUIRE_MONAILABEL=1 $(PY) -m pytest -q -ra --durations=15 tests
+	SELFMEDHPM_REQUIRE_MONAILABEL=1 $(PY) -m pytest -q -ra --durations=15 --doctest-modules custom/selfmedhpm tests
 	$(PY) -m selfmedhpm.verify
 
 verify: $(STAMP)
