@@ -16,11 +16,9 @@ from monai.handlers import CheckpointLoader, LrScheduleHandler, ValidationHandle
 from selfmedhpm.checkpoint import PeriodicWriter, ResumeFromCheckpoint, register_state, save_atomic
 from selfmedhpm.ema import EMATeacher, unwrap
 from selfmedhpm.transfer import encoder_state_dict
-from selfmedhpm.utils import is_rank0, rank, write_json_atomic  # noqa: F401 (is_rank0, write_json_atomic: re-exported)
+from selfmedhpm.utils import is_rank0, rank, write_json_atomic
 
 __all__ = [
-    "is_rank0",
-    "write_json_atomic",
     "HistoryRecorder",
     "PretrainExporter",
     "CaseProgress",
