@@ -44,42 +44,42 @@ DEMO_PRETRAINING := $(DEMO_GRID) "norm_pix_loss=true"
 
 # the demo's fine-tuned weights (CPU preset + the demo's values above) in a MONAI Label app folder
 monailabel-app: $(STAMP) $(MLSTAMP)
-	$(PY) -m selfmedhpm.label_app --out $(APP) --preset cpu --weights $(RESULTS)/finetune_hpm \
+	$(PY) -m selfmedhpm_tools.label_app --out $(APP) --preset cpu --weights $(RESULTS)/finetune_hpm \
 		$(foreach v,$(DEMO_SEGMENTATION),--set $(v)) --overwrite
 
 demo: $(STAMP)
-	$(PY) -m selfmedhpm.demo --data_dir $(DATA) --results_dir $(RESULTS)
+	$(PY) -m selfmedhpm_tools.demo --data_dir $(DATA) --results_dir $(RESULTS)
 
 # what HPM pretraining buys with few labels: scratch / MAE / HPM / loss-prediction-only, 1-3-9 labelled cases,
 # 3 seeds; resumable (finished runs are kept), report in docs/results/README.md. STUDY_ARGS: e.g. --preset gpu
 STUDY_ARGS ?=
 study: $(STAMP)
-	$(PY) -m selfmedhpm.study --out docs/results $(STUDY_ARGS)
+	$(PY) -m selfmedhpm_tools.study --out docs/results $(STUDY_ARGS)
 
 study-quick: $(STAMP)
-	$(PY) -m selfmedhpm.study --quick --out results/study_quick $(STUDY_ARGS)
+	$(PY) -m selfmedhpm_tools.study --quick --out results/study_quick $(STUDY_ARGS)
 
 # the test suite and every docstring example of the package, then the model zoo's offline checks of both bundles
 test: $(STAMP) $(MLSTAMP)
-	SELFMEDHPM_REQUIRE_MONAILABEL=1 $(PY) -m pytest -q -ra --durations=15 --doctest-modules custom/selfmedhpm tests
-	$(PY) -m selfmedhpm.verify
+	SELFMEDHPM_REQUIRE_MONAILABEL=1 $(PY) -m pytest -q -ra --durations=15 --doctest-modules custom/selfmedhpm custom/selfmedhpm_tools tests
+	$(PY) -m selfmedhpm_tools.verify
 
 verify: $(STAMP)
-	$(PY) -m selfmedhpm.verify
+	$(PY) -m selfmedhpm_tools.verify
 
 # dist/<name>_v<version>.zip of both bundles with the demo's weights, and dist/bundle_index.json listing them. The
 # weights' preset (CPU) and the values below are merged into each zip's configs/inference.json and train.json, so the
 # unzipped bundle runs as it is (and in MONAI Label). Training again and releasing again replaces your earlier build.
 RELEASE_ARGS ?=
 release: $(STAMP)
-	$(PY) -m selfmedhpm.release $(RELEASE_ARGS) \
+	$(PY) -m selfmedhpm_tools.release $(RELEASE_ARGS) \
 		--weights_from selfmedhpm_ct_pretraining=$(RESULTS)/pretrain selfmedhpm_ct_segmentation=$(RESULTS)/finetune_hpm \
 		$(foreach v,$(DEMO_PRETRAINING),--set selfmedhpm_ct_pretraining:$(v)) \
 		$(foreach v,$(DEMO_SEGMENTATION),--set selfmedhpm_ct_segmentation:$(v))
 
 # bundle_index.json: the bundle folders of this repository at their versions, with their content checksums
 index: $(STAMP)
-	$(PY) -m selfmedhpm.release --source-index
+	$(PY) -m selfmedhpm_tools.release --source-index
 
 lint: $(STAMP)
 	$(PY) -m black --check -l 120 custom tests
@@ -95,10 +95,10 @@ format: $(STAMP)
 BENCH_ARGS ?=
 
 bench: $(STAMP)
-	$(PY) -m selfmedhpm.benchmarks.run $(BENCH_ARGS)
+	$(PY) -m selfmedhpm_tools.benchmarks.run $(BENCH_ARGS)
 
 bench-quick: $(STAMP)
-	$(PY) -m selfmedhpm.benchmarks.run --quick $(BENCH_ARGS)
+	$(PY) -m selfmedhpm_tools.benchmarks.run --quick $(BENCH_ARGS)
 
 clean:
 	rm -rf results dist build

@@ -1,3 +1,14 @@
+# Copyright (c) 2026 SelfMedHPM bundles contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """Shared fixtures: a tiny synthetic CT data set and helpers to run the bundles in-process."""
 
 from __future__ import annotations
@@ -51,7 +62,7 @@ SEG_TINY = {  # the segmentation CPU preset at a 32^3 crop on a 6 mm grid: secon
 
 def phantom_set(tmp_path_factory, name: str, cases: int, val_fraction: float = 0.2) -> Path:
     """``cases`` synthetic abdominal CTs of 96x96x48 voxels in a fresh folder, BTCV layout (seed 0)."""
-    from selfmedhpm.phantom import generate_dataset
+    from selfmedhpm_tools.phantom import generate_dataset
 
     out = tmp_path_factory.mktemp(name)
     generate_dataset(out, cases=cases, seed=0, val_fraction=val_fraction, shape=(96, 96, 48), verbose=False)

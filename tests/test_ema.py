@@ -1,9 +1,20 @@
+# Copyright (c) 2026 SelfMedHPM bundles contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn as nn
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 from selfmedhpm.ema import EMATeacher, ema_decay_at
 
 
@@ -38,22 +49,33 @@ def test_teacher_is_a_copy_not_the_student():
 
 
 def test_handler_updates_after_each_iteration_with_epoch_decay():
+    from ignite.handlers import EMAHandler
+
     student = nn.Linear(2, 1, bias=False)
     nn.init.zeros_(student.weight)
-    teacher = EMATeacher(student, decay_start=0.5, decay_end=0.0, ramp_epochs=1)
+    teacher = EMATeacher(student, decay_start=0.5, decay_end=0.25, ramp_epochs=1)
+    assert isinstance(teacher, EMAHandler) and teacher.module is teacher.ema_model
 
     def step(engine, batch):
         with torch.no_grad():
             student.weight.fill_(1.0)
 
     engine = Engine(step)
-    engine.network = student
+    momenta = []
+    engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: momenta.append(e.state.ema_momentum))
     teacher.attach(engine)
-    engine.run([0], max_epochs=1)
-    assert teacher.decay == pytest.approx(0.5)
-    assert torch.allclose(teacher.module.weight, torch.full((1, 2), 0.5))
-    engine.run([0], max_epochs=2)  # epoch 2: decay reached decay_end = 0
-    assert torch.allclose(teacher.module.weight, torch.ones(1, 2))
+    engine.run([0, 0], max_epochs=1)
+    assert teacher.decay == pytest.approx(0.5) and momenta == [pytest.approx(0.5)] * 2  # ignite's momentum: 1 - d
+    assert torch.allclose(teacher.module.weight, torch.full((1, 2), 0.75))  # 0 -> 0.5 -> 0.75
+    engine.run([0, 0], max_epochs=2)  # epoch 2: decay reached decay_end
+    assert teacher.decay == pytest.approx(0.25) and momenta[2:] == [pytest.approx(0.75)] * 2
+    assert torch.allclose(teacher.module.weight, torch.full((1, 2), 1 - 0.25 * 0.25 * 0.25))
+
+
+@pytest.mark.parametrize("decays", [(0.0, 0.5), (0.5, 1.0), (1.5, 0.9)])
+def test_decays_outside_the_open_unit_interval_are_refused(decays):
+    with pytest.raises(ValueError, match="must be in \\(0, 1\\)"):
+        EMATeacher(nn.Linear(2, 2), *decays)
 
 
 def test_state_dict_roundtrip():

@@ -1,3 +1,14 @@
+# Copyright (c) 2026 SelfMedHPM bundles contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """Both bundles under CPU bf16 autocast, why the project has its own masked autoencoder (MONAI's fails under
 autocast), and the int8 teacher pass (a reduced-precision teacher for CPUs without fast bf16)."""
 
@@ -148,15 +159,6 @@ def test_int8_teacher_ranks_patches_like_fp32_and_follows_the_ema_weights():
     with torch.inference_mode():
         moved = net.predict_patch_loss(images)
     assert torch.allclose(refreshed, moved, atol=0.05 * moved.abs().max().item())
-
-
-def test_quant_examples():
-    import doctest
-
-    import selfmedhpm.quant
-
-    result = doctest.testmod(selfmedhpm.quant)
-    assert result.failed == 0 and result.attempted > 0
 
 
 def test_trainer_int8_teacher_requantises_at_each_epoch_start_and_every_interval(monkeypatch):

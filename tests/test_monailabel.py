@@ -1,3 +1,14 @@
+# Copyright (c) 2026 SelfMedHPM bundles contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """The segmentation bundle in a real MONAI Label 0.8.5 server (the ``monaibundle`` sample app, in its own environment
 ``.venv-monailabel``, built by ``make monailabel-env``): the model and its organ names are listed, a CT study gets
 organ labels in its own grid, and training from the studies' final labels runs and writes new weights."""
@@ -22,8 +33,8 @@ import pytest
 import torch
 from conftest import ROOT, SEGMENT, configs, run_workflow
 from monai.bundle import ConfigParser
-from selfmedhpm import label_app, release
 from selfmedhpm.labels import BTCV_CLASSES
+from selfmedhpm_tools import label_app, release
 
 pytestmark = pytest.mark.slow
 
@@ -87,7 +98,7 @@ def app(weights, tmp_path_factory) -> Path:
 
 
 def test_label_app_builder_writes_the_same_bundle_as_the_release(app, weights, tmp_path):
-    """``selfmedhpm.label_app`` (the app folder in one command) and the release zip agree on every config."""
+    """``selfmedhpm_tools.label_app`` (the app folder in one command) and the release zip agree on every config."""
     bundle = label_app.prepare_app(
         tmp_path / "app", preset="cpu", settings={**GRID, "num_samples": 2}, weights_dir=weights
     )

@@ -1,13 +1,24 @@
+# Copyright (c) 2026 SelfMedHPM bundles contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 from __future__ import annotations
 
 import pytest
 import torch
 from monai.networks.nets import UNETR
-from selfmedhpm.engine import autocast
 from selfmedhpm.losses import HPMLoss, patchify
 from selfmedhpm.masking import hard_patch_mask
 from selfmedhpm.networks import HPMMaskedAutoEncoder, PatchLossMap
 from selfmedhpm.transfer import encoder_state_dict
+from selfmedhpm.utils import autocast
 
 SMALL = dict(
     hidden_size=48,
@@ -148,3 +159,18 @@ def test_hpm_trainer_takes_images_from_prepare_batch_and_runs_the_student_throug
     assert seen == [32.0**3, 2 * 32.0**3, 3 * 32.0**3]
     assert calls == [(torch.Size([1, 8]),)] * 3  # [N, L] masks of the 2x2x2 token grid
     assert torch.equal(trainer.state.output["image"], batches[-1]["ct"])
+
+
+@pytest.mark.parametrize(
+    "refused", [{"amp": True}, {"amp_kwargs": {"dtype": torch.bfloat16}}, {"accumulation_steps": 2}]
+)
+def test_hpm_trainer_refuses_the_trainer_arguments_it_would_ignore(refused):
+    from selfmedhpm.ema import EMATeacher
+    from selfmedhpm.engine import HPMTrainer
+
+    net = small_net()
+    with pytest.raises(ValueError, match=f"does not honour {{'{next(iter(refused))}'"):
+        HPMTrainer(
+            device="cpu", max_epochs=1, train_data_loader=[], network=net, loss_function=HPMLoss(patch_size=16),
+            optimizer=torch.optim.AdamW(net.parameters(), 1e-3), teacher=EMATeacher(net), **refused,
+        )  # fmt: skip

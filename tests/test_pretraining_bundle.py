@@ -1,3 +1,14 @@
+# Copyright (c) 2026 SelfMedHPM bundles contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """The pretraining bundle end to end on tiny synthetic CTs, run as the model zoo's CI runs bundles."""
 
 from __future__ import annotations
@@ -52,6 +63,16 @@ def test_pretraining_writes_models_history_and_checkpoint(pretrained):
     assert any(not torch.equal(fresh[k], v) for k, v in net.state_dict().items())  # trained weights, not the init
 
 
+def test_encoder_file_records_the_settings_it_was_pretrained_with(pretrained):
+    out, workflow = pretrained
+    record = json.loads((out / "encoder.json").read_text())
+    settings = workflow.parser.get_parsed_content("encoder_settings")
+    assert record == {"pretrained_with": json.loads(json.dumps(settings)), "epoch": 50}
+    assert record["pretrained_with"]["roi_size"] == list(settings["roi_size"]) and record["pretrained_with"]["a_min"]
+    assert set(record["pretrained_with"]) == {"pixdim", "a_min", "a_max", "roi_size", "patch_size", "hidden_size",
+                                              "mlp_dim", "num_heads"}  # fmt: skip
+
+
 def test_reconstruction_loss_falls(pretrained):
     history = json.loads((pretrained[0] / "history.json").read_text())
     first, last = history[0]["rec_loss"], np.mean([r["rec_loss"] for r in history[-5:]])
@@ -73,7 +94,7 @@ def held_out_crops(tmp_path_factory) -> torch.Tensor:
     import nibabel as nib
     from monai.bundle import ConfigParser
     from monai.transforms import Compose, RandSpatialCropSamples
-    from selfmedhpm.phantom import generate_case
+    from selfmedhpm_tools.phantom import generate_case
 
     folder = tmp_path_factory.mktemp("held_out")
     parser = ConfigParser()
@@ -97,8 +118,8 @@ def test_trained_teacher_ranks_held_out_patches_on_content(pretrained, held_out_
     cases). Patch position alone is printed beside it: after 50 CPU epochs it still ranks as well as the teacher
     (the loss predictor has learnt mostly where patches are hard), which the demo report states."""
     from monai.bundle import ConfigParser
-    from selfmedhpm.metrics import teacher_ranking
-    from selfmedhpm.stats import paired_permutation_p
+    from selfmedhpm_tools.metrics import teacher_ranking
+    from selfmedhpm_tools.stats import paired_permutation_p
 
     out, _ = pretrained
     parser = ConfigParser()

@@ -1,3 +1,14 @@
+# Copyright (c) 2026 SelfMedHPM bundles contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """Releases: reproducible self-contained zips, the weights they need, ``bundle_index.json``, MONAI's download of a
 released zip and its inference where neither this repository nor the installed package can be imported, and zip
 path traversal."""
@@ -18,13 +29,13 @@ import pytest
 import torch
 from conftest import PRETRAIN, ROOT, SEGMENT
 from monai.bundle import ConfigParser
-from selfmedhpm import release
-from selfmedhpm.release import ReleaseError, UnsafeArchiveError, build, content_sha1, safe_extract, sha1
 from selfmedhpm.transfer import encoder_state_dict
+from selfmedhpm_tools import release
+from selfmedhpm_tools.release import ReleaseError, UnsafeArchiveError, build, content_sha1, safe_extract, sha1
 
 NAMES = (PRETRAIN.name, SEGMENT.name)
 VERSION = release.bundle_metadata(SEGMENT)["version"]
-NOT_CARRIED = {"phantom.py", "demo.py", "release.py", "verify.py", "reports.py"}
+NOT_CARRIED = {p.name for p in Path(release.__file__).parent.glob("*.py")} - {"__init__.py"}  # the tooling's modules
 
 
 def copy_bundle(source: Path, bundles_dir: Path) -> Path:
@@ -85,7 +96,7 @@ def test_zip_layout_is_self_contained(released, name):
         assert f"{name}/{required}" in names, required
     carried = {n.split("/selfmedhpm/", 1)[1] for n in names if "/selfmedhpm/" in n}
     assert {"__init__.py", "bundle.py", "tracking.py", "transfer.py"} <= carried
-    assert not carried & NOT_CARRIED
+    assert not carried & NOT_CARRIED and not any("selfmedhpm_tools" in n for n in names)
     assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
     assert {i.date_time for i in infos} == {(1980, 1, 1, 0, 0, 0)}
     assert {stat.S_IMODE(i.external_attr >> 16) for i in infos} == {0o644}
@@ -363,7 +374,7 @@ def test_safe_extract_unpacks_a_release(released, tmp_path):
 
 
 def test_verify_flags_bad_versions_unformatted_json_and_a_stale_index(bundles_dir, tmp_path):
-    from selfmedhpm import verify
+    from selfmedhpm_tools import verify
 
     bundle = copy_bundle(bundles_dir / SEGMENT.name, tmp_path / "bundles")
     index = tmp_path / "bundle_index.json"
@@ -383,3 +394,28 @@ def test_verify_flags_bad_versions_unformatted_json_and_a_stale_index(bundles_di
     (bundle / "configs" / "metadata.json").write_text(json.dumps(meta, indent=4) + "\n")
     with pytest.raises(verify.CheckFailed, match="single-digit"):
         verify.check_version(bundle, context)
+
+
+def test_verify_flags_pre_processing_and_encoder_settings_that_drift_apart(tmp_path):
+    from selfmedhpm_tools import verify
+
+    for bundle in (PRETRAIN, SEGMENT):
+        shutil.copytree(bundle / "configs", tmp_path / "bundles" / bundle.name / "configs")
+    assert "pre-process alike (Orientationd -> Spacingd -> ScaleIntensityRanged -> CropForegroundd)" in (
+        verify.check_shared_settings(tmp_path)
+    )
+    configs = tmp_path / "bundles" / SEGMENT.name / "configs"
+    inference = json.loads((configs / "inference.json").read_text())
+    window = next(t for t in inference["preprocessing"]["transforms"] if t["_target_"] == "ScaleIntensityRanged")
+    window["a_min"] = -1000.0  # inference would window otherwise than the training it serves
+    (configs / "inference.json").write_text(json.dumps(inference))
+    preset = json.loads((configs / "train_cpu.json").read_text())
+    (configs / "train_cpu.json").write_text(json.dumps({**preset, "hidden_size": 120}))
+    with pytest.raises(verify.CheckFailed) as info:
+        verify.check_shared_settings(tmp_path)
+    message = str(info.value)
+    assert f"{SEGMENT.name}/configs/inference.json pre-processes images as" in message and "'a_min': -1000.0" in message
+    assert f"encoder_settings#hidden_size of train.json + train_cpu.json: {PRETRAIN.name} 96, {SEGMENT.name} 120" in (
+        message
+    )
+    assert f"{SEGMENT.name}/configs/train.json" not in message  # what still agrees is not listed

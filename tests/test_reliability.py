@@ -1,3 +1,14 @@
+# Copyright (c) 2026 SelfMedHPM bundles contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """Reliability and safety: untrusted files never execute, killed runs resume exactly, NaN losses stop training."""
 
 from __future__ import annotations
@@ -237,7 +248,7 @@ def test_folder_inference_memory_does_not_grow_per_volume_and_a_bad_case_is_skip
     import nibabel as nib
     from conftest import SEGMENT
     from monai.bundle import ConfigParser
-    from selfmedhpm.phantom import generate_case
+    from selfmedhpm_tools.phantom import generate_case
 
     parser = ConfigParser()
     parser.read_config(configs(SEGMENT, "inference.json", "train_cpu.json"))

@@ -1,3 +1,14 @@
+# Copyright (c) 2026 SelfMedHPM bundles contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """The segmentation bundle on tiny synthetic CTs: weight transfer, train / evaluate / infer as the model zoo's CI runs
 bundles, label-set overrides, the zoo's offline checks and a two-process run under torchrun."""
 
@@ -201,6 +212,34 @@ def test_encoder_of_another_width_fails_naming_file_and_keys(tmp_path):
     assert isinstance(error, EncoderMismatchError)
     assert str(path) in str(error) and "shape mismatches" in str(error)
     assert "blocks.0.attn.qkv.weight: expected (288, 96) found (360, 120)" in str(error)
+
+
+def test_fine_tuning_names_every_setting_that_differs_from_pretraining(tmp_path, caplog):
+    path = save_encoder(tmp_path / "encoder.pt")
+    parser = parse("train.json", **TINY, pretrained_encoder=str(path), device="$torch.device('cpu')")
+    ours = parser.get_parsed_content("encoder_settings")
+    assert ours["pixdim"] == TINY["pixdim"] and ours["hidden_size"] == 96 and "patch_size" not in ours
+    record = tmp_path / "encoder.json"  # as the pretraining bundle's exporter writes it
+    record.write_text(json.dumps({"pretrained_with": {**ours, "pixdim": [1.5, 1.5, 2.0], "a_min": -1000}, "epoch": 3}))
+    with caplog.at_level("INFO", logger="selfmedhpm.transfer"):
+        parser.get_parsed_content("load_encoder")  # loads all the same: the widths match
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and str(path) in warnings[0] and str(record) in warnings[0]
+    assert "pixdim: pretrained with [1.5, 1.5, 2.0], fine-tuned with" in warnings[0]
+    assert "a_min: pretrained with -1000, fine-tuned with" in warnings[0] and "a_max: " not in warnings[0]
+
+    caplog.clear()
+    record.write_text(json.dumps({"pretrained_with": {**ours, "patch_size": 16}, "epoch": 3}))
+    with caplog.at_level("INFO", logger="selfmedhpm.transfer"):
+        parse("train.json", **TINY, pretrained_encoder=str(path)).get_parsed_content("load_encoder")
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    assert any("pretrained with the settings this fine-tuning uses" in r.getMessage() for r in caplog.records)
+
+    record.write_text("{not json")
+    with pytest.raises(Exception) as info:
+        parse("train.json", **TINY, pretrained_encoder=str(path)).get_parsed_content("load_encoder")
+    error = info.value if isinstance(info.value, EncoderMismatchError) else info.value.__cause__
+    assert isinstance(error, EncoderMismatchError) and str(record) in str(error)
 
 
 # ----------------------------------------------------------------------------------------- workflows end to end

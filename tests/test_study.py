@@ -1,3 +1,14 @@
+# Copyright (c) 2026 SelfMedHPM bundles contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """The label-scarce study: its statistics on fixed numbers, and `make study-quick`'s pipeline on a tiny setting."""
 
 from __future__ import annotations
@@ -7,8 +18,8 @@ import sqlite3
 
 import numpy as np
 import pytest
-from selfmedhpm import study
-from selfmedhpm.stats import paired_bootstrap_ci, paired_permutation_p
+from selfmedhpm_tools import study
+from selfmedhpm_tools.stats import paired_bootstrap_ci, paired_permutation_p
 
 
 def test_paired_bootstrap_ci_on_fixed_numbers():

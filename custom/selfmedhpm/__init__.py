@@ -1,18 +1,34 @@
+# Copyright (c) 2026 SelfMedHPM bundles contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """SelfMedHPM: hard-patches-mining masked autoencoder self-pretraining for 3D CT, packaged for MONAI bundles.
 
-The package holds only what MONAI lacks; the bundles under ``bundles/`` reference these pieces from their configs:
+The runtime package: what the bundles under ``bundles/`` reference from their configs, and what MONAI lacks. The
+tooling around it (demo, study, benchmarks, release, verification, the synthetic CT generator) is the separate
+package :mod:`selfmedhpm_tools`, which imports this one and is never imported by it.
 
 - :mod:`selfmedhpm.masking`: easy-to-hard hard-patch masks and the hard-ratio schedule.
-- :mod:`selfmedhpm.losses`: patch targets, the masked reconstruction loss and the relative loss-prediction loss.
+- :mod:`selfmedhpm.patches`, :mod:`selfmedhpm.losses`: patch geometry; the masked reconstruction loss and the
+  relative loss-prediction loss.
 - :mod:`selfmedhpm.networks`: the HPM masked autoencoder (ViT encoder in MONAI ``UNETR.vit`` layout + two heads).
-- :mod:`selfmedhpm.ema`: the EMA teacher, an ignite handler.
-- :mod:`selfmedhpm.engine`: the HPM trainer, a MONAI ``SupervisedTrainer``.
-- :mod:`selfmedhpm.transfer`: encoder export and strict loading into UNETR.
-- :mod:`selfmedhpm.phantom`: the synthetic abdominal CT generator.
-- :mod:`selfmedhpm.check_data`: data checks with clear messages.
+- :mod:`selfmedhpm.ema`, :mod:`selfmedhpm.engine`: the EMA teacher and the HPM trainer (a MONAI ``SupervisedTrainer``).
+- :mod:`selfmedhpm.transfer`, :mod:`selfmedhpm.checkpoint`: encoder export, strict loading into UNETR, atomic
+  checkpoints.
+- :mod:`selfmedhpm.check_data`, :mod:`selfmedhpm.datalist`: data checks with clear messages; datalists of your data.
 - :mod:`selfmedhpm.labels`, :mod:`selfmedhpm.evaluation`, :mod:`selfmedhpm.seg_engine`, :mod:`selfmedhpm.seg_data`:
   the segmentation bundle's label sets, evaluation reports, engine pieces and inputs.
-- :mod:`selfmedhpm.reports`, :mod:`selfmedhpm.visualize`, :mod:`selfmedhpm.demo`: figures, tables and the main job.
+- :mod:`selfmedhpm.bundle`, :mod:`selfmedhpm.handlers`, :mod:`selfmedhpm.tracking`, :mod:`selfmedhpm.visualize`:
+  config helpers, ignite handlers, MLflow tracking, the HPM figure.
+- :mod:`selfmedhpm.utils`, :mod:`selfmedhpm.errors`, :mod:`selfmedhpm.faults`, :mod:`selfmedhpm.optim`,
+  :mod:`selfmedhpm.quant`: leaf helpers.
 """
 
 __version__ = "0.1.0"
@@ -31,23 +47,17 @@ _SUBMODULES = {
     "handlers",
     "losses",
     "masking",
-    "metrics",
     "networks",
+    "datalist",
     "optim",
-    "phantom",
-    "reports",
     "transfer",
     "visualize",
-    "demo",
     "evaluation",
     "labels",
     "seg_data",
     "seg_engine",
     "tracking",
-    "release",
-    "verify",
     "quant",
-    "label_app",
     "errors",
     "faults",
     "utils",

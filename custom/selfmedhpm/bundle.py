@@ -1,4 +1,16 @@
-"""Small helpers that the bundles' configs call: where the bundle lives, the data list, the process rank."""
+# Copyright (c) 2026 SelfMedHPM bundles contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""Small helpers that the bundles' configs call: where the bundle lives, the data list, the default device, unknown
+override keys. The rank and config flags are :mod:`selfmedhpm.utils`'s."""
 
 from __future__ import annotations
 
@@ -12,11 +24,11 @@ from pathlib import Path
 
 import torch
 from selfmedhpm.errors import UserInputError
-from selfmedhpm.utils import as_bool, rank, world_size  # noqa: F401 (the configs reach them here)
+from selfmedhpm.utils import rank
 
 __all__ = [
-    "bundle_root", "datalist", "pretraining_splits", "log_pretraining_splits", "rank", "world_size", "default_device",
-    "as_bool",
+    "bundle_root", "datalist", "pretraining_splits", "log_pretraining_splits", "default_device", "check_overrides",
+    "UnknownConfigKeyError",
 ]  # fmt: skip
 
 logger = logging.getLogger("selfmedhpm.bundle")

@@ -1,3 +1,14 @@
+# Copyright (c) 2026 SelfMedHPM bundles contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """Check a BTCV-layout CT data set (or inference inputs) before any long work starts.
 
 Every problem found is reported, not only the first, each naming the file as the user (or the datalist) wrote it,
@@ -412,10 +423,7 @@ class _DatasetCheck:
         if not os.path.isdir(dataset_dir):
             what = "is not a directory" if os.path.exists(dataset_dir) else "does not exist"
             return [Problem(dataset_dir, f"dataset directory {what}")], 0, dataset_dir
-        if datalist is None:
-            datalist = os.path.join(dataset_dir, "dataset_0.json")
-        elif not os.path.exists(datalist) and not os.path.isabs(datalist):
-            datalist = os.path.join(dataset_dir, datalist)
+        datalist = _datalist_file(dataset_dir, datalist)
         splits = self.splits.split(",") if isinstance(self.splits, str) else self.splits  # "training,validation"
         try:
             data = load_datalist_checked(datalist, splits, self.keys[0])
@@ -431,6 +439,16 @@ class _DatasetCheck:
         if label is not None:
             problems += _check_label(os.path.join(root, label), label, image, vol, self.num_classes)
         return problems
+
+
+def _datalist_file(dataset_dir: str, datalist: str | None) -> str:
+    """The datalist a check reads: ``dataset_dir/dataset_0.json`` by default; a relative path that does not exist
+    as given is taken relative to ``dataset_dir``."""
+    if datalist is None:
+        return os.path.join(dataset_dir, "dataset_0.json")
+    if not os.path.exists(datalist) and not os.path.isabs(datalist):
+        return os.path.join(dataset_dir, datalist)
+    return datalist
 
 
 def check_dataset(
@@ -466,20 +484,15 @@ def check_dataset(
     return check.run(dataset_dir, datalist)[0]
 
 
-def validate_dataset(
-    dataset_dir: str,
-    datalist: str | None = None,
-    splits: Sequence[str] = ("training", "validation"),
-    num_classes: int | None = 14,
-    require_labels: bool = True,
-    image_key: str = "image",
-    label_key: str = "label",
-    check_intensity: bool = True,
-    max_workers: int = 1,
-) -> list[Problem]:
+def validate_dataset(dataset_dir: str, datalist: str | None = None, **check_args: Any) -> list[Problem]:
     """Run check_dataset, log its warnings, raise DataCheckError if it found any error; return the warnings.
 
-    Args are those of check_dataset. Bundles call this from their ``initialize`` list.
+    Args:
+        dataset_dir: as for :func:`check_dataset`.
+        datalist: as for :func:`check_dataset`.
+        check_args: the other arguments of :func:`check_dataset` (``splits``, ``num_classes``, ...).
+
+    Bundles call this from their ``initialize`` list.
 
     Examples:
         >>> validate_dataset("/no/such/dir")
@@ -488,13 +501,14 @@ def validate_dataset(
         selfmedhpm.check_data.DataCheckError: data check failed: 1 problem in /no/such/dir
           ERROR  /no/such/dir: dataset directory does not exist
     """
-    check = _DatasetCheck(splits, num_classes, require_labels, (image_key, label_key), check_intensity, max_workers)
-    problems, _, source = check.run(dataset_dir, datalist)
+    problems = check_dataset(dataset_dir, datalist, **check_args)
     warnings = [p for p in problems if p.severity != "error"]
     for p in warnings:
         logger.warning("%s", p)
     if len(warnings) < len(problems):
-        raise DataCheckError(problems, source)
+        raise DataCheckError(
+            problems, _datalist_file(dataset_dir, datalist) if os.path.isdir(dataset_dir) else dataset_dir
+        )
     return warnings
 
 

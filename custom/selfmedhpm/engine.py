@@ -1,3 +1,14 @@
+# Copyright (c) 2026 SelfMedHPM bundles contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """The HPM training iteration as a MONAI ``SupervisedTrainer``: teacher pass, hard-patch mask, student step."""
 
 from __future__ import annotations
@@ -15,9 +26,9 @@ from selfmedhpm.faults import crash_point
 from selfmedhpm.losses import HPMLoss
 from selfmedhpm.masking import hard_patch_mask, hard_ratio_at
 from selfmedhpm.quant import Int8Teacher
-from selfmedhpm.utils import autocast, rank  # noqa: F401 (autocast: re-exported)
+from selfmedhpm.utils import autocast, rank
 
-__all__ = ["NonFiniteLossError", "autocast", "check_finite", "HPMTrainer"]
+__all__ = ["NonFiniteLossError", "check_finite", "HPMTrainer"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -71,7 +82,11 @@ class HPMTrainer(SupervisedTrainer):
         kwargs: the other ``SupervisedTrainer`` arguments (``epoch_length``, ``key_train_metric``, ...), honoured as
             there: ``prepare_batch`` gives the images (its first item; labels are not used), ``inferer`` runs the
             student as ``inferer(images, network, mask)`` (MONAI's ``SimpleInferer`` by default), ``postprocessing``
-            and ``decollate`` act on the output.
+            and ``decollate`` act on the output. ``amp``/``amp_kwargs`` (use ``precision``) and gradient accumulation
+            are refused with a ValueError rather than ignored.
+
+    Raises:
+        ValueError: an argument this trainer does not honour, or a precision the device lacks.
     """
 
     def __init__(
@@ -93,6 +108,13 @@ class HPMTrainer(SupervisedTrainer):
         **kwargs: Any,
     ) -> None:
         device = torch.device(device)
+        refused = {k: kwargs[k] for k in ("amp", "amp_kwargs") if kwargs.get(k)}
+        refused.update({k: kwargs[k] for k in ("accumulation_steps",) if kwargs.get(k, 1) != 1})
+        if refused:
+            raise ValueError(
+                f"HPMTrainer does not honour {refused}: mixed precision is its precision= argument ('bf16', or "
+                "'fp16' on GPU, with the teacher's own teacher_precision=); gradient accumulation is not implemented."
+            )
         teacher_precision = teacher_precision or precision
         if teacher_refresh_interval < 1:
             raise ValueError(f"teacher_refresh_interval must be >= 1, got {teacher_refresh_interval}.")

@@ -1,3 +1,14 @@
+# Copyright (c) 2026 SelfMedHPM bundles contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """Ignite handlers of the bundles: per-epoch history and the pretraining bundle's model export."""
 
 from __future__ import annotations
@@ -7,15 +18,16 @@ import logging
 import os
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader, LrScheduleHandler, ValidationHandler
 from selfmedhpm.checkpoint import PeriodicWriter, ResumeFromCheckpoint, register_state, save_atomic
 from selfmedhpm.ema import EMATeacher, unwrap
-from selfmedhpm.transfer import encoder_state_dict
+from selfmedhpm.transfer import encoder_settings_path, encoder_state_dict
 from selfmedhpm.utils import is_rank0, rank, write_json_atomic
 
 __all__ = [
@@ -190,8 +202,8 @@ def _plain(value: object) -> object:
 class PretrainExporter(PeriodicWriter):
     """Writes the pretraining results (rank 0, atomic): ``model.pt`` (the student's full state), ``teacher.pt`` (the
     EMA teacher's full state) and ``encoder.pt`` (the student's encoder in ``UNETR.vit`` layout), all plain tensor
-    state dicts; after every ``interval`` epochs when at least ``min_seconds`` have passed since the last export,
-    and always at the end of the run.
+    state dicts, and ``encoder.json`` (the ``settings`` the encoder is pretrained with); after every ``interval``
+    epochs when at least ``min_seconds`` have passed since the last export, and always at the end of the run.
 
     Args:
         output_dir: folder of the files (the bundle's ``models/`` by default).
@@ -200,6 +212,8 @@ class PretrainExporter(PeriodicWriter):
         min_seconds: least wall time between two exports. Defaults to 0.
         snapshot_epochs: epochs after which the teacher is also kept as ``teacher_epoch<N>.pt`` (to compare what
             it finds hard early and late in the run). Defaults to none.
+        settings: spacing, intensity window, crop and ViT sizes, recorded as ``{"pretrained_with": settings,
+            "epoch": N}`` in ``encoder.json`` so that fine-tuning can check its own against them. Defaults to none.
     """
 
     def __init__(
@@ -209,9 +223,11 @@ class PretrainExporter(PeriodicWriter):
         interval: int = 1,
         min_seconds: float = 0.0,
         snapshot_epochs: Sequence[int] = (),
+        settings: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(interval, min_seconds)
         self.output_dir, self.teacher = Path(output_dir), teacher
+        self.settings = dict(settings or {})
         self.snapshot_epochs = {int(e) for e in snapshot_epochs or ()}
 
     def attach(self, engine: Engine) -> None:
@@ -231,7 +247,9 @@ class PretrainExporter(PeriodicWriter):
         save_atomic({k: v.detach().cpu() for k, v in student.state_dict().items()}, self.output_dir / "model.pt")
         save_atomic({k: v.detach().cpu() for k, v in self.teacher.state_dict().items()}, self.output_dir / "teacher.pt")
         save_atomic(encoder_state_dict(student), self.output_dir / "encoder.pt")
-        logger.info("epoch %d: wrote model.pt, teacher.pt, encoder.pt to %s", engine.state.epoch, self.output_dir)
+        record = {"pretrained_with": self.settings, "epoch": engine.state.epoch}
+        write_json_atomic(record, encoder_settings_path(self.output_dir / "encoder.pt"))
+        logger.info("epoch %d: wrote model.pt, teacher.pt, encoder.pt/.json to %s", engine.state.epoch, self.output_dir)
 
 
 class CaseProgress:

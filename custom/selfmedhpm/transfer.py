@@ -1,11 +1,29 @@
+# Copyright (c) 2026 SelfMedHPM bundles contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """Weight transfer: the pretrained HPM encoder into MONAI's ``UNETR``, strictly, with position-embedding
-interpolation when the fine-tuning crop differs from the pretraining crop."""
+interpolation when the fine-tuning crop differs from the pretraining crop.
+
+Beside ``encoder.pt`` the pretraining bundle writes ``encoder.json``: the settings the encoder was pretrained with
+(voxel spacing, intensity window, crop, patch and ViT sizes; the ``encoder_settings`` of both bundles'
+``train.json``). Fine-tuning compares its own settings with them and names every difference.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,7 +35,9 @@ from selfmedhpm.ema import unwrap
 __all__ = [
     "EncoderMismatchError",
     "describe_state_dict_mismatch",
+    "encoder_settings_path",
     "encoder_state_dict",
+    "pretraining_differences",
     "interpolate_pos_embed",
     "load_pretrained_encoder",
 ]
@@ -81,6 +101,66 @@ def encoder_state_dict(network: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in unwrap(network).encoder.state_dict().items()}
 
 
+def encoder_settings_path(path: str | os.PathLike) -> Path:
+    """Where the settings of the encoder file ``path`` are recorded: ``encoder.pt`` -> ``encoder.json``."""
+    return Path(path).with_suffix(".json")
+
+
+def _plain(value: Any) -> Any:
+    """A setting in a comparable form: sequences as lists, numbers as floats (``[8, 8, 8]`` equals
+    ``[8.0, 8.0, 8.0]``)."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def pretraining_differences(recorded: Mapping[str, Any], settings: Mapping[str, Any]) -> list[str]:
+    """The settings that differ between an encoder's pretraining (``recorded``) and a fine-tuning (``settings``),
+    one line each; only the names both hold are compared.
+
+    Args:
+        recorded: the ``pretrained_with`` settings of an ``encoder.json``.
+        settings: the fine-tuning's ``encoder_settings``.
+
+    Examples:
+        >>> pretraining_differences({"pixdim": [1.5, 1.5, 2.0], "a_min": -175}, {"pixdim": [5, 5, 5], "a_min": -175.0})
+        ['pixdim: pretrained with [1.5, 1.5, 2.0], fine-tuned with [5, 5, 5]']
+    """
+    return [
+        f"{name}: pretrained with {recorded[name]}, fine-tuned with {settings[name]}"
+        for name in settings
+        if name in recorded and _plain(recorded[name]) != _plain(settings[name])
+    ]
+
+
+def _check_pretraining_settings(path: str | os.PathLike, settings: Mapping[str, Any]) -> list[str]:
+    """Logs how the fine-tuning's ``settings`` differ from those recorded beside the encoder file ``path``."""
+    record = encoder_settings_path(path)
+    if not record.is_file():
+        logger.warning("%s: no record of the settings %s was pretrained with; they are not checked.", record, path)
+        return []
+    try:
+        recorded = json.loads(record.read_text())["pretrained_with"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise EncoderMismatchError(f"{record}: not a record of pretraining settings ({error}).") from error
+    differences = pretraining_differences(recorded, settings)
+    if differences:
+        logger.warning(
+            "%s was pretrained with other settings than this fine-tuning uses (%s):\n  %s\nThe encoder learned "
+            "features at its pretraining spacing and intensity window; fine-tune with the same values (e.g. "
+            "--pixdim, --a_min, --a_max) unless the difference is intended. Position embeddings of another crop "
+            "are interpolated.",
+            path,
+            record,
+            "\n  ".join(differences),
+        )
+    else:
+        logger.info("%s: pretrained with the settings this fine-tuning uses (%s)", path, record)
+    return differences
+
+
 def interpolate_pos_embed(pos: torch.Tensor, new_grid: tuple[int, int, int]) -> torch.Tensor:
     """Trilinear resampling of ``[1, L, D]`` position embeddings from a cubic-or-not source grid to ``new_grid``.
     The source grid is inferred as the cube root of L when cubic.
@@ -99,7 +179,12 @@ def interpolate_pos_embed(pos: torch.Tensor, new_grid: tuple[int, int, int]) -> 
     return grid.permute(0, 2, 3, 4, 1).reshape(1, -1, width).to(pos.dtype)
 
 
-def load_pretrained_encoder(network: nn.Module, path: str | os.PathLike, vit_attr: str = "vit") -> nn.Module:
+def load_pretrained_encoder(
+    network: nn.Module,
+    path: str | os.PathLike,
+    vit_attr: str = "vit",
+    settings: Mapping[str, Any] | None = None,
+) -> nn.Module:
     """Loads an encoder file (from the pretraining bundle's ``models/encoder.pt``) into ``network.vit`` strictly.
 
     Every ViT tensor must be in the file with the right shape, except that position embeddings of another grid are
@@ -111,11 +196,15 @@ def load_pretrained_encoder(network: nn.Module, path: str | os.PathLike, vit_att
         network: a ``UNETR`` (or a DDP wrapper of one).
         path: the encoder file; loaded with ``weights_only=True``.
         vit_attr: attribute of the ViT in ``network``. Defaults to "vit".
+        settings: the fine-tuning's spacing, intensity window, crop and ViT sizes, compared with the ones recorded
+            in ``encoder.json`` beside ``path``; every difference is logged as a warning. Defaults to no check.
 
     Returns:
         ``network``, for use in config expressions.
     """
     vit = getattr(unwrap(network), vit_attr)
+    if settings is not None:
+        _check_pretraining_settings(path, settings)
     state = load_weights(path)
     if not isinstance(state, Mapping):
         raise EncoderMismatchError(f"{path}: expected a state dict of tensors, found {type(state).__name__}.")

@@ -1,3 +1,14 @@
+# Copyright (c) 2026 SelfMedHPM bundles contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """Builds ``OUT/dataset_0.json`` (and the label-set override ``OUT/labels.json``) from what a layout found.
 
 The data list keeps MONAI's BTCV layout, with paths **relative to** ``--src``, so both bundles take it as it is with
@@ -94,7 +105,7 @@ def build_datalist(
     Examples::
 
         >>> import tempfile
-        >>> from selfmedhpm.phantom import generate_dataset
+        >>> from selfmedhpm_tools.phantom import generate_dataset
         >>> src, out = tempfile.mkdtemp(), tempfile.mkdtemp()
         >>> _ = generate_dataset(src, cases=3, seed=0, shape=(32, 32, 16), verbose=False)
         >>> result = build_datalist(src, out)

@@ -1,8 +1,20 @@
+# Copyright (c) 2026 SelfMedHPM bundles contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """Reproducible, self-contained releases of the bundles and their model-zoo style index.
 
-``python -m selfmedhpm.release`` packs each bundle of ``bundles/`` into ``dist/<name>_v<version>.zip``:
+``python -m selfmedhpm_tools.release`` packs each bundle of ``bundles/`` into ``dist/<name>_v<version>.zip``:
 
-- top folder ``<name>/`` holding ``LICENSE``, ``configs/``, ``docs/``, the weights ``models/*.pt`` and the modules
+- top folder ``<name>/`` holding ``LICENSE``, ``configs/``, ``docs/``, the weights ``models/*.pt`` (with
+  ``encoder.json``, the settings an ``encoder.pt`` was pretrained with) and the modules
   of the ``selfmedhpm`` package that the bundle's configs need (``<name>/selfmedhpm/``), so the unpacked bundle runs
   with only its ``required_packages_version`` installed: ``cd <name> && python -m monai.bundle run --config_file
   configs/inference.json`` (Python puts the working folder first on ``sys.path``), or ``PYTHONPATH=<name>`` from
@@ -24,9 +36,10 @@ and the release carries them as ``configs/released_weights.json``, listed in the
 
 Examples::
 
-    python -m selfmedhpm.release --update-index
-    python -m selfmedhpm.release --bundles selfmedhpm_ct_segmentation --allow-missing-weights
-    python -m selfmedhpm.release --update-index --weights_from selfmedhpm_ct_segmentation=results/demo/finetune_hpm \
+    python -m selfmedhpm_tools.release --update-index
+    python -m selfmedhpm_tools.release --bundles selfmedhpm_ct_segmentation --allow-missing-weights
+    python -m selfmedhpm_tools.release --update-index \
+        --weights_from selfmedhpm_ct_segmentation=results/demo/finetune_hpm \
         --set "selfmedhpm_ct_segmentation:roi_size=[64,48,48]" --set "selfmedhpm_ct_segmentation:feature_size=16"
 """
 
@@ -48,6 +61,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import selfmedhpm
+from selfmedhpm.transfer import encoder_settings_path
 from selfmedhpm.utils import atomic_write
 
 __all__ = [
@@ -77,7 +92,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGE = Path(__file__).resolve().parent
+PACKAGE = Path(selfmedhpm.__file__).resolve().parent  # the runtime package, the only one the zips carry
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 FILE_MODE = 0o100644
 BUILDS_ON = {"selfmedhpm_ct_segmentation": "selfmedhpm_ct_pretraining"}
@@ -248,6 +263,8 @@ def release_files(
     models = Path(weights_dir) if weights_dir else bundle_dir / "models"
     for path in sorted(models.glob("*.pt")) if models.is_dir() else []:
         files[f"{name}/models/{path.name}"] = path
+        if path.name == "encoder.pt" and encoder_settings_path(path).is_file():  # what it was pretrained with
+            files[f"{name}/models/{encoder_settings_path(path).name}"] = encoder_settings_path(path)
     for module in package_modules(bundle_dir, package_dir):
         files[f"{name}/selfmedhpm/{module}"] = package_dir / module
     return dict(sorted(files.items()))
@@ -345,7 +362,7 @@ def assemble_bundle(
     weights_dir: str | Path | None = None,
     package_dir: str | Path = PACKAGE,
 ) -> Path:
-    """Copies the bundle, self-contained, to ``target``: what its release zip holds (``selfmedhpm.release``:
+    """Copies the bundle, self-contained, to ``target``: what its release zip holds (``selfmedhpm_tools.release``:
     LICENSE, configs, docs, ``models/*.pt`` from ``weights_dir`` or the bundle, and the package modules its configs
     need under ``target/selfmedhpm/``).
     """
@@ -734,7 +751,7 @@ def _weights_dirs(values: Sequence[str]) -> dict[str, Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m selfmedhpm.release", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m selfmedhpm_tools.release", description=__doc__.split("\n")[0])
     parser.add_argument("--bundles", nargs="*", help="bundle folder names (default: every bundle)")
     parser.add_argument("--bundles_dir", type=Path, default=ROOT / "bundles")
     parser.add_argument("--dist", type=Path, default=ROOT / "dist", help="where the zips go")

@@ -1,3 +1,14 @@
+# Copyright (c) 2026 SelfMedHPM bundles contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """The prose of docs/benchmarks.md: targets met or missed with what limits them, the speed knobs with their measured
 effect, and how to use the options (bf16 on the CPU, the GPU-resident cache, the int8 teacher). Numbers come from
 this run's results; nothing here is hard-coded from an earlier run."""
@@ -242,7 +253,7 @@ def text(res: Results, info: dict[str, Any], cfg: Config) -> str:
         "- Loader: the pretraining bundle's `train#dataloader` from `train.json` via `ConfigParser` over synthetic "
         "CTs (caching excluded, whole epochs timed, worker start-up included).\n"
         "- Inference: the segmentation bundle's `inference.json` in a child process "
-        "(`custom/selfmedhpm/benchmarks/inference.py`), `evaluator.run()` interleaved with a bare "
+        "(`custom/selfmedhpm_tools/benchmarks/inference.py`), `evaluator.run()` interleaved with a bare "
         "`sliding_window_inference` of the same network on the pre-processed tensor; peak memory: the child's "
         "process tree (PSS) sampled with psutil, and its `VmHWM`.\n",
     ]

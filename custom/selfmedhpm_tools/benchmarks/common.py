@@ -1,5 +1,16 @@
+# Copyright (c) 2026 SelfMedHPM bundles contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """Shared pieces of the benchmarks: the machine's description, interleaved timing, FLOP counting, the matmul peak and
-the result record that :mod:`selfmedhpm.benchmarks.report` writes out."""
+the result record that :mod:`selfmedhpm_tools.benchmarks.report` writes out."""
 
 from __future__ import annotations
 
@@ -36,7 +47,7 @@ __all__ = [
     "log",
 ]
 
-ROOT = Path(__file__).resolve().parents[3]  # the repository: custom/selfmedhpm/benchmarks/common.py
+ROOT = Path(__file__).resolve().parents[3]  # the repository: custom/selfmedhpm_tools/benchmarks/common.py
 PRETRAIN_CONFIGS = ROOT / "bundles" / "selfmedhpm_ct_pretraining" / "configs"
 SEGMENT_CONFIGS = ROOT / "bundles" / "selfmedhpm_ct_segmentation" / "configs"
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
@@ -278,9 +289,9 @@ def num_threads(n: int | None) -> Iterator[None]:
 
 def phantom_crops(count: int, roi: int, seed: int = 0) -> torch.Tensor:
     """``count`` random ``roi^3`` crops ``[count, 1, roi, roi, roi]`` of a synthetic abdominal CT
-    (:func:`selfmedhpm.phantom.generate_case`), HU window -175..250 scaled to [0, 1] as the bundles do."""
+    (:func:`selfmedhpm_tools.phantom.generate_case`), HU window -175..250 scaled to [0, 1] as the bundles do."""
     import numpy as np
-    from selfmedhpm.phantom import generate_case
+    from selfmedhpm_tools.phantom import generate_case
 
     side = max(2 * roi, 128)
     image, _, _ = generate_case(seed, shape=(side, side, max(roi + 16, 64)))

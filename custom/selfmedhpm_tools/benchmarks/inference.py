@@ -1,10 +1,21 @@
+# Copyright (c) 2026 SelfMedHPM bundles contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """Figures 4 and 5a: the segmentation inference bundle end to end against a bare sliding window, its peak memory, and
 inference time against volume size; knobs: sw_batch_size, bf16 autocast, channels-last.
 
-The bundle runs in a child process (``python -m selfmedhpm.benchmarks.inference JOB.json``) so that its peak resident
-memory (the child and its data-loader workers, sampled with psutil; the child's ``VmHWM``) is its own. The child builds
-the bundle with ``monai.bundle.ConfigWorkflow`` from ``inference.json`` and times ``evaluator.run()`` (read,
-pre-process, sliding window at overlap 0.5, softmax/argmax, invert, write) interleaved with a bare
+The bundle runs in a child process (``python -m selfmedhpm_tools.benchmarks.inference JOB.json``) so that its peak
+resident memory (the child and its data-loader workers, sampled with psutil; the child's ``VmHWM``) is its own. The
+child builds the bundle with ``monai.bundle.ConfigWorkflow`` from ``inference.json`` and times ``evaluator.run()``
+(read, pre-process, sliding window at overlap 0.5, softmax/argmax, invert, write) interleaved with a bare
 ``monai.inferers.sliding_window_inference`` of the same network, in the same precision, on the already pre-processed
 tensor.
 """
@@ -32,12 +43,12 @@ CPU_PRESET_KEYS = ("roi_size", "sw_batch_size", "feature_size", "hidden_size", "
 def make_volume(
     path: Path, shape: tuple[int, int, int], seed: int = 0, tiles: int = 1, crop: tuple[int, int, int] | None = None
 ) -> Path:
-    """A synthetic CT (:func:`selfmedhpm.phantom.generate_case`) as NIfTI. ``crop`` keeps a central block of that
+    """A synthetic CT (:func:`selfmedhpm_tools.phantom.generate_case`) as NIfTI. ``crop`` keeps a central block of that
     many voxels (a smaller field of view: the phantom's spacing adapts to ``shape`` so that the body always fills
     it); ``tiles`` > 1 stacks copies along z with the same spacing (``tiles`` times the voxels before and after
     pre-processing)."""
     import nibabel as nib
-    from selfmedhpm.phantom import generate_case
+    from selfmedhpm_tools.phantom import generate_case
 
     if not path.is_file():
         image, _, affine = generate_case(seed, shape=shape)
@@ -104,7 +115,9 @@ def run_child(job: dict[str, Any], workdir: Path, name: str, timeout: float = 36
     job_path.write_text(json.dumps(job, indent=1))
     out_path.unlink(missing_ok=True)
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "selfmedhpm.benchmarks.inference", str(job_path), str(out_path)])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "selfmedhpm_tools.benchmarks.inference", str(job_path), str(out_path)]
+    )
     peak, stop = [0, 0], threading.Event()
 
     def sample() -> None:
@@ -159,7 +172,7 @@ def _bare(workflow: Any, input_file: str) -> tuple[Any, Any]:
     bundle's roi, sw_batch_size, overlap and precision, under ``no_grad`` like MONAI's evaluator."""
     import torch
     from monai.inferers import sliding_window_inference
-    from selfmedhpm.engine import autocast
+    from selfmedhpm.utils import autocast
 
     parser = workflow.parser
     device = parser.get_parsed_content("device")

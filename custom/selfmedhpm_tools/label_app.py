@@ -1,6 +1,17 @@
+# Copyright (c) 2026 SelfMedHPM bundles contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """A MONAI Label app folder for the segmentation bundle: annotators get organ labels for a CT and train further.
 
-``python -m selfmedhpm.label_app --out apps/selfmedhpm --preset cpu`` writes
+``python -m selfmedhpm_tools.label_app --out apps/selfmedhpm --preset cpu`` writes
 
 - ``apps/selfmedhpm/``: a copy of MONAI Label's ``monaibundle`` sample app, taken from the MONAI Label
   installation (``.venv-monailabel/monailabel/sample-apps/monaibundle``, ``--sample_app`` for another one);
@@ -36,7 +47,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from selfmedhpm.release import MERGED_CONFIGS, PACKAGE, ROOT, apply_overrides, assemble_bundle, merge_config
+from selfmedhpm_tools.release import MERGED_CONFIGS, PACKAGE, ROOT, apply_overrides, assemble_bundle, merge_config
 
 __all__ = [
     "BUNDLE",
@@ -206,7 +217,7 @@ def parse_settings(items: Sequence[str]) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m selfmedhpm.label_app", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m selfmedhpm_tools.label_app", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="the app folder to write")
     parser.add_argument("--bundle", type=Path, default=BUNDLE, help="the bundle folder (default: segmentation)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="merged into the configs")

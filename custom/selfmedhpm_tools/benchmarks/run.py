@@ -1,4 +1,15 @@
-"""Entry point of the benchmarks: ``python -m selfmedhpm.benchmarks.run [--quick] [--only step loader ...]``.
+# Copyright (c) 2026 SelfMedHPM bundles contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""Entry point of the benchmarks: ``python -m selfmedhpm_tools.benchmarks.run [--quick] [--only step loader ...]``.
 
 Measures the figures of docs/benchmarks.md on this machine (the CPU column, and the GPU column when a GPU is
 present), writes ``docs/benchmarks.md`` and ``docs/benchmarks.json`` and prints the figures table. Quick mode
@@ -22,7 +33,9 @@ SECTIONS = ("step", "loader", "inference", "precision")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m selfmedhpm.benchmarks.run", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m selfmedhpm_tools.benchmarks.run", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--quick", action="store_true", help="small settings, a few minutes on 2 CPU cores")
     parser.add_argument("--only", nargs="+", choices=SECTIONS, default=(), help="run only these sections")
     parser.add_argument("--reps", type=int, default=None, help="timed repetitions (default 3 quick, 5 full)")

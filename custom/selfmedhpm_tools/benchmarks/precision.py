@@ -1,3 +1,14 @@
+# Copyright (c) 2026 SelfMedHPM bundles contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """bf16 autocast on the CPU as an option of both bundles: its speed-up and its effect on training.
 
 * Pretraining: the bundle's CPU preset (``train.json`` + ``train_cpu.json``) trained for a few epochs on synthetic
@@ -52,8 +63,8 @@ def pretrain_curves(cfg: Config, workdir: Path) -> dict[str, Any]:
     from selfmedhpm.checkpoint import load_weights
     from selfmedhpm.masking import num_masked
     from selfmedhpm.networks import HPMMaskedAutoEncoder
-    from selfmedhpm.phantom import generate_dataset
     from selfmedhpm.quant import Int8Teacher
+    from selfmedhpm_tools.phantom import generate_dataset
 
     from .step import CPU_PRESET, HARD_RATIO, MASK_RATIO, hard_set_overlap
 

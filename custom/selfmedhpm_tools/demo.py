@@ -1,7 +1,18 @@
+# Copyright (c) 2026 SelfMedHPM bundles contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """The main job, end to end on built-in synthetic CT: generate data -> HPM pretraining -> UNETR fine-tuning from the
 pretrained encoder and from scratch -> evaluation -> report (tables, figures), every stage tracked in MLflow.
 
-Run ``make demo`` or ``python -m selfmedhpm.demo --results_dir results/demo``; the defaults finish in about
+Run ``make demo`` or ``python -m selfmedhpm_tools.demo --results_dir results/demo``; the defaults finish in about
 13 minutes on 2 CPU cores. Everything lands under ``--results_dir``; ``mlflow ui --backend-store-uri
 sqlite:///results/demo/mlflow.db`` shows the runs.
 """
@@ -18,8 +29,8 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
-from selfmedhpm import reports
-from selfmedhpm.phantom import generate_dataset
+from selfmedhpm_tools import reports
+from selfmedhpm_tools.phantom import generate_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 PRETRAIN = ROOT / "bundles" / "selfmedhpm_ct_pretraining"
@@ -104,7 +115,7 @@ def ranking_figures(pre_dir: Path, data: Path, cases: list[dict], overrides: dic
     from monai.bundle import ConfigParser
     from monai.transforms import Compose, RandSpatialCropSamples
     from selfmedhpm.checkpoint import load_weights
-    from selfmedhpm.metrics import teacher_ranking
+    from selfmedhpm_tools.metrics import teacher_ranking
 
     parser = ConfigParser()
     parser.read_config(_configs(PRETRAIN, "train.json", "train_cpu.json"))
@@ -139,7 +150,7 @@ def _load(path: Path) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m selfmedhpm.demo", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m selfmedhpm_tools.demo", description=__doc__.split("\n")[0])
     parser.add_argument("--data_dir", default="results/data", type=Path, help="synthetic data (generated if absent)")
     parser.add_argument("--results_dir", default="results/demo", type=Path, help="everything the demo writes")
     parser.add_argument("--cases", default=12, type=int, help="synthetic cases (a quarter for validation)")

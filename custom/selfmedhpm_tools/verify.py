@@ -1,4 +1,15 @@
-"""The MONAI model zoo's checks of every bundle, offline, as one command: ``python -m selfmedhpm.verify``.
+# Copyright (c) 2026 SelfMedHPM bundles contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""The MONAI model zoo's checks of every bundle, offline, as one command: ``python -m selfmedhpm_tools.verify``.
 
 Per bundle: required files; version (a key of the changelog, single-digit components) and the repository's index
 (``bundle_index.json`` must describe the bundle's current content: ``make index``); metadata against the
@@ -6,14 +17,17 @@ shipped schema; ``check_properties()`` of the train and inference workflows (on 
 ``verify_net_in_out``; TorchScript export (``ckpt_export`` + ``torch.jit.load``) unless the metadata declares it
 unsupported (``"torchscript_export": "not supported: <why>"``); JSON pretty-printed with a 4-space indent; the
 modules the release carries import only the bundle's ``required_packages_version``. For the repository: no
-committed file over 1 MB, and black / isort / flake8 at line length 120 on ``custom/`` and ``tests/``.
+committed file over 1 MB, black / isort / flake8 at line length 120 on ``custom/`` and ``tests/``, and the settings
+an encoder carries from pretraining to fine-tuning: the image pre-processing of both bundles' ``train.json`` and
+``inference.json`` (orientation, spacing, intensity window, foreground crop) and their ``encoder_settings``, with and
+without the CPU preset, are the same.
 
 Prints one line per check (``ok``, ``n/a`` with the reason, ``warn`` or ``FAIL``) and exits 1 when a check fails.
 
 Examples::
 
-    python -m selfmedhpm.verify
-    python -m selfmedhpm.verify --bundles selfmedhpm_ct_segmentation --skip lint
+    python -m selfmedhpm_tools.verify
+    python -m selfmedhpm_tools.verify --bundles selfmedhpm_ct_segmentation --skip lint
 """
 
 from __future__ import annotations
@@ -33,7 +47,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from selfmedhpm.release import ROOT, bundle_metadata, content_sha1, package_modules, release_files
+from selfmedhpm_tools.release import ROOT, bundle_metadata, content_sha1, package_modules, release_files
 
 __all__ = ["Result", "CHECKS", "verify_bundle", "verify_repository", "main"]
 
@@ -138,7 +152,7 @@ def check_metadata(bundle: Path, context: dict) -> str:
 def _data_dir(context: dict) -> Path:
     """A two-case synthetic data set (made once), with the validation image also in imagesTs/."""
     if "data_dir" not in context:
-        from selfmedhpm.phantom import generate_dataset
+        from selfmedhpm_tools.phantom import generate_dataset
 
         out = Path(context["tmp"]) / "data"
         generate_dataset(out, cases=2, seed=0, val_fraction=0.5, shape=(64, 64, 32), verbose=False)
@@ -280,7 +294,7 @@ def check_carried_imports(bundle: Path, context: dict) -> str:
     the bundle's ``required_packages_version``."""
     from importlib.metadata import packages_distributions
 
-    from selfmedhpm.release import PACKAGE
+    from selfmedhpm_tools.release import PACKAGE
 
     meta = bundle_metadata(bundle)
     allowed = {_normalize(n) for n in meta.get("required_packages_version", {})} | ALWAYS_AVAILABLE
@@ -386,10 +400,80 @@ def check_lint(root: Path) -> str:
     return f"black, isort, flake8 clean on {', '.join(paths)}"
 
 
+SHARED_PREPROCESSING = {  # bundle -> {config file: id of the list of its image pre-processing transforms}
+    "selfmedhpm_ct_pretraining": {"train.json": "preprocessing", "inference.json": "preprocessing#transforms"},
+    "selfmedhpm_ct_segmentation": {
+        "train.json": "train#deterministic_transforms",
+        "inference.json": "preprocessing#transforms",
+    },
+}
+SHARED_STEPS = {  # transform -> the arguments that decide what the encoder sees
+    "Orientationd": ("axcodes",),
+    "Spacingd": ("pixdim", "mode"),
+    "ScaleIntensityRanged": ("a_min", "a_max", "b_min", "b_max", "clip"),
+    "CropForegroundd": ("source_key", "margin", "allow_smaller"),
+}
+SAME_STEP = {"selfmedhpm.seg_data.MetaSafeSpacingd": "Spacingd"}  # Spacingd that MONAI Label can run
+
+
+def _parser(configs: Sequence[Path]):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(p) for p in configs])
+    return parser
+
+
+def preprocessing_steps(config: Path, steps_id: str) -> list[tuple[str, dict]]:
+    """The image pre-processing of ``config`` that pretraining and fine-tuning must share: ``(transform, {argument:
+    value})`` in order, references resolved, the image's interpolation mode picked out of per-key modes."""
+    parser = _parser([config])
+    steps = []
+    for i, step in enumerate(parser[steps_id]):
+        name = SAME_STEP.get(step.get("_target_"), step.get("_target_")) if isinstance(step, dict) else None
+        if name not in SHARED_STEPS:
+            continue
+        args = {a: parser.get_parsed_content(f"{steps_id}#{i}#{a}") for a in SHARED_STEPS[name] if a in step}
+        keys = step.get("keys")
+        if isinstance(args.get("mode"), (list, tuple)) and isinstance(keys, list):
+            args["mode"] = args["mode"][keys.index("image")]
+        steps.append((name, json.loads(json.dumps(args))))
+    return steps
+
+
+def check_shared_settings(root: Path) -> str:
+    """Pretraining and fine-tuning pre-process images alike and agree on the encoder's settings (see the module)."""
+    bundles = root / "bundles"
+    problems, reference = [], None
+    for bundle, configs in SHARED_PREPROCESSING.items():
+        for name, steps_id in configs.items():
+            steps = preprocessing_steps(bundles / bundle / "configs" / name, steps_id)
+            where = f"{bundle}/configs/{name}"
+            if reference is None:
+                reference = (where, steps)
+            elif steps != reference[1]:
+                problems.append(f"{where} pre-processes images as {steps}, {reference[0]} as {reference[1]}")
+    for preset in ([], ["train_cpu.json"]):
+        found = {}
+        for bundle in SHARED_PREPROCESSING:
+            parser = _parser([bundles / bundle / "configs" / n for n in ["train.json", *preset]])
+            found[bundle] = json.loads(json.dumps(parser.get_parsed_content("encoder_settings")))
+        (a, first), (b, second) = found.items()
+        for key in sorted(set(first) & set(second)):
+            if first[key] != second[key]:
+                problems.append(f"encoder_settings#{key} of train.json{' + ' if preset else ''}{''.join(preset)}: "
+                                f"{a} {first[key]}, {b} {second[key]}")  # fmt: skip
+    if problems:
+        raise CheckFailed("; ".join(problems))
+    steps = " -> ".join(name for name, _ in reference[1])
+    return f"train and inference of both bundles pre-process alike ({steps}); encoder_settings agree"
+
+
 REPOSITORY_CHECKS: dict[str, Callable[[Path], str]] = {
     "file_sizes": check_file_sizes,
     "index_format": check_index_format,
     "lint": check_lint,
+    "shared_settings": check_shared_settings,
 }
 
 
@@ -408,14 +492,14 @@ def _quiet() -> None:
     import monai.bundle  # noqa: F401  (creates MONAI's loggers)
 
     for name in list(logging.root.manager.loggerDict):
-        if name.split(".")[0] in ("monai", "ignite", "selfmedhpm"):
+        if name.split(".")[0] in ("monai", "ignite", "selfmedhpm", "selfmedhpm_tools"):
             logging.getLogger(name).setLevel(logging.WARNING)
     logging.getLogger("monai.bundle.workflows").setLevel(logging.ERROR)  # "Logging file is set to False"
     warnings.filterwarnings("ignore", message="No hash value provided")  # the shipped schema is not downloaded
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m selfmedhpm.verify", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m selfmedhpm_tools.verify", description=__doc__.split("\n")[0])
     parser.add_argument("--bundles", nargs="*", help="bundle folder names (default: every bundle)")
     parser.add_argument("--bundles_dir", type=Path, default=ROOT / "bundles")
     parser.add_argument("--index", type=Path, default=ROOT / "bundle_index.json")

@@ -1,3 +1,14 @@
+# Copyright (c) 2026 SelfMedHPM bundles contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """What HPM pretraining buys with few labels: scratch vs MAE vs HPM vs loss-prediction-only, over seeds and label
 budgets, on synthetic CT, with paired confidence intervals. ``make study`` / ``make study-quick``.
 
@@ -20,9 +31,9 @@ rebuilt from whatever runs are done.
 
 Examples::
 
-    python -m selfmedhpm.study --out docs/results            # the full study (CPU preset)
-    python -m selfmedhpm.study --quick --out results/study_quick
-    python -m selfmedhpm.study --preset gpu --out results/study_gpu
+    python -m selfmedhpm_tools.study --out docs/results            # the full study (CPU preset)
+    python -m selfmedhpm_tools.study --quick --out results/study_quick
+    python -m selfmedhpm_tools.study --preset gpu --out results/study_gpu
 """
 
 from __future__ import annotations
@@ -123,7 +134,7 @@ QUICK = {"arms": ("scratch", "hpm"), "budgets": (3,), "seeds": (0,)}
 
 def make_data(out: Path, protocol: Protocol) -> dict[str, list[dict]]:
     """Writes the synthetic cases once (``out/data``) and returns the lists ``pool``, ``validation``, ``test``."""
-    from selfmedhpm.phantom import generate_dataset
+    from selfmedhpm_tools.phantom import generate_dataset
 
     data = out / "data"
     total = protocol.pool + protocol.validation + protocol.test
@@ -165,7 +176,7 @@ def _finish(folder: Path, started: float, **facts: Any) -> None:
 
 
 def _bundle(configs: Sequence[str], bundle: Path, tracking_uri: str, run_name: str, **overrides: Any) -> None:
-    from selfmedhpm.demo import run_bundle
+    from selfmedhpm_tools.demo import run_bundle
 
     files = [str(bundle / "configs" / name) for name in configs]
     run_bundle(files, tracking_uri, run_name, experiment_name="selfmedhpm_study", **overrides)
@@ -301,8 +312,8 @@ def collect(out: Path, protocol: Protocol) -> dict[str, Any]:
 
 def write_report(out: Path, protocol: Protocol, runs: Mapping, wall: float, command: str) -> Path:
     """``out/README.md`` and ``out/figures/*.png`` from the finished runs."""
-    from selfmedhpm import reports
-    from selfmedhpm.stats import paired_bootstrap_ci
+    from selfmedhpm_tools import reports
+    from selfmedhpm_tools.stats import paired_bootstrap_ci
 
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)
@@ -399,8 +410,8 @@ def write_report(out: Path, protocol: Protocol, runs: Mapping, wall: float, comm
 
 
 def _figures(figures: Path, protocol: Protocol, runs: Mapping) -> None:
-    from selfmedhpm import reports
-    from selfmedhpm.reports import plt
+    from selfmedhpm_tools import reports
+    from selfmedhpm_tools.reports import plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for arm in protocol.arms:
@@ -451,7 +462,7 @@ def teacher_figures(out: Path, protocol: Protocol, lists: Mapping, tracking_uri:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m selfmedhpm.study", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m selfmedhpm_tools.study", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("docs/results"), help="results (and runs/, data/)")
     parser.add_argument("--quick", action="store_true", help="one seed, arms scratch and hpm, one label budget")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")

@@ -1,3 +1,14 @@
+# Copyright (c) 2026 SelfMedHPM bundles contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """Deterministic synthetic abdominal CT ("phantom") in the BTCV layout, so demos and tests need no download.
 
 Anatomy model
@@ -434,7 +445,7 @@ def generate_dataset(
     n_val = 0 if cases < 2 else min(cases - 1, max(1, round(cases * val_fraction)))
     info = {
         "name": "SelfMedHPM synthetic abdomen CT",
-        "description": f"Deterministic BTCV-layout phantoms (selfmedhpm.phantom, seed {seed}); not patient data",
+        "description": f"Deterministic BTCV-layout phantoms (selfmedhpm_tools.phantom, seed {seed}); not patient data",
         "tensorImageSize": "3D",
         "modality": {"0": "CT"},
         "labels": {str(k): v for k, v in BTCV_LABELS.items()},
@@ -449,8 +460,8 @@ def generate_dataset(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: ``python -m selfmedhpm.phantom --out DIR --cases N --seed S``."""
-    parser = argparse.ArgumentParser(prog="python -m selfmedhpm.phantom", description=__doc__.split("\n")[0])
+    """Command line: ``python -m selfmedhpm_tools.phantom --out DIR --cases N --seed S``."""
+    parser = argparse.ArgumentParser(prog="python -m selfmedhpm_tools.phantom", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, type=Path, help="output directory")
     parser.add_argument("--cases", type=int, default=8, help="number of cases (default 8)")
     parser.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")

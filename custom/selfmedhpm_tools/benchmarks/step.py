@@ -1,3 +1,14 @@
+# Copyright (c) 2026 SelfMedHPM bundles contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """Figures 1, 2 and 5b: one HPM pretraining iteration against one iteration of MONAI's ``MaskedAutoEncoderViT``.
 
 The HPM iteration runs through the real code path: ``HPMTrainer._iteration`` (teacher pass, hard-patch mask, student
@@ -38,24 +49,22 @@ from .common import (
 
 __all__ = ["VIT_B", "CPU_PRESET", "HPMStep", "MAEStep", "hard_set_overlap", "unfused_like", "run"]
 
-VIT_B = dict(
-    hidden_size=768,
-    mlp_dim=3072,
-    num_heads=12,
-    decoder_hidden_size=384,
-    decoder_mlp_dim=1536,
-    decoder_num_layers=8,
-    decoder_num_heads=12,
-)
-CPU_PRESET = dict(
-    hidden_size=96,
-    mlp_dim=384,
-    num_heads=4,
-    decoder_hidden_size=48,
-    decoder_mlp_dim=192,
-    decoder_num_layers=2,
-    decoder_num_heads=4,
-)
+NETWORK_KEYS = ("hidden_size", "mlp_dim", "num_heads", "decoder_hidden_size", "decoder_mlp_dim", "decoder_num_layers",
+                "decoder_num_heads")  # fmt: skip
+
+
+def network_sizes(*configs: str) -> dict[str, int]:
+    """The widths of the pretraining bundle's network in ``configs`` (merged in order), so the benchmarks measure
+    the bundle's presets as they are: ``network_sizes("train.json")`` is ViT-B, ``+ "train_cpu.json"`` the CPU one."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(PRETRAIN_CONFIGS / name) for name in configs])
+    return {key: int(parser[key]) for key in NETWORK_KEYS}
+
+
+VIT_B = network_sizes("train.json")
+CPU_PRESET = network_sizes("train.json", "train_cpu.json")
 MASK_RATIO, HARD_RATIO, BATCH = 0.75, 0.5, 2
 
 

@@ -1,0 +1,25 @@
+# Copyright (c) 2026 SelfMedHPM bundles contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""Performance benchmarks of the SelfMedHPM bundles (``make bench`` / ``make bench-quick``), not part of ``make test``.
+
+Entry point: ``python -m selfmedhpm_tools.benchmarks.run [--quick]``. One module per figure:
+
+* :mod:`selfmedhpm_tools.benchmarks.step`: HPM vs MONAI MAE pretraining iteration (time, FLOPs, MFU), teacher
+  precision and its effect on the hard-patch mask, iteration time vs crop size.
+* :mod:`selfmedhpm_tools.benchmarks.loader`: crops per second of the pretraining bundle's data loader vs the training
+  step.
+* :mod:`selfmedhpm_tools.benchmarks.inference`: the segmentation inference bundle end to end vs a bare sliding window,
+  peak memory, time vs volume size.
+* :mod:`selfmedhpm_tools.benchmarks.precision`: fp32 vs bf16 autocast on CPU: speed and loss curves of both bundles.
+
+:mod:`selfmedhpm_tools.benchmarks.report` writes ``docs/benchmarks.md`` and ``docs/benchmarks.json``.
+"""
