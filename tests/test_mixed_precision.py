@@ -72,7 +72,10 @@ def test_pretraining_bundle_runs_under_cpu_bf16_autocast(tiny_ct, tmp_path):
             num_samples=2,
         )
     trainer = workflow.parser.get_parsed_content("train#trainer")
-    assert trainer.precision == "bf16" and trainer.teacher_precision == "bf16"  # the teacher follows "precision"
+    assert (
+        trainer.inferer.precision == "bf16" and trainer.teacher_precision == "bf16"
+    )  # the teacher follows "precision"
+    assert type(trainer.inferer).__name__ == "AutocastInferer" and not trainer.amp  # fp16's gradient scaler only
     assert seen == {torch.bfloat16}, seen  # the student's linear layers really ran in bf16
     history = json.loads((tmp_path / "history.json").read_text())
     assert [r["epoch"] for r in history] == [1, 2]

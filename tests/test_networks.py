@@ -161,9 +161,7 @@ def test_hpm_trainer_takes_images_from_prepare_batch_and_runs_the_student_throug
     assert torch.equal(trainer.state.output["image"], batches[-1]["ct"])
 
 
-@pytest.mark.parametrize(
-    "refused", [{"amp": True}, {"amp_kwargs": {"dtype": torch.bfloat16}}, {"accumulation_steps": 2}]
-)
+@pytest.mark.parametrize("refused", [{"amp_kwargs": {"dtype": torch.bfloat16}}, {"accumulation_steps": 2}])
 def test_hpm_trainer_refuses_the_trainer_arguments_it_would_ignore(refused):
     from selfmedhpm.ema import EMATeacher
     from selfmedhpm.engine import HPMTrainer

@@ -20,6 +20,7 @@ package :mod:`selfmedhpm_tools`, which imports this one and is never imported by
   relative loss-prediction loss.
 - :mod:`selfmedhpm.networks`: the HPM masked autoencoder (ViT encoder in MONAI ``UNETR.vit`` layout + two heads).
 - :mod:`selfmedhpm.ema`, :mod:`selfmedhpm.engine`: the EMA teacher and the HPM trainer (a MONAI ``SupervisedTrainer``).
+- :mod:`selfmedhpm.inferers`: mixed precision, the same way in both bundles.
 - :mod:`selfmedhpm.transfer`, :mod:`selfmedhpm.checkpoint`: encoder export, strict loading into UNETR, atomic
   checkpoints.
 - :mod:`selfmedhpm.check_data`, :mod:`selfmedhpm.datalist`: data checks with clear messages; datalists of your data.
@@ -62,6 +63,7 @@ _SUBMODULES = {
     "faults",
     "utils",
     "patches",
+    "inferers",
 }
 
 install_excepthook()  # a run that fails on the user's input ends with one line naming the file and the problem

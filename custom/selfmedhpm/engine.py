@@ -68,12 +68,11 @@ class HPMTrainer(SupervisedTrainer):
         teacher: the :class:`~selfmedhpm.ema.EMATeacher` of the student.
         mask_ratio: gamma. Defaults to 0.75.
         final_hard_ratio: alpha_T. Defaults to 0.5.
-        precision: student precision, "fp32", "bf16" (CPU or GPU autocast) or "fp16" (GPU, with a grad scaler).
         teacher_precision: precision of the teacher pass: "fp32", "bf16"/"fp16" (autocast) where the hardware has
             it, or "int8" (a :class:`~selfmedhpm.quant.Int8Teacher` shadow of the EMA weights, for CPUs with int8
             dot products but no fast bf16; see :func:`~selfmedhpm.quant.default_teacher_precision`). Defaults to
-            ``precision``. The teacher only ranks patches, so its precision changes which patches are hard at the
-            margin only (``make bench`` reports the overlap of the hard sets against fp32).
+            "fp32". The teacher only ranks patches, so its precision changes which patches are hard at the margin
+            only (``make bench`` reports the overlap of the hard sets against fp32).
         teacher_refresh_interval: with ``teacher_precision="int8"``, re-quantise from the EMA weights every this many
             iterations, counted from each epoch's start (so a run resumed from an epoch checkpoint re-quantises
             at the same iterations as an uninterrupted one).
@@ -81,9 +80,11 @@ class HPMTrainer(SupervisedTrainer):
         train_handlers: ignite handlers, as in ``SupervisedTrainer``.
         kwargs: the other ``SupervisedTrainer`` arguments (``epoch_length``, ``key_train_metric``, ...), honoured as
             there: ``prepare_batch`` gives the images (its first item; labels are not used), ``inferer`` runs the
-            student as ``inferer(images, network, mask)`` (MONAI's ``SimpleInferer`` by default), ``postprocessing``
-            and ``decollate`` act on the output. ``amp``/``amp_kwargs`` (use ``precision``) and gradient accumulation
-            are refused with a ValueError rather than ignored.
+            student as ``inferer(images, network, mask)`` (MONAI's ``SimpleInferer`` by default; the student's mixed
+            precision is an :class:`~selfmedhpm.inferers.AutocastInferer`, as in the segmentation bundle),
+            ``amp=True`` adds MONAI's gradient scaler (fp16), ``postprocessing`` and ``decollate`` act on the
+            output. ``amp_kwargs`` (the inferer's precision does that) and gradient accumulation are refused with a
+            ValueError rather than ignored.
 
     Raises:
         ValueError: an argument this trainer does not honour, or a precision the device lacks.
@@ -100,37 +101,33 @@ class HPMTrainer(SupervisedTrainer):
         teacher: EMATeacher,
         mask_ratio: float = 0.75,
         final_hard_ratio: float = 0.5,
-        precision: str = "fp32",
-        teacher_precision: str | None = None,
+        teacher_precision: str = "fp32",
         teacher_refresh_interval: int = 10,
         seed: int = 0,
         train_handlers: Sequence | None = None,
         **kwargs: Any,
     ) -> None:
         device = torch.device(device)
-        refused = {k: kwargs[k] for k in ("amp", "amp_kwargs") if kwargs.get(k)}
+        refused = {k: kwargs[k] for k in ("amp_kwargs",) if kwargs.get(k)}
         refused.update({k: kwargs[k] for k in ("accumulation_steps",) if kwargs.get(k, 1) != 1})
         if refused:
             raise ValueError(
-                f"HPMTrainer does not honour {refused}: mixed precision is its precision= argument ('bf16', or "
-                "'fp16' on GPU, with the teacher's own teacher_precision=); gradient accumulation is not implemented."
+                f"HPMTrainer does not honour {refused}: the student's mixed precision is its inferer's "
+                "(selfmedhpm.inferers.AutocastInferer(precision='bf16'), amp=True for fp16's gradient scaler), the "
+                "teacher's is teacher_precision=; gradient accumulation is not implemented."
             )
-        teacher_precision = teacher_precision or precision
         if teacher_refresh_interval < 1:
             raise ValueError(f"teacher_refresh_interval must be >= 1, got {teacher_refresh_interval}.")
         int8 = str(teacher_precision).lower() == "int8"
         if int8 and device.type != "cpu":
             raise ValueError(f"teacher_precision='int8' runs on CPU only; use 'bf16' on {device.type}.")
-        autocast(device, precision), autocast(device, "fp32" if int8 else teacher_precision)  # validate early
+        autocast(device, "fp32" if int8 else teacher_precision)  # validate early
         self.teacher = teacher.to(device)
         self.mask_ratio, self.final_hard_ratio = mask_ratio, final_hard_ratio
-        self.precision = precision
         self.teacher_precision = teacher_precision
         self.teacher_refresh_interval = teacher_refresh_interval
         self._int8_teacher: Int8Teacher | None = None  # built on first use (after any resume)
         self.mask_generator = torch.Generator(device=device).manual_seed(seed + rank())
-        use_scaler = device.type == "cuda" and precision.lower() == "fp16"
-        self.grad_scaler = torch.amp.GradScaler("cuda") if use_scaler else None
         super().__init__(
             device=device,
             max_epochs=max_epochs,
@@ -177,18 +174,18 @@ class HPMTrainer(SupervisedTrainer):
 
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
-        with autocast(images.device, self.precision):
-            reconstruction, predicted_loss = engine.inferer(images, engine.network, mask)
-            engine.fire_event(IterationEvents.FORWARD_COMPLETED)
-            losses = engine.loss_function(reconstruction, predicted_loss, images, mask)
+        reconstruction, predicted_loss = engine.inferer(images, engine.network, mask)  # autocast in the inferer
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+        losses = engine.loss_function(reconstruction, predicted_loss, images, mask)
         loss = losses["loss"]
         check_finite(loss, engine)
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
-        if self.grad_scaler is not None:
-            self.grad_scaler.scale(loss).backward()
+        scaler = getattr(engine, "scaler", None) if engine.amp else None  # MONAI's, made by Trainer.run for amp
+        if scaler is not None:
+            scaler.scale(loss).backward()
             engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-            self.grad_scaler.step(engine.optimizer)
-            self.grad_scaler.update()
+            scaler.step(engine.optimizer)
+            scaler.update()
         else:
             loss.backward()
             engine.fire_event(IterationEvents.BACKWARD_COMPLETED)

@@ -9,64 +9,19 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Engine pieces of the segmentation bundle: mixed precision on any device, per-rank handler lists, per-case
-progress and resumable best-model tracking. Everything else is MONAI's ``SupervisedTrainer`` / ``SupervisedEvaluator``.
+"""Engine pieces of the segmentation bundle: resumable best-model tracking. Everything else is MONAI's
+``SupervisedTrainer`` / ``SupervisedEvaluator`` (mixed precision: :mod:`selfmedhpm.inferers`).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
 
-import torch
 from monai.handlers import CheckpointSaver
-from monai.inferers import Inferer, SimpleInferer
-from selfmedhpm.utils import autocast
 
-__all__ = ["AutocastInferer", "BestMetricState"]
+__all__ = ["BestMetricState"]
 
 logger = logging.getLogger(__name__)
-
-
-def _to_float(output: Any) -> Any:
-    if isinstance(output, torch.Tensor):
-        return output.float() if output.is_floating_point() else output
-    if isinstance(output, (list, tuple)):
-        return type(output)(_to_float(o) for o in output)
-    if isinstance(output, dict):
-        return {k: _to_float(v) for k, v in output.items()}
-    return output
-
-
-class AutocastInferer(Inferer):
-    """Runs another MONAI inferer under ``torch.autocast`` of the input's device and returns float32 outputs, so
-    the loss and the metrics are computed in full precision. Unlike MONAI engines' ``amp`` flag (CUDA only), this
-    gives bf16 on CPUs too.
-
-    Args:
-        inferer: the inferer to wrap (``SimpleInferer`` for training, ``SlidingWindowInferer`` for whole volumes).
-            Defaults to ``SimpleInferer()``.
-        precision: "fp32" (no autocast), "bf16" or "fp16" (GPU; for training use the trainer's ``amp`` for its
-            gradient scaler). Defaults to "fp32".
-
-    Examples::
-
-        >>> inferer = AutocastInferer(SimpleInferer(), precision="bf16")
-        >>> inferer(torch.ones(1, 4), torch.nn.Linear(4, 2)).dtype
-        torch.float32
-    """
-
-    def __init__(self, inferer: Inferer | None = None, precision: str = "fp32") -> None:
-        super().__init__()
-        autocast("cpu", precision)  # raises ValueError for an unknown precision
-        self.inferer = inferer if inferer is not None else SimpleInferer()
-        self.precision = precision
-
-    def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> Any:
-        """Runs ``self.inferer(inputs, network, *args, **kwargs)`` under autocast."""
-        with autocast(inputs.device, self.precision):
-            output = self.inferer(inputs, network, *args, **kwargs)
-        return _to_float(output)
 
 
 class BestMetricState:

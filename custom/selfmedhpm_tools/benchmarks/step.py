@@ -118,7 +118,7 @@ class HPMStep:
         """``HPMTrainer._iteration`` then the EMA update (what the trainer's ITERATION_COMPLETED handler runs).
         ``monai_defaults``: with ``optim_set_to_none=False`` (MONAI's default: zero-filled gradients) and a non-fused
         AdamW, instead of the configured ``optim_set_to_none=True`` and ``fused=True``."""
-        self.trainer.precision, self.trainer.teacher_precision = precision, teacher_precision
+        self.trainer.inferer.precision, self.trainer.teacher_precision = precision, teacher_precision  # AutocastInferer
         configured = self.trainer.optim_set_to_none, self.trainer.optimizer
         if monai_defaults:
             self.trainer.optim_set_to_none, self.trainer.optimizer = False, self.default_optimizer
