@@ -36,16 +36,10 @@ $(MLSTAMP):
 
 monailabel-env: $(MLSTAMP)
 
-# what the demo trains beside the CPU presets (its configs/train_demo.json): a 64x48x48 crop on a 5 mm grid, UNETR
-# feature size 16, pretraining on per-patch normalised targets
-DEMO_GRID := "roi_size=[64,48,48]" "pixdim=[5.0,5.0,5.0]"
-DEMO_SEGMENTATION := $(DEMO_GRID) "feature_size=16"
-DEMO_PRETRAINING := $(DEMO_GRID) "norm_pix_loss=true"
-
-# the demo's fine-tuned weights (CPU preset + the demo's values above) in a MONAI Label app folder
+# the demo's fine-tuned weights in a MONAI Label app folder: the CPU preset and the values the demo trained with beyond
+# it (its configs/train_demo.json grid and crop, UNETR feature size), which it records in finetune_hpm/trained_with.json
 monailabel-app: $(STAMP) $(MLSTAMP)
-	$(PY) -m selfmedhpm_tools.label_app --out $(APP) --preset cpu --weights $(RESULTS)/finetune_hpm \
-		$(foreach v,$(DEMO_SEGMENTATION),--set $(v)) --overwrite
+	$(PY) -m selfmedhpm_tools.label_app --out $(APP) --preset cpu --weights $(RESULTS)/finetune_hpm --overwrite
 
 demo: $(STAMP)
 	$(PY) -m selfmedhpm_tools.demo --data_dir $(DATA) --results_dir $(RESULTS)
@@ -68,14 +62,13 @@ verify: $(STAMP)
 	$(PY) -m selfmedhpm_tools.verify
 
 # dist/<name>_v<version>.zip of both bundles with the demo's weights, and dist/bundle_index.json listing them. The
-# weights' preset (CPU) and the values below are merged into each zip's configs/inference.json and train.json, so the
-# unzipped bundle runs as it is (and in MONAI Label). Training again and releasing again replaces your earlier build.
+# weights' preset (CPU) and the values the demo trained them with (its trained_with.json files) are merged into each
+# zip's configs/inference.json and train.json, so the unzipped bundle runs as it is (and in MONAI Label). Training
+# again and releasing again replaces your earlier build.
 RELEASE_ARGS ?=
 release: $(STAMP)
 	$(PY) -m selfmedhpm_tools.release $(RELEASE_ARGS) \
-		--weights_from selfmedhpm_ct_pretraining=$(RESULTS)/pretrain selfmedhpm_ct_segmentation=$(RESULTS)/finetune_hpm \
-		$(foreach v,$(DEMO_PRETRAINING),--set selfmedhpm_ct_pretraining:$(v)) \
-		$(foreach v,$(DEMO_SEGMENTATION),--set selfmedhpm_ct_segmentation:$(v))
+		--weights_from selfmedhpm_ct_pretraining=$(RESULTS)/pretrain selfmedhpm_ct_segmentation=$(RESULTS)/finetune_hpm
 
 # bundle_index.json: the bundle folders of this repository at their versions, with their content checksums
 index: $(STAMP)

@@ -175,6 +175,27 @@ def test_weights_trained_with_other_values_are_released_with_them(tmp_path):
     assert release.main(argv + ["--set", "other_bundle:roi_size=[1]"]) == 1
 
 
+def test_values_recorded_beside_the_weights_are_released_with_them_and_set_wins(tmp_path, capsys):
+    """What make release does after make demo: the values come from the trained_with.json the demo writes beside the
+    weights, with no --set; a --set value wins over the file's; a broken record is refused naming it."""
+    bundle = copy_bundle(SEGMENT, tmp_path / "bundles")
+    weights = tmp_path / "finetune_hpm"
+    weights.mkdir()
+    torch.save(cpu_network(bundle, roi_size=[48, 48, 48]).state_dict(), weights / "model.pt")
+    (weights / release.TRAINED_WITH).write_text(json.dumps({"roi_size": [48, 48, 48], "pixdim": [3.0, 3.0, 3.0]}))
+    argv = ["--bundles_dir", str(tmp_path / "bundles"), "--dist", str(tmp_path / "dist"), "--bundles", SEGMENT.name,
+            "--weights_from", f"{SEGMENT.name}={weights}"]  # fmt: skip
+    assert release.main(argv + ["--set", f"{SEGMENT.name}:pixdim=[4.0, 4.0, 4.0]"]) == 0
+    with zipfile.ZipFile(tmp_path / "dist" / f"{SEGMENT.name}_v{VERSION}.zip") as archive:
+        record = json.loads(archive.read(f"{SEGMENT.name}/configs/{release.OVERRIDES_FILE}"))
+        inference = json.loads(archive.read(f"{SEGMENT.name}/configs/inference.json"))
+    assert record["values"]["roi_size"] == [48, 48, 48] and record["values"]["pixdim"] == [4.0, 4.0, 4.0]
+    assert inference["roi_size"] == [48, 48, 48] and inference["pixdim"] == [4.0, 4.0, 4.0]
+    (weights / release.TRAINED_WITH).write_text("[1, 2]")
+    assert release.main(argv + ["--force"]) == 1
+    assert f"{weights / release.TRAINED_WITH}: expected an object of config values" in capsys.readouterr().err
+
+
 def test_pretraining_release_needs_the_teacher_its_inference_loads(tmp_path):
     bundle = add_tiny_weights(copy_bundle(PRETRAIN, tmp_path / "bundles"))
     assert release.required_weights(bundle) == ["models/model.pt", "models/teacher.pt"]

@@ -29,8 +29,10 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+from selfmedhpm.utils import write_json_atomic
 from selfmedhpm_tools import reports
 from selfmedhpm_tools.phantom import generate_dataset
+from selfmedhpm_tools.release import TRAINED_WITH
 
 ROOT = Path(__file__).resolve().parents[2]
 PRETRAIN = ROOT / "bundles" / "selfmedhpm_ct_pretraining"
@@ -204,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
             **mae, **common,
         )  # fmt: skip
 
+    write_json_atomic({**mae, **common}, pre_dir / TRAINED_WITH)  # for make release: beyond the CPU preset
+
     runs = {"HPM-initialised": pre_dir / "encoder.pt", "scratch": None}
     finetune_configs = ["train.json", "train_cpu.json", DEMO_RECIPE.name]
     run_dirs = {name: results / ("finetune_hpm" if encoder else "finetune_scratch") for name, encoder in runs.items()}
@@ -214,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
                 dataset_dir=str(data), output_dir=str(run_dirs[name]),
                 pretrained_encoder=str(encoder) if encoder else None, **finetuning, **common,
             )  # fmt: skip
+            write_json_atomic({**unetr, **common}, run_dirs[name] / TRAINED_WITH)
     summaries = {}
     for name in runs:
         with stages(f"evaluation, {name}"):

@@ -21,7 +21,8 @@
 
 MONAI Label reads ``configs/inference.json`` and ``configs/train.json`` as they are, with no override files, so a
 preset (``--preset cpu``: ``train_cpu.json``, 64^3 crops and a small ViT), any ``--override FILE.json`` and
-``--set KEY=VALUE`` (VALUE in JSON) are merged, in this order, into both and written back; keys a config does not
+``--set KEY=VALUE`` (VALUE in JSON; the values recorded in ``trained_with.json`` beside ``--weights`` come first)
+are merged, in this order, into both and written back; keys a config does not
 have are left out of it (``epochs`` is not an inference key) and listed. The metadata's ``spatial_shape`` follows the
 merged ``roi_size``.
 
@@ -47,7 +48,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from selfmedhpm_tools.release import MERGED_CONFIGS, PACKAGE, ROOT, apply_overrides, assemble_bundle, merge_config
+from selfmedhpm_tools.release import (
+    MERGED_CONFIGS,
+    PACKAGE,
+    ROOT,
+    apply_overrides,
+    assemble_bundle,
+    merge_config,
+    trained_with,
+)
 
 __all__ = [
     "BUNDLE",
@@ -231,7 +240,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         bundle = prepare_app(
-            args.out, args.bundle, args.sample_app, args.preset, args.override, parse_settings(args.set),
+            args.out, args.bundle, args.sample_app, args.preset, args.override,
+            {**trained_with(args.weights), **parse_settings(args.set)},
             args.weights, args.allow_missing_weights, args.overwrite,
         )  # fmt: skip
     except LabelAppError as e:

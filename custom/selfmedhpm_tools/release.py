@@ -30,7 +30,8 @@ model zoo's ``model_info.json``, plus description, versions, weights and the bun
 never silently replaced by a different build of the same version: bump the version (``--force`` overrides).
 
 Weights trained elsewhere (the demo writes them under ``results/demo``) come in with ``--weights_from NAME=FOLDER``;
-values they were trained with beyond the CPU preset with ``--set NAME:KEY=VALUE``: the weights are checked with them
+values they were trained with beyond the CPU preset from ``FOLDER/trained_with.json`` (the demo writes it) and
+``--set NAME:KEY=VALUE`` (which wins over the file): the weights are checked with them
 and the release carries them as ``configs/released_weights.json``, listed in the index entry's
 ``inference_configs`` (the config list to run the released weights with).
 
@@ -41,6 +42,9 @@ Examples::
     python -m selfmedhpm_tools.release --update-index \
         --weights_from selfmedhpm_ct_segmentation=results/demo/finetune_hpm \
         --set "selfmedhpm_ct_segmentation:roi_size=[64,48,48]" --set "selfmedhpm_ct_segmentation:feature_size=16"
+
+(the ``--set`` values are those the demo records in ``results/demo/finetune_hpm/trained_with.json``; they are
+shown here for weights trained without such a record).
 """
 
 from __future__ import annotations
@@ -100,6 +104,39 @@ BUILDS_ON = {"selfmedhpm_ct_segmentation": "selfmedhpm_ct_pretraining"}
 PRESETS = ([], ["train_cpu.json"])
 """Config overrides tried, in order, when checking that the weights fit the inference network."""
 OVERRIDES_FILE = "released_weights.json"
+TRAINED_WITH = "trained_with.json"
+"""Beside weights: ``{config id: value}`` they were trained with beyond a preset (the demo writes one per run)."""
+
+
+def trained_with(weights: str | os.PathLike | None) -> dict[str, Any]:
+    """The values recorded in ``trained_with.json`` beside ``weights`` (a folder, or a file in it); ``{}`` without.
+
+    Examples::
+
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> trained_with(folder)
+        {}
+        >>> _ = (folder / "trained_with.json").write_text('{"roi_size": [64, 48, 48]}')
+        >>> trained_with(folder / "model.pt")
+        {'roi_size': [64, 48, 48]}
+    """
+    if weights is None:
+        return {}
+    folder = Path(weights) if Path(weights).is_dir() else Path(weights).parent
+    record = folder / TRAINED_WITH
+    if not record.is_file():
+        return {}
+    try:
+        values = json.loads(record.read_text())
+    except ValueError as error:
+        raise ReleaseError(f"{record}: not JSON ({error})") from error
+    if not isinstance(values, dict):
+        raise ReleaseError(f"{record}: expected an object of config values, found {type(values).__name__}")
+    logger.info("%s: the weights were trained with %s", record, values)
+    return values
+
+
 """Written into a release's ``configs/``: the preset and values merged into its configs, for the record."""
 MERGED_CONFIGS = ("inference.json", "train.json")
 """The configs that run as they are in a release (and in MONAI Label, whose ``BundleInferTask`` and
@@ -782,7 +819,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         index_path = args.index or args.dist / "bundle_index.json"
         entries = {}
         for bundle in bundles:
-            overrides = settings.get(bundle.name)
+            overrides = {**trained_with(weights.get(bundle.name)), **settings.get(bundle.name, {})} or None
             path, facts = build(
                 bundle, args.dist, args.allow_missing_weights, weights.get(bundle.name), overrides=overrides
             )
