@@ -138,11 +138,15 @@ def pretraining_differences(recorded: Mapping[str, Any], settings: Mapping[str, 
 def _check_pretraining_settings(path: str | os.PathLike, settings: Mapping[str, Any]) -> list[str]:
     """Logs how the fine-tuning's ``settings`` differ from those recorded beside the encoder file ``path``."""
     record = encoder_settings_path(path)
+    if not record.is_file():  # a full pretraining model.pt: the encoder's record beside it
+        record = record.with_name(encoder_settings_path("encoder.pt").name)
     if not record.is_file():
         logger.warning("%s: no record of the settings %s was pretrained with; they are not checked.", record, path)
         return []
     try:
         recorded = json.loads(record.read_text())["pretrained_with"]
+        if not isinstance(recorded, Mapping):
+            raise TypeError(f"pretrained_with is a {type(recorded).__name__}, not an object")
     except (ValueError, KeyError, TypeError) as error:
         raise EncoderMismatchError(f"{record}: not a record of pretraining settings ({error}).") from error
     differences = pretraining_differences(recorded, settings)
