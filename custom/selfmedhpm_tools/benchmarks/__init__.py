@@ -15,6 +15,8 @@ Entry point: ``python -m selfmedhpm_tools.benchmarks.run [--quick]``. One module
 
 * :mod:`selfmedhpm_tools.benchmarks.step`: HPM vs MONAI MAE pretraining iteration (time, FLOPs, MFU), teacher
   precision and its effect on the hard-patch mask, iteration time vs crop size.
+* :mod:`selfmedhpm_tools.benchmarks.batches`: on a GPU, the paper-scale step at batches 8, 32 and 64 (MFU, crops/s,
+  peak memory), HPM beside MAE through the same trainer and MONAI's MAE; rows saved as they are measured.
 * :mod:`selfmedhpm_tools.benchmarks.loader`: crops per second of the pretraining bundle's data loader vs the training
   step.
 * :mod:`selfmedhpm_tools.benchmarks.inference`: the segmentation inference bundle end to end vs a bare sliding window,

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import torch
 
-from . import inference, loader, notes, precision, report, step
+from . import batches, inference, loader, notes, precision, report, step
 from .common import ROOT, Config, Results, log, machine_info
 
-SECTIONS = ("step", "loader", "inference", "precision")
+SECTIONS = ("step", "batches", "loader", "inference", "precision")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -90,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"{name}: {time.perf_counter() - t0:.0f} s")
 
     section("step", lambda: step.run(cfg, res, peaks))
+    if cfg.device:  # the paper-scale step by batch size: GPU only
+        section("batches", lambda: res.details.update(gpu_batches=batches.run(cfg, res, peaks)))
     section("loader", lambda: loader.run(cfg, res))
     section("inference", lambda: inference.run(cfg, res))
     section("precision", lambda: precision.run(cfg, res))

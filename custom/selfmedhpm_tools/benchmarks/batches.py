@@ -1,0 +1,138 @@
+# Copyright (c) 2026 SelfMedHPM bundles contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""The pretraining step at paper scale by batch size, for GPU machines: seconds per step, crops per second, MFU
+against the bf16 matmul peak measured in the same run, and peak memory, at batches 8, 32 and 64 (ViT-B/16, 96^3,
+bf16). HPM is measured beside MAE run through the same trainer (:class:`SameCodeMAEStep`: uniform masks, no teacher
+pass, no loss-prediction term) and MONAI's ``MaskedAutoEncoderViT`` (:class:`~.step.MAEStep`). Every batch's row is
+written to ``rows_file`` as soon as it is measured, so a run cut off by a time limit keeps what it measured; a batch
+that does not fit in memory is recorded as such and the next one is tried.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from selfmedhpm.utils import write_json_atomic
+
+from .common import Config, Results, count_flops, interleaved, log, median, phantom_crops
+from .step import VIT_B, HPMStep, MAEStep
+
+__all__ = ["BATCHES", "MFU_TARGETS", "SameCodeMAEStep", "batch_rows", "run"]
+
+BATCHES = (8, 32, 64)
+MFU_TARGETS = {8: 0.15, 32: 0.30}  # the HPM step's share of the bf16 matmul peak at these batches
+
+
+class SameCodeMAEStep(HPMStep):
+    """The HPM trainer's iteration as plain MAE: random masks (the teacher pass replaced by constant scores and a
+    hard ratio of 0), no loss-prediction term and no EMA update; the loss predictor's head still runs, as it is part
+    of the network."""
+
+    def __init__(self, dims: dict, roi: int, images: torch.Tensor, device: str = "cpu") -> None:
+        super().__init__(dims, roi, images, device)
+        self.trainer.final_hard_ratio = 0.0
+        self.trainer.loss_function.pred_weight = 0.0
+        patches = self.network.num_patches
+        self.trainer.teacher_scores = lambda images: torch.zeros(images.shape[0], patches, device=images.device)
+
+    def step(self, precision: str = "fp32", teacher_precision: str = "fp32", monai_defaults: bool = False) -> None:
+        self.trainer.inferer.precision = precision
+        self.trainer._iteration(self.trainer, self.batch)
+
+
+def _peak_memory_gb(fn: Callable[[], Any], device: str) -> float | None:
+    if torch.device(device).type != "cuda":
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() / 1e9
+
+
+def batch_rows(
+    device: str,
+    peak_flops: float,
+    rows_file: Path,
+    batches: Sequence[int] = BATCHES,
+    dims: dict = VIT_B,
+    roi: int = 96,
+    reps: int = 10,
+    warmup: int = 3,
+) -> dict[int, dict[str, Any]]:
+    """Measures one row per batch size (see the module) and rewrites ``rows_file`` after each.
+
+    Returns:
+        batch -> ``{"hpm" | "mae_same_code" | "monai_mae": {"seconds", "crops_per_s", "gflop", "mfu",
+        "peak_memory_gb"}}``, or ``{"error": ...}`` for a batch that did not fit.
+    """
+    low = "bf16" if torch.device(device).type == "cuda" else "fp32"
+    rows: dict[int, dict[str, Any]] = {}
+    for batch in batches:
+        hpm = same = monai = steps = None
+        try:
+            images = phantom_crops(batch, roi, seed=3)
+            hpm = HPMStep(dims, roi, images, device=device)
+            same = SameCodeMAEStep(dims, roi, images, device=device)
+            monai = MAEStep(dims, roi, images, device=device, dtype=torch.bfloat16 if low == "bf16" else torch.float32)
+            steps = {
+                "hpm": lambda: hpm.step(low, low),
+                "mae_same_code": lambda: same.step(low),
+                "monai_mae": monai.step,
+            }
+            flops = {name: count_flops(fn) for name, fn in steps.items()}
+            memory = {name: _peak_memory_gb(fn, device) for name, fn in steps.items()}
+            times = interleaved(steps, reps=reps, warmup=warmup, device=device)
+            rows[batch] = {}
+            for name in steps:
+                seconds = median(times[name])
+                rows[batch][name] = {
+                    "seconds": seconds, "crops_per_s": batch / seconds, "gflop": flops[name] / 1e9,
+                    "mfu": flops[name] / seconds / peak_flops, "peak_memory_gb": memory[name],
+                }  # fmt: skip
+            log(f"batch {batch}: " + ", ".join(f"{k} {v['mfu']:.1%} MFU" for k, v in rows[batch].items()))
+        except torch.cuda.OutOfMemoryError as error:
+            rows[batch] = {"error": f"out of memory: {str(error).splitlines()[0]}"}
+            log(f"batch {batch}: out of memory")
+        hpm = same = monai = steps = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        write_json_atomic({str(b): row for b, row in rows.items()}, rows_file)
+    return rows
+
+
+def run(cfg: Config, res: Results, peaks: dict[str, dict]) -> dict[int, dict[str, Any]]:
+    """The batch table on the GPU (``make bench``), its figures into ``res``; the rows also in
+    ``WORKDIR/gpu_batches.json`` as they come."""
+    rows_file = Path(cfg.workdir) / "gpu_batches.json"
+    rows_file.parent.mkdir(parents=True, exist_ok=True)
+    rows = batch_rows(cfg.device, peaks["gpu_bf16"]["flops_per_s"], rows_file, reps=max(cfg.reps, 10))
+    for batch, row in rows.items():
+        label = f"ViT-B/16, 96^3, bf16, batch {batch}, GPU"
+        if "error" in row:
+            res.add(f"pretrain_b{batch}_mfu", None, "of peak", None, None, "gpu", row["error"], label)
+            continue
+        hpm, mae = row["hpm"], row["mae_same_code"]
+        target = MFU_TARGETS.get(batch)
+        met = None if target is None else hpm["mfu"] >= target
+        note = f"MAE (same code) {mae['mfu']:.1%}, MONAI MAE (bf16 cast) {row['monai_mae']['mfu']:.1%}"
+        res.add(f"pretrain_b{batch}_mfu", hpm["mfu"], "of peak", target and f">= {target}", met, "gpu", note, label)
+        res.add(f"pretrain_b{batch}_crops_per_s", hpm["crops_per_s"], "crops/s", column="gpu", label=label)
+        res.add(f"pretrain_b{batch}_peak_memory", hpm["peak_memory_gb"], "GB", column="gpu", label=label)
+        ratio = hpm["mfu"] / mae["mfu"]
+        res.add(f"pretrain_b{batch}_mfu_hpm_over_mae", ratio, "x", ">= 1", ratio >= 1, "gpu", label=label)
+    return rows

@@ -1,0 +1,60 @@
+# Copyright (c) 2026 SelfMedHPM bundles contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""The GPU batch table of ``make bench`` (``selfmedhpm_tools.benchmarks.batches``), run on the CPU at a tiny size:
+the rows it writes as it goes, and the MAE it measures beside HPM being the same trainer without HPM's work."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from selfmedhpm_tools.benchmarks.batches import SameCodeMAEStep, batch_rows
+from selfmedhpm_tools.benchmarks.common import phantom_crops
+from selfmedhpm_tools.benchmarks.step import CPU_PRESET, HPMStep
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread(one_thread):
+    yield
+
+
+def test_batch_rows_measure_each_batch_and_write_them_as_they_come(tmp_path):
+    rows_file = tmp_path / "gpu_batches.json"
+    rows = batch_rows("cpu", 1e11, rows_file, batches=(1, 2), dims=CPU_PRESET, roi=32, reps=1, warmup=1)
+    assert sorted(rows) == [1, 2] and json.loads(rows_file.read_text()).keys() == {"1", "2"}
+    for batch, row in rows.items():
+        assert set(row) == {"hpm", "mae_same_code", "monai_mae"}
+        for figures in row.values():
+            assert figures["seconds"] > 0 and figures["crops_per_s"] == pytest.approx(batch / figures["seconds"])
+            assert 0 < figures["mfu"] < 1 and figures["peak_memory_gb"] is None  # no CUDA memory on the CPU
+    # HPM's FLOPs: the MAE's plus the teacher's full-crop pass; twice the batch, twice the FLOPs
+    assert rows[1]["hpm"]["gflop"] > rows[1]["mae_same_code"]["gflop"] > 0
+    assert rows[2]["hpm"]["gflop"] == pytest.approx(2 * rows[1]["hpm"]["gflop"], rel=0.01)
+
+
+def test_same_code_mae_draws_uniform_masks_and_leaves_the_teacher_alone():
+    images = phantom_crops(2, 32, seed=0)
+    mae = SameCodeMAEStep(CPU_PRESET, 32, images)
+    teacher = {k: v.clone() for k, v in mae.teacher.state_dict().items()}
+    seen = []
+    original = mae.trainer.loss_function.forward
+    mae.trainer.loss_function.forward = lambda rec, pred, imgs, mask: seen.append(mask.clone()) or original(
+        rec, pred, imgs, mask
+    )
+    mae.step()
+    mae.step()
+    assert all(torch.equal(v, mae.teacher.state_dict()[k]) for k, v in teacher.items())  # no EMA update
+    assert mae.trainer.final_hard_ratio == 0.0 and mae.trainer.loss_function.pred_weight == 0.0
+    assert len(seen) == 2 and not torch.equal(seen[0], seen[1])  # random masks, not the teacher's choice
+    assert seen[0].sum(1).tolist() == [int(0.75 * 8)] * 2  # gamma = 0.75 of the 2x2x2 patches
+    assert HPMStep(CPU_PRESET, 32, images).trainer.loss_function.pred_weight > 0  # the HPM step keeps its loss
