@@ -34,6 +34,7 @@ class BestMetricState:
     Examples::
 
         >>> import tempfile
+        >>> import torch
         >>> saver = CheckpointSaver(tempfile.mkdtemp(), {"model": torch.nn.Linear(1, 1)}, save_key_metric=True)
         >>> BestMetricState(saver).state_dict()
         {'_saved': []}
