@@ -139,7 +139,7 @@ def _check_pretraining_settings(path: str | os.PathLike, settings: Mapping[str, 
     """Logs how the fine-tuning's ``settings`` differ from those recorded beside the encoder file ``path``."""
     record = encoder_settings_path(path)
     if not record.is_file():  # a full pretraining model.pt: the encoder's record beside it
-        record = record.with_name(encoder_settings_path("encoder.pt").name)
+        record = record.with_name("encoder.json")
     if not record.is_file():
         logger.warning("%s: no record of the settings %s was pretrained with; they are not checked.", record, path)
         return []
