@@ -265,7 +265,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 def test_app_carries_the_package_and_the_merged_cpu_preset(app, weights):
     bundle = app / "model" / NAME
     assert (app / "main.py").is_file() and (bundle / "selfmedhpm" / "__init__.py").is_file()
-    assert (bundle / "selfmedhpm" / "seg_engine.py").is_file() and (bundle / "selfmedhpm" / "optim.py").is_file()
+    assert (bundle / "selfmedhpm" / "checkpoint.py").is_file() and (bundle / "selfmedhpm" / "optim.py").is_file()
     for name in ("inference.json", "train.json"):
         config = json.loads((bundle / "configs" / name).read_text())
         assert (config["hidden_size"], config["feature_size"], config["roi_size"]) == (96, 8, GRID["roi_size"])

@@ -15,7 +15,7 @@ import pytest
 import torch
 from monai.networks.nets import UNETR
 from selfmedhpm.losses import HPMLoss, patchify
-from selfmedhpm.masking import hard_patch_mask
+from selfmedhpm.masking import hard_patch_mask, mask_indices
 from selfmedhpm.networks import HPMMaskedAutoEncoder, PatchLossMap
 from selfmedhpm.transfer import encoder_state_dict
 from selfmedhpm.utils import autocast
@@ -60,11 +60,47 @@ def test_encoder_sees_only_visible_tokens():
     x = torch.rand(2, 1, 32, 32, 32)
     mask = torch.zeros(2, 8, dtype=torch.bool)
     mask[:, [1, 2, 5, 6, 7, 0]] = True
-    latent = net.encoder(x, mask, net.cls_token)
+    visible, _, _ = mask_indices(mask, 6)
+    assert visible.tolist() == [[3, 4], [3, 4]]
+    latent = net.encoder(x, visible, net.cls_token)
     assert latent.shape == (2, 1 + 2, 48)
     x2 = x.clone()
     x2[:, :, :16, :16, :16] = 0  # patch 0 is masked: changing it must not change the encoding
-    assert torch.allclose(net.encoder(x2, mask, net.cls_token), latent, atol=1e-6)
+    assert torch.allclose(net.encoder(x2, visible, net.cls_token), latent, atol=1e-6)
+    x2[:, :, 16:, :16, :16] = 0  # patch 4 is visible: changing it must change the encoding
+    assert not torch.allclose(net.encoder(x2, visible, net.cls_token), latent, atol=1e-3)
+
+
+def test_patch_embedding_as_a_matrix_product_equals_monai_conv_block():
+    net = small_net(img_size=(32, 48, 16))
+    x = torch.randn(2, 1, 32, 48, 16)
+    reference = net.encoder.patch_embedding(x)  # MONAI's Conv3d path, flattened H-major
+    assert torch.allclose(net.encoder.embed(x), reference, atol=1e-5)
+
+
+def _forward_with_boolean_indexing(net, x, mask):
+    """The student pass as written before static shapes: boolean selection of visible tokens, masked_scatter of
+    the decoder tokens (the reference the index-gather version must reproduce)."""
+    tokens = net.encoder.patch_embedding(x)
+    n, _, width = tokens.shape
+    tokens = torch.cat([net.cls_token.expand(n, -1, -1), tokens[~mask].view(n, -1, width)], dim=1)
+    for block in net.encoder.blocks:
+        tokens = block(tokens)
+    y = net.decoder_embed(net.encoder.norm(tokens))
+    full = net.mask_token.expand(n, net.num_patches, y.shape[-1]).masked_scatter(~mask[..., None], y[:, 1:])
+    y = torch.cat([y[:, :1], full], dim=1) + net.decoder_pos_embed
+    return net.reconstruct(y), net.predict_loss(y)
+
+
+def test_static_shape_student_pass_equals_boolean_indexing():
+    net = small_net(img_size=48)  # 27 patches
+    x = torch.randn(3, 1, 48, 48, 48)
+    mask = hard_patch_mask(torch.randn(3, 27), 0.75, 0.5, torch.Generator().manual_seed(1))
+    rec, pred = net(x, mask, num_masked=int(mask[0].sum()))
+    ref_rec, ref_pred = _forward_with_boolean_indexing(net, x, mask)
+    assert torch.allclose(rec, ref_rec, atol=1e-5) and torch.allclose(pred, ref_pred, atol=1e-5)
+    rec_counted, _ = net(x, mask)  # num_masked counted from the mask
+    assert torch.equal(rec_counted, rec)
 
 
 def test_teacher_pass_skips_reconstructor():
@@ -146,7 +182,7 @@ def test_hpm_trainer_takes_images_from_prepare_batch_and_runs_the_student_throug
 
     class CountingInferer(SimpleInferer):
         def __call__(self, inputs, network, *args, **kwargs):
-            calls.append(tuple(a.shape for a in args))  # the mask reaches the network through the inferer
+            calls.append(tuple(getattr(a, "shape", a) for a in args))  # the mask and K reach the network
             return super().__call__(inputs, network, *args, **kwargs)
 
     batches = [{"ct": torch.full((1, 1, 32, 32, 32), float(i + 1))} for i in range(3)]
@@ -157,7 +193,7 @@ def test_hpm_trainer_takes_images_from_prepare_batch_and_runs_the_student_throug
     )  # fmt: skip
     trainer.run()
     assert seen == [32.0**3, 2 * 32.0**3, 3 * 32.0**3]
-    assert calls == [(torch.Size([1, 8]),)] * 3  # [N, L] masks of the 2x2x2 token grid
+    assert calls == [(torch.Size([1, 8]), 6)] * 3  # [N, L] masks of the 2x2x2 token grid, K = 6 masked
     assert torch.equal(trainer.state.output["image"], batches[-1]["ct"])
 
 

@@ -27,7 +27,7 @@ import pytest
 import torch
 from conftest import SCHEMA, SEG_TINY, SEGMENT, configs, phantom_set, run_workflow
 from monai.bundle import ConfigParser, ConfigWorkflow
-from selfmedhpm.checkpoint import save_atomic
+from selfmedhpm.checkpoint import BestModelSaver, EpochCheckpointer, ResumeFromCheckpoint, save_atomic
 from selfmedhpm.evaluation import SpacingHausdorffDistanceMetric, summarize, write_reports
 from selfmedhpm.labels import BTCV_CLASSES, TRANSUNET_8_ORGANS, LabelSetError, channel_def, check_label_set
 from selfmedhpm.networks import HPMMaskedAutoEncoder
@@ -530,3 +530,51 @@ def test_shared_recipe_never_flips_left_right():
         axes = getattr(getattr(transform, "flipper", None), "spatial_axis", None)
         assert not (type(transform).__name__ == "RandFlipd" and axes in (None, 0, (0,), [0]))
         assert type(transform).__name__ != "RandRotate90d"
+
+
+def _evaluator(scores: list[float]):
+    """An ignite engine standing in for the validator: ``validate(epoch)`` completes an evaluation epoch whose key
+    metric is ``scores[epoch - 1]``, as MONAI's evaluator does when the trainer's ``ValidationHandler`` runs it."""
+    from ignite.engine import Engine, Events
+
+    evaluator = Engine(lambda engine, batch: None)
+    evaluator.state.key_metric_name = "val_mean_dice"
+
+    def validate(engine):
+        evaluator.state.epoch = engine.state.epoch
+        evaluator.state.metrics = {"val_mean_dice": scores[engine.state.epoch - 1]}
+        evaluator.fire_event(Events.EPOCH_COMPLETED)
+
+    return evaluator, validate
+
+
+def test_best_model_saver_writes_only_better_models_and_its_best_survives_a_resume(tmp_path):
+    from ignite.engine import Engine, Events
+
+    net = torch.nn.Linear(2, 1)
+    saver = BestModelSaver(tmp_path, net)
+    trainer = Engine(lambda engine, batch: net.weight.data.add_(1.0))  # the weights change every epoch
+    evaluator, validate = _evaluator([0.5, 0.4, 0.7])
+    saver.attach(evaluator)
+    written = []
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, validate)
+    trainer.add_event_handler(
+        Events.EPOCH_COMPLETED, lambda e: written.append(torch.load(tmp_path / "model.pt", weights_only=True))
+    )
+    EpochCheckpointer(tmp_path / "ckpt", {"best_model": saver}).attach(trainer)
+    trainer.run([0], max_epochs=3)
+    # epoch 2 (0.4) did not replace epoch 1's model; epoch 3 (0.7) did
+    assert [w["weight"][0, 0].item() - written[0]["weight"][0, 0].item() for w in written] == [0.0, 0.0, 2.0]
+    assert saver.state_dict() == {"best": 0.7, "epoch": 3}
+    assert torch.equal(written[-1]["weight"], net.weight) and not list(tmp_path.glob("*.tmp"))
+
+    # a resumed run with a worse model keeps the interrupted run's best file
+    resumed = BestModelSaver(tmp_path, torch.nn.Linear(2, 1))
+    trainer2 = Engine(lambda engine, batch: None)
+    ResumeFromCheckpoint(str(tmp_path / "ckpt"), {"best_model": resumed}).attach(trainer2)
+    evaluator2, validate2 = _evaluator([0.1, 0.2, 0.3, 0.6])
+    resumed.attach(evaluator2)
+    trainer2.add_event_handler(Events.EPOCH_COMPLETED, validate2)
+    trainer2.run([0], max_epochs=4)
+    assert resumed.state_dict() == {"best": 0.7, "epoch": 3}
+    assert torch.equal(torch.load(tmp_path / "model.pt", weights_only=True)["weight"], written[-1]["weight"])

@@ -22,10 +22,10 @@ package :mod:`selfmedhpm_tools`, which imports this one and is never imported by
 - :mod:`selfmedhpm.ema`, :mod:`selfmedhpm.engine`: the EMA teacher and the HPM trainer (a MONAI ``SupervisedTrainer``).
 - :mod:`selfmedhpm.inferers`: mixed precision, the same way in both bundles.
 - :mod:`selfmedhpm.transfer`, :mod:`selfmedhpm.checkpoint`: encoder export, strict loading into UNETR, atomic
-  checkpoints.
+  checkpoints (resumable epochs; the best model of the segmentation bundle).
 - :mod:`selfmedhpm.check_data`, :mod:`selfmedhpm.datalist`: data checks with clear messages; datalists of your data.
-- :mod:`selfmedhpm.labels`, :mod:`selfmedhpm.evaluation`, :mod:`selfmedhpm.seg_engine`, :mod:`selfmedhpm.seg_data`:
-  the segmentation bundle's label sets, evaluation reports, engine pieces and inputs.
+- :mod:`selfmedhpm.labels`, :mod:`selfmedhpm.evaluation`, :mod:`selfmedhpm.seg_data`: the segmentation bundle's
+  label sets, evaluation reports and inputs.
 - :mod:`selfmedhpm.bundle`, :mod:`selfmedhpm.handlers`, :mod:`selfmedhpm.tracking`, :mod:`selfmedhpm.visualize`:
   config helpers, ignite handlers, MLflow tracking, the HPM figure.
 - :mod:`selfmedhpm.utils`, :mod:`selfmedhpm.errors`, :mod:`selfmedhpm.faults`, :mod:`selfmedhpm.optim`,
@@ -56,7 +56,6 @@ _SUBMODULES = {
     "evaluation",
     "labels",
     "seg_data",
-    "seg_engine",
     "tracking",
     "quant",
     "errors",

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
+from selfmedhpm.ema import unwrap
 from selfmedhpm.errors import UserInputError
 from selfmedhpm.faults import crash_point
 from selfmedhpm.utils import as_bool, atomic_write, is_rank0
@@ -42,6 +43,7 @@ __all__ = [
     "PeriodicWriter",
     "EpochCheckpointer",
     "ResumeFromCheckpoint",
+    "BestModelSaver",
 ]
 
 logger = logging.getLogger(__name__)
@@ -307,3 +309,65 @@ class ResumeFromCheckpoint:
             set_rng_state(checkpoint["rng"], engine, self.transforms)
         self.loaded_from = path
         logger.info("resumed from %s at epoch %d, iteration %d", path, engine.state.epoch, engine.state.iteration)
+
+
+class BestModelSaver:
+    """Writes the model's ``state_dict`` to ``save_dir/filename`` (atomically, rank 0 only) each time an evaluator's
+    key metric beats the best so far, as MONAI's ``CheckpointSaver(save_key_metric=True)`` does, plus what it lacks:
+    the write is atomic (a crash never leaves a half-written ``model.pt``), and the best score is checkpointable, so
+    a resumed run only replaces the file by a better model than the interrupted run's best. Attach it to the
+    evaluator and put it under ``"best_model"`` in the trainer's :class:`EpochCheckpointer` ``save_dict`` and
+    :class:`ResumeFromCheckpoint` ``load_dict``.
+
+    Args:
+        save_dir: folder of the file.
+        network: the model (a DDP or ``torch.compile`` wrapper is unwrapped, so the keys are the model's own).
+        filename: file name. Defaults to "model.pt".
+        metric_name: the metric to compare; None takes the evaluator's key metric. Higher is better.
+
+    Examples::
+
+        >>> import tempfile
+        >>> from types import SimpleNamespace
+        >>> saver = BestModelSaver(tempfile.mkdtemp(), torch.nn.Linear(1, 1))
+        >>> for epoch, dice in [(1, 0.5), (2, 0.4), (3, 0.7)]:
+        ...     state = SimpleNamespace(epoch=epoch, metrics={"dice": dice}, key_metric_name="dice")
+        ...     saver(SimpleNamespace(state=state))
+        >>> saver.state_dict()
+        {'best': 0.7, 'epoch': 3}
+    """
+
+    def __init__(
+        self,
+        save_dir: str | os.PathLike,
+        network: torch.nn.Module,
+        filename: str = "model.pt",
+        metric_name: str | None = None,
+    ) -> None:
+        self.path = Path(save_dir) / filename
+        self.network, self.metric_name = network, metric_name
+        self.best: float | None = None
+        self.best_epoch = 0
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        name = self.metric_name or engine.state.key_metric_name
+        score = float(engine.state.metrics[name])
+        if score != score or (self.best is not None and score <= self.best):  # NaN, or not better
+            return
+        self.best, self.best_epoch = score, engine.state.epoch
+        if is_rank0():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            save_atomic(unwrap(self.network).state_dict(), self.path)
+            logger.info("epoch %d: best %s %.4f, model written to %s", engine.state.epoch, name, score, self.path)
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"best": score, "epoch": e}``, or ``{}`` before the first evaluation."""
+        return {} if self.best is None else {"best": self.best, "epoch": self.best_epoch}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restores what :meth:`state_dict` returned; an empty dict leaves no best."""
+        self.best = float(state_dict["best"]) if "best" in state_dict else None
+        self.best_epoch = int(state_dict.get("epoch", 0))

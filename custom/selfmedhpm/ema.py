@@ -34,8 +34,15 @@ logger = logging.getLogger(__name__)
 
 
 def unwrap(network: nn.Module) -> nn.Module:
-    """The module inside a ``DistributedDataParallel`` / ``DataParallel`` wrapper, or the network itself."""
-    return network.module if isinstance(network, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else network
+    """The module inside ``DistributedDataParallel`` / ``DataParallel`` and ``torch.compile`` wrappers (in any
+    nesting), or the network itself."""
+    while True:
+        if isinstance(network, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            network = network.module
+        elif isinstance(network, torch._dynamo.eval_frame.OptimizedModule):
+            network = network._orig_mod
+        else:
+            return network
 
 
 def ema_decay_at(epoch: int, decay_start: float = 0.999, decay_end: float = 0.9999, ramp_epochs: int = 100) -> float:
@@ -50,6 +57,10 @@ def ema_decay_at(epoch: int, decay_start: float = 0.999, decay_end: float = 0.99
     if ramp_epochs <= 0:
         return decay_end
     return decay_start + (decay_end - decay_start) * min(epoch / ramp_epochs, 1.0)
+
+
+def _tensors(module: nn.Module) -> list[torch.Tensor]:
+    return [*module.parameters(), *module.buffers()]
 
 
 class EMATeacher(EMAHandler):
@@ -109,16 +120,17 @@ class EMATeacher(EMAHandler):
 
     @torch.no_grad()
     def update(self, student: nn.Module, decay: float) -> None:
-        """One EMA step towards ``student``'s current weights (float tensors); other buffers are copied."""
-        student_state = unwrap(student).state_dict()
+        """One EMA step towards ``student``'s current weights (float parameters and buffers); other buffers are
+        copied. Walks the parameters and buffers themselves (the teacher is a deep copy, so they pair up in order)
+        rather than two state dicts, which would dispatch a ``detach`` per tensor: about 460 host operators
+        per step at ViT-B, for one fused ``lerp``."""
         teacher_float, student_float = [], []
-        for name, value in self.module.state_dict().items():
-            source = student_state[name]
-            if value.is_floating_point():
-                teacher_float.append(value)
-                student_float.append(source.to(value.dtype))
+        for theirs, ours in zip(_tensors(unwrap(student)), _tensors(self.module), strict=True):
+            if ours.is_floating_point():
+                teacher_float.append(ours)
+                student_float.append(theirs if theirs.dtype == ours.dtype else theirs.to(ours.dtype))
             else:
-                value.copy_(source)
+                ours.copy_(theirs)
         torch._foreach_lerp_(teacher_float, student_float, 1.0 - decay)
 
     def checksum(self) -> torch.Tensor:

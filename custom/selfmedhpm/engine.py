@@ -24,7 +24,7 @@ from monai.utils import CommonKeys as Keys
 from selfmedhpm.ema import EMATeacher, unwrap
 from selfmedhpm.faults import crash_point
 from selfmedhpm.losses import HPMLoss
-from selfmedhpm.masking import hard_patch_mask, hard_ratio_at
+from selfmedhpm.masking import hard_patch_mask, hard_ratio_at, num_masked
 from selfmedhpm.quant import Int8Teacher
 from selfmedhpm.utils import autocast, rank
 
@@ -83,8 +83,15 @@ class HPMTrainer(SupervisedTrainer):
             student as ``inferer(images, network, mask)`` (MONAI's ``SimpleInferer`` by default; the student's mixed
             precision is an :class:`~selfmedhpm.inferers.AutocastInferer`, as in the segmentation bundle),
             ``amp=True`` adds MONAI's gradient scaler (fp16), ``postprocessing`` and ``decollate`` act on the
-            output. ``amp_kwargs`` (the inferer's precision does that) and gradient accumulation are refused with a
-            ValueError rather than ignored.
+            output, ``compile=True`` (with ``compile_kwargs``) compiles the student with ``torch.compile`` as
+            MONAI does, and here also the loss and the teacher pass (fp32/bf16/fp16; the int8 copy stays eager).
+            Every shape in the step is static (the number of masked patches is passed, never read from the mask),
+            so the compiled step has no graph breaks and compiles once. ``amp_kwargs`` (the inferer's precision
+            does that) and gradient accumulation are refused with a ValueError rather than ignored.
+
+    The step reads nothing back from the device except the finite-loss check (one synchronisation per iteration,
+    which keeps a NaN out of the weights); ``rec_loss`` and ``pred_loss`` stay device tensors until a handler logs
+    them.
 
     Raises:
         ValueError: an argument this trainer does not honour, or a precision the device lacks.
@@ -139,6 +146,11 @@ class HPMTrainer(SupervisedTrainer):
             **kwargs,
         )
         self.teacher.attach(self)  # EMA update after every iteration, epoch-end rank check
+        self._teacher_pass = self._predict_patch_loss
+        if self.compile:  # MONAI's SupervisedTrainer compiled the student network; the loss and teacher pass too
+            compile_kwargs = kwargs.get("compile_kwargs") or {}
+            self.loss_function = torch.compile(self.loss_function, **compile_kwargs)
+            self._teacher_pass = torch.compile(self._predict_patch_loss, **compile_kwargs)
 
     def hard_ratio(self, engine: Engine) -> float:
         """alpha_e of the current epoch."""
@@ -148,9 +160,13 @@ class HPMTrainer(SupervisedTrainer):
         """Teacher's predicted per-patch loss ``[N, L]`` for full crops, in inference mode."""
         if str(self.teacher_precision).lower() == "int8":
             return self._int8_scores(images)
-        with torch.inference_mode(), autocast(images.device, self.teacher_precision):
-            scores = self.teacher.module.predict_patch_loss(images)
+        with torch.inference_mode():
+            scores = self._teacher_pass(images)
         return scores.float().clone()  # a normal tensor, usable outside inference mode
+
+    def _predict_patch_loss(self, images: torch.Tensor) -> torch.Tensor:
+        with autocast(images.device, self.teacher_precision):
+            return self.teacher.module.predict_patch_loss(images)
 
     def _int8_scores(self, images: torch.Tensor) -> torch.Tensor:
         if self._int8_teacher is None:
@@ -170,13 +186,14 @@ class HPMTrainer(SupervisedTrainer):
 
         hard_ratio = self.hard_ratio(engine)
         scores = self.teacher_scores(images)  # [N, L]
+        k = num_masked(scores.shape[1], self.mask_ratio)  # K, the same in every row: static shapes below
         mask = hard_patch_mask(scores, self.mask_ratio, hard_ratio, self.mask_generator)  # [N, L], True = masked
 
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
-        reconstruction, predicted_loss = engine.inferer(images, engine.network, mask)  # autocast in the inferer
+        reconstruction, predicted_loss = engine.inferer(images, engine.network, mask, k)  # autocast in the inferer
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
-        losses = engine.loss_function(reconstruction, predicted_loss, images, mask)
+        losses = engine.loss_function(reconstruction, predicted_loss, images, mask, k)
         loss = losses["loss"]
         check_finite(loss, engine)
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
@@ -194,8 +211,8 @@ class HPMTrainer(SupervisedTrainer):
         engine.state.output = {
             Keys.IMAGE: images,
             Keys.LOSS: loss.detach(),
-            "rec_loss": losses["rec_loss"].item(),
-            "pred_loss": losses["pred_loss"].item(),
+            "rec_loss": losses["rec_loss"],  # detached device tensors: read at the log interval, not here
+            "pred_loss": losses["pred_loss"],
             "hard_ratio": hard_ratio,
         }
         engine.fire_event(IterationEvents.MODEL_COMPLETED)  # MONAI decollates the output here, as for its trainers

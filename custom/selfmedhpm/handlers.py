@@ -106,7 +106,7 @@ class HistoryRecorder:
         self.output_keys = list(output_keys)
         self.optimizer, self.evaluator, self.resume = optimizer, evaluator, resume
         self.records: list[dict] = []
-        self._sums: dict[str, float] = defaultdict(float)
+        self._sums: dict[str, float | torch.Tensor] = defaultdict(float)
         self._count = 0
         self._start = time.perf_counter()
         self._validated = False
@@ -161,14 +161,14 @@ class HistoryRecorder:
             output = output[0]
         for key in self.output_keys:
             value = output[key]
-            self._sums[key] += float(value.item() if isinstance(value, torch.Tensor) else value)
+            self._sums[key] += value.detach() if isinstance(value, torch.Tensor) else value  # on the device: no sync
         self._count += 1
 
     def _epoch_completed(self, engine: Engine) -> None:
         if self.records and self.records[-1]["epoch"] == engine.state.epoch:
             return  # recorded already (a checkpoint asked for the state first)
         record: dict = {"epoch": engine.state.epoch, "iterations": self._count}
-        record.update({k: v / max(self._count, 1) for k, v in self._sums.items()})
+        record.update({k: float(v) / max(self._count, 1) for k, v in self._sums.items()})
         if self.optimizer is not None:  # the base lr: the group without layer-wise decay
             record["lr"] = max(group["lr"] for group in self.optimizer.param_groups)
         if self.evaluator is not None and self._validated:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+from selfmedhpm.masking import mask_indices
 from selfmedhpm.patches import patch_targets, patchify, unpatchify
 from selfmedhpm.utils import as_bool
 
@@ -54,9 +55,7 @@ def relative_loss_prediction(predicted: torch.Tensor, target: torch.Tensor) -> t
     easier = (target[:, None, :] < target[:, :, None]).float()
     terms = -harder * torch.log(s + 1e-6) - easier * torch.log(1 - s + 1e-6)
     pairs = harder.sum() + easier.sum()
-    if pairs == 0:
-        return terms.sum() * 0.0
-    return terms.sum() / pairs
+    return terms.sum() / pairs.clamp_min(1.0)  # all terms are 0 when no pair is untied; no branch on a device value
 
 
 class HPMLoss(nn.Module):
@@ -87,14 +86,23 @@ class HPMLoss(nn.Module):
         self.pred_weight = pred_weight
 
     def forward(
-        self, reconstruction: torch.Tensor, predicted_loss: torch.Tensor, images: torch.Tensor, mask: torch.Tensor
+        self,
+        reconstruction: torch.Tensor,
+        predicted_loss: torch.Tensor,
+        images: torch.Tensor,
+        mask: torch.Tensor,
+        num_masked: int | None = None,
     ) -> dict[str, torch.Tensor]:
-        n = images.shape[0]
+        """``reconstruction`` ``[N, L, P]``, ``predicted_loss`` ``[N, L]``, ``images`` ``[N, C, H, W, D]``, ``mask``
+        ``[N, L]`` with ``num_masked`` True per row (None counts the first row, a host synchronisation)."""
+        if num_masked is None:
+            num_masked = int(mask[0].sum())
+        _, masked, _ = mask_indices(mask, num_masked)  # [N, K], in patch order: what patch_loss[mask] selects
         target = patch_targets(images, self.patch_size, self.norm_pix_loss)  # [N, L, P]
         patch_loss = per_patch_loss(reconstruction, target)  # [N, L]
-        rec_loss = patch_loss[mask].mean()
-        masked_true = patch_loss[mask].view(n, -1)  # [N, K]
-        masked_pred = predicted_loss[mask].view(n, -1)  # [N, K]
+        masked_true = patch_loss.gather(1, masked)  # [N, K]
+        masked_pred = predicted_loss.gather(1, masked)  # [N, K]
+        rec_loss = masked_true.mean()
         pred_loss = relative_loss_prediction(masked_pred, masked_true)
         loss = rec_loss + self.pred_weight * pred_loss
         return {

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["num_masked", "hard_patch_mask", "hard_ratio_at"]
+__all__ = ["num_masked", "hard_patch_mask", "hard_ratio_at", "mask_indices"]
 
 
 def num_masked(num_patches: int, mask_ratio: float) -> int:
@@ -104,3 +104,28 @@ def hard_patch_mask(
     chosen = torch.topk(priority, k, dim=1).indices  # [N, K]
     mask = torch.zeros(n, length, dtype=torch.bool, device=device)
     return mask.scatter_(1, chosen, True)
+
+
+def mask_indices(mask: torch.Tensor, num_masked: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Index form of a mask with ``num_masked`` masked patches in every row, for gathers of static shape (no boolean
+    indexing, so a compiled step has no data-dependent shapes and no host synchronisation).
+
+    Args:
+        mask: ``[N, L]`` bool, True = masked, exactly ``num_masked`` True per row (as :func:`hard_patch_mask` gives).
+        num_masked: K.
+
+    Returns:
+        ``visible`` ``[N, L - K]`` and ``masked`` ``[N, K]`` patch indices, each in patch order (what
+        ``x[~mask]`` and ``x[mask]`` select), and ``restore`` ``[N, L]``, which puts ``cat([visible, masked])``
+        back in patch order.
+
+    Examples::
+
+        >>> mask = torch.tensor([[True, False, True, False]])
+        >>> visible, masked, restore = mask_indices(mask, 2)
+        >>> visible.tolist(), masked.tolist(), restore.tolist()
+        ([[1, 3]], [[0, 2]], [[2, 0, 3, 1]])
+    """
+    order = torch.argsort(mask.to(torch.int8), dim=1, stable=True)  # [N, L]: visible first, each in patch order
+    visible_count = mask.shape[1] - num_masked
+    return order[:, :visible_count], order[:, visible_count:], torch.argsort(order, dim=1)

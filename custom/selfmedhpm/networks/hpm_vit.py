@@ -26,6 +26,7 @@ from monai.networks.blocks.pos_embed_utils import build_sincos_position_embeddin
 from monai.networks.blocks.transformerblock import TransformerBlock
 from monai.networks.layers import trunc_normal_
 from monai.utils import ensure_tuple_rep
+from selfmedhpm.masking import mask_indices
 from selfmedhpm.patches import patchify, unpatchify
 
 __all__ = ["HPMEncoder", "HPMMaskedAutoEncoder", "PatchLossMap", "freeze_cross_attn_norms"]
@@ -78,8 +79,8 @@ class HPMEncoder(nn.Module):
     Examples::
 
         >>> enc = HPMEncoder(img_size=32, hidden_size=48, mlp_dim=96, num_heads=4)
-        >>> enc(torch.rand(2, 1, 32, 32, 32), torch.zeros(2, 8, dtype=torch.bool)).shape
-        torch.Size([2, 8, 48])
+        >>> enc(torch.rand(2, 1, 32, 32, 32), torch.tensor([[0, 5], [3, 4]])).shape
+        torch.Size([2, 2, 48])
     """
 
     def __init__(
@@ -103,13 +104,29 @@ class HPMEncoder(nn.Module):
         self.blocks = _blocks(num_layers, hidden_size, mlp_dim, num_heads, qkv_bias)
         self.norm = nn.LayerNorm(hidden_size)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cls_token: torch.Tensor | None = None):
-        """Encodes ``x`` ``[N, C, H, W, D]``; ``mask`` ``[N, L]`` (True = masked) drops the masked patches, None keeps
-        all. A ``cls_token`` ``[1, 1, hidden]`` is prepended when given. Returns ``[N, (1 +) L_visible, hidden]``."""
-        tokens = self.patch_embedding(x)  # [N, L, hidden], position embeddings added
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Patch embedding ``[N, C, H, W, D]`` -> ``[N, L, hidden]`` with position embeddings added: the weights of
+        ``patch_embedding`` (a strided Conv3d) applied as one matrix product on the patchified input, which is the
+        same function (a convolution whose stride equals its kernel) but runs as a plain GEMM, with tensor cores on
+        GPUs, where cuDNN's strided 3D convolution does not."""
+        block = self.patch_embedding
+        conv = block.patch_embeddings
+        weight = conv.weight.permute(0, 2, 3, 4, 1).reshape(
+            conv.out_channels, -1
+        )  # [hidden, p^3 * C], patchify's order
+        tokens = nn.functional.linear(patchify(x, conv.kernel_size[0]), weight, conv.bias)  # [N, L, hidden]
+        return block.dropout(tokens + block.position_embeddings)
+
+    def forward(
+        self, x: torch.Tensor, visible: torch.Tensor | None = None, cls_token: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Encodes ``x`` ``[N, C, H, W, D]``; ``visible`` ``[N, L_vis]`` (patch indices, from
+        :func:`~selfmedhpm.masking.mask_indices`) keeps only those patches, None keeps all. A ``cls_token``
+        ``[1, 1, hidden]`` is prepended when given. Returns ``[N, (1 +) L_vis, hidden]``."""
+        tokens = self.embed(x)  # [N, L, hidden]
         n, _, width = tokens.shape
-        if mask is not None:
-            tokens = tokens[~mask].view(n, -1, width)  # [N, L_vis, hidden], in patch order
+        if visible is not None:  # a gather of static shape: [N, L_vis, hidden]
+            tokens = tokens.gather(1, visible[..., None].expand(-1, -1, width))
         if cls_token is not None:
             tokens = torch.cat([cls_token.to(tokens.dtype).expand(n, -1, -1), tokens], dim=1)
         for block in self.blocks:
@@ -197,15 +214,17 @@ class HPMMaskedAutoEncoder(nn.Module):
             trunc_normal_(module.weight, mean=0.0, std=0.02, a=-2.0, b=2.0)
             nn.init.zeros_(module.bias)
 
-    def decoder_tokens(self, latent: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """Shared decoder stem: ``[N, 1 + L_vis, hidden]`` -> ``[N, 1 + L, Dd]`` with mask tokens at masked
-        positions (kept in the latent's dtype, so the stem runs under autocast)."""
+    def decoder_tokens(self, latent: torch.Tensor, restore: torch.Tensor | None) -> torch.Tensor:
+        """Shared decoder stem: ``[N, 1 + L_vis, hidden]`` -> ``[N, 1 + L, Dd]``, mask tokens appended after the
+        visible tokens and ``restore`` ``[N, L]`` (from :func:`~selfmedhpm.masking.mask_indices`) putting them in
+        patch order; None when all patches are visible. Kept in the latent's dtype, so the stem runs under
+        autocast."""
         x = self.decoder_embed(latent)  # [N, 1 + L_vis, Dd]
-        n, _, width = x.shape
-        if mask is not None:
-            full = self.mask_token.to(x.dtype).expand(n, self.num_patches, width)
-            full = full.masked_scatter(~mask[..., None], x[:, 1:])  # visible tokens in patch order
-            x = torch.cat([x[:, :1], full], dim=1)
+        n, visible_plus_cls, width = x.shape
+        if restore is not None:
+            masked = self.mask_token.to(x.dtype).expand(n, self.num_patches + 1 - visible_plus_cls, width)
+            full = torch.cat([x[:, 1:], masked], dim=1).gather(1, restore[..., None].expand(-1, -1, width))
+            x = torch.cat([x[:, :1], full], dim=1)  # [N, 1 + L, Dd]
         return x + self.decoder_pos_embed.to(x.dtype)
 
     @staticmethod
@@ -222,10 +241,17 @@ class HPMMaskedAutoEncoder(nn.Module):
         """Loss-predictor head on decoder tokens: ``[N, 1 + L, Dd]`` -> ``[N, L]``."""
         return self._run_head(x, self.predictor_blocks, self.predictor_norm, self.predictor_head)[..., 0]
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Student pass. ``x`` ``[N, C, H, W, D]``, ``mask`` ``[N, L]`` with the same count per row.
-        Returns the reconstruction ``[N, L, p^3 * C]`` and the predicted per-patch loss ``[N, L]``."""
-        tokens = self.decoder_tokens(self.encoder(x, mask, self.cls_token), mask)
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, num_masked: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Student pass. ``x`` ``[N, C, H, W, D]``, ``mask`` ``[N, L]`` with ``num_masked`` True in every row (the
+        trainer passes it, so that every shape is known without reading the mask: no host synchronisation, and a
+        compiled step has static shapes; None counts the first row). Returns the reconstruction ``[N, L, p^3 * C]``
+        and the predicted per-patch loss ``[N, L]``."""
+        if num_masked is None:
+            num_masked = int(mask[0].sum())
+        visible, _, restore = mask_indices(mask, num_masked)
+        tokens = self.decoder_tokens(self.encoder(x, visible, self.cls_token), restore)
         return self.reconstruct(tokens), self.predict_loss(tokens)
 
     def predict_patch_loss(self, x: torch.Tensor) -> torch.Tensor:

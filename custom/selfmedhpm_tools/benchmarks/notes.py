@@ -91,6 +91,18 @@ def _targets(res: Results, info: dict[str, Any], quick: bool) -> list[str]:
             f"- **bf16 MFU** (everything under bf16 autocast, over the bf16 peak): HPM "
             f"{_f(_v(res, 'pretrain_mfu_bf16'))}, MAE {_f(_v(res, 'mae_mfu_bf16'))} (target >= 0.4)."
         )
+    ops = _v(res, "host_aten_ops_per_step")
+    if ops is not None:
+        host = res.details.get("host", {}).get("cpu", {})
+        lines.append(
+            f"- **Host cost per HPM step** (a ViT of width 24, where compute is negligible: the proxy on a CPU for "
+            f"the host-bound ViT-B step on a GPU): {ops:.0f} aten operators dispatched eagerly, "
+            f"{_v(res, 'host_aten_ops_per_step_compiled'):.0f} with `--compile True` (the rest: autograd's gradient "
+            f"accumulation and the extern matmuls of the compiled graphs); step time "
+            f"{host.get('eager', {}).get('seconds', float('nan')) * 1e3:.1f} ms eager, "
+            f"{host.get('compiled', {}).get('seconds', float('nan')) * 1e3:.1f} ms compiled. The compile itself took "
+            f"{host.get('compiled', {}).get('first_step_s', float('nan')):.0f} s here (inductor caches it on disk)."
+        )
     overlap = _v(res, "teacher_int8_hard_set_overlap")
     if overlap is not None:
         lines.append(

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import torch
 
-from . import batches, inference, loader, notes, precision, report, step
+from . import batches, host, inference, loader, notes, precision, report, step
 from .common import ROOT, Config, Results, log, machine_info
 
-SECTIONS = ("step", "batches", "loader", "inference", "precision")
+SECTIONS = ("step", "host", "batches", "loader", "inference", "precision")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"{name}: {time.perf_counter() - t0:.0f} s")
 
     section("step", lambda: step.run(cfg, res, peaks))
+    section("host", lambda: res.details.update(host=host.run(cfg, res)))
     if cfg.device:  # the paper-scale step by batch size: GPU only
         section("batches", lambda: res.details.update(gpu_batches=batches.run(cfg, res, peaks)))
     section("loader", lambda: loader.run(cfg, res))

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from monai.bundle import ConfigParser
 from monai.networks.nets import MaskedAutoEncoderViT
-from selfmedhpm.ema import EMATeacher
+from selfmedhpm.ema import EMATeacher, unwrap
 from selfmedhpm.engine import HPMTrainer
 from selfmedhpm.losses import patch_targets, per_patch_loss
 from selfmedhpm.masking import num_masked
@@ -88,19 +88,21 @@ class HPMStep:
         roi: crop edge.
         images: ``[N, 1, roi, roi, roi]`` crops (the batch).
         device: device.
+        compile: the bundle's ``compile`` flag (``torch.compile`` of the student, loss and teacher pass).
     """
 
-    def __init__(self, dims: dict, roi: int, images: torch.Tensor, device: str = "cpu") -> None:
+    def __init__(self, dims: dict, roi: int, images: torch.Tensor, device: str = "cpu", compile: bool = False) -> None:
         self.device = torch.device(device)
         torch.manual_seed(0)
         self.images = images.to(self.device)
         self.batch = {"image": self.images}
         parser = bundle_parser(dims, roi, device)
+        parser["compile"] = compile
         parser["train#trainer#train_data_loader"] = [self.batch]
         parser["train#trainer#train_handlers"] = []
         parser["lr_scheduler#warmup_steps"], parser["lr_scheduler#t_total"] = 10, 1000
         self.trainer: HPMTrainer = parser.get_parsed_content("train#trainer")
-        self.network: HPMMaskedAutoEncoder = self.trainer.network
+        self.network: HPMMaskedAutoEncoder = unwrap(self.trainer.network)
         self.teacher: EMATeacher = self.trainer.teacher
         self.optimizer = self.trainer.optimizer
         self.trainer.state.epoch = 1  # last epoch: alpha_e = alpha_T, the hard-patch share at its highest
