@@ -58,3 +58,26 @@ def test_same_code_mae_draws_uniform_masks_and_leaves_the_teacher_alone():
     assert len(seen) == 2 and not torch.equal(seen[0], seen[1])  # random masks, not the teacher's choice
     assert seen[0].sum(1).tolist() == [int(0.75 * 8)] * 2  # gamma = 0.75 of the 2x2x2 patches
     assert HPMStep(CPU_PRESET, 32, images).trainer.loss_function.pred_weight > 0  # the HPM step keeps its loss
+
+
+def test_report_judges_each_figure_against_its_one_declared_target(tmp_path):
+    from selfmedhpm_tools.benchmarks import notes, report
+    from selfmedhpm_tools.benchmarks.common import Config, Results, machine_info
+
+    res = Results()
+    with pytest.raises(KeyError, match="targets.py"):
+        res.add("an_undeclared_figure", 1.0)
+    res.add("pretrain_mfu", 0.7)  # CPU target ">= 0.6 and >= mae_mfu"
+    res.add("mae_mfu", 0.75)
+    res.add("hpm_step_over_mae_step", 1.9, note="a note", label="a label")  # "<= 1.7"
+    res.add("inference_e2e_over_bare", 1.5)  # not judged in quick mode
+    res.add("pretrain_b32_mfu", 0.31, "gpu")  # GPU target ">= 0.3"
+    rows = {line.split(" | ")[0][3:-1]: line for line in report.figures_table(res, True, quick=True).splitlines()[2:]}
+    assert rows["pretrain_mfu"].endswith("| missed by 0.05 (vs mae_mfu) |")
+    assert rows["hpm_step_over_mae_step"].endswith("| <= 1.7 | missed by 0.2 |")
+    assert rows["inference_e2e_over_bare"].endswith("| <= 1.2 (not judged in quick mode) |  |")
+    assert rows["pretrain_b32_mfu"].endswith("| GPU: >= 0.3 | met |")
+    info = {**machine_info(), "load_start": 0.0, "load_end": 0.0}
+    table = report.write(res, info, "quick", tmp_path, notes.values(res, info, Config()), 60.0)
+    text = (tmp_path / "benchmarks.md").read_text()
+    assert table in text and "a label; a note" in text and "$" not in text.replace("$(", "")

@@ -180,7 +180,7 @@ def test_trainer_int8_teacher_requantises_at_each_epoch_start_and_every_interval
     refreshed = []
     monkeypatch.setattr(Int8Teacher, "refresh", lambda self: refreshed.append(trainer.state.iteration))
     trainer.run()
-    assert isinstance(trainer._int8_teacher, Int8Teacher)  # built at iteration 1 from the EMA weights
+    assert isinstance(trainer.int8_teacher, Int8Teacher)  # built at iteration 1 from the EMA weights
     # epoch 1 (iterations 1-5): built at 1, refreshed at 3 and 5; epoch 2 (6-10): at 6 (its start), 8 and 10,
     # so a run resumed from the epoch-1 checkpoint (built at 6) quantises the same weights at the same iterations
     assert refreshed == [3, 5, 6, 8, 10]

@@ -133,7 +133,7 @@ class HPMTrainer(SupervisedTrainer):
         self.mask_ratio, self.final_hard_ratio = mask_ratio, final_hard_ratio
         self.teacher_precision = teacher_precision
         self.teacher_refresh_interval = teacher_refresh_interval
-        self._int8_teacher: Int8Teacher | None = None  # built on first use (after any resume)
+        self.int8_teacher: Int8Teacher | None = None  # the int8 shadow, built on first use (after any resume)
         self.mask_generator = torch.Generator(device=device).manual_seed(seed + rank())
         super().__init__(
             device=device,
@@ -169,13 +169,19 @@ class HPMTrainer(SupervisedTrainer):
             return self.teacher.module.predict_patch_loss(images)
 
     def _int8_scores(self, images: torch.Tensor) -> torch.Tensor:
-        if self._int8_teacher is None:
-            self._int8_teacher = Int8Teacher(self.teacher.module, refresh_interval=None)
+        if self.int8_teacher is None:
+            self.int8_teacher = Int8Teacher(self.teacher.module, refresh_interval=None)
         else:
             steps = self.state.epoch_length or self.state.iteration or 1
             if (max(self.state.iteration, 1) - 1) % steps % self.teacher_refresh_interval == 0:
-                self._int8_teacher.refresh()
-        return self._int8_teacher.predict_patch_loss(images).clone()
+                self.int8_teacher.refresh()
+        return self.int8_teacher.predict_patch_loss(images).clone()
+
+    def iteration(self, batchdata: dict[str, torch.Tensor]) -> dict:
+        """One HPM iteration on ``batchdata`` outside :meth:`run` (benchmarks, tests): teacher pass, mask, student
+        step, with the trainer's current state (epoch, iteration). The handlers of ``ITERATION_COMPLETED``, the EMA
+        update among them, do not run; call ``teacher.update`` for that. Returns the iteration's output."""
+        return self._iteration(self, batchdata)
 
     def _iteration(self, engine: HPMTrainer, batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
         if batchdata is None:

@@ -29,6 +29,8 @@ from typing import Any
 import torch
 from torch.utils import flop_counter
 
+from .targets import FIGURES
+
 __all__ = [
     "ROOT",
     "PRETRAIN_CONFIGS",
@@ -84,26 +86,18 @@ class Config:
 
 @dataclass
 class Results:
-    """Figures (key -> value with unit, target and status), free-form details, and markdown sections."""
+    """Figures (key -> column -> value, note, label; what each means and its target are in
+    :data:`~.targets.FIGURES`), free-form details, and markdown sections."""
 
     figures: dict[str, dict[str, Any]] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
     sections: list[tuple[str, str]] = field(default_factory=list)
 
-    def add(
-        self,
-        key: str,
-        value: float | None,
-        unit: str = "",
-        target: str | None = None,
-        met: bool | None = None,
-        column: str = "cpu",
-        note: str = "",
-        label: str = "",
-    ) -> None:
-        """Records figure ``key`` in ``column`` ("cpu" or "gpu"); ``met`` is None where no target applies."""
-        entry = self.figures.setdefault(key, {"unit": unit, "target": target})
-        entry[column] = {"value": value, "met": met, "note": note, "label": label}
+    def add(self, key: str, value: float | None, column: str = "cpu", note: str = "", label: str = "") -> None:
+        """Records figure ``key`` (declared in :data:`~.targets.FIGURES`) in ``column`` ("cpu" or "gpu")."""
+        if key not in FIGURES:
+            raise KeyError(f"figure {key!r} is not declared in selfmedhpm_tools/benchmarks/targets.py")
+        self.figures.setdefault(key, {})[column] = {"value": value, "note": note, "label": label}
 
     def value(self, key: str, column: str = "cpu") -> float | None:
         """The recorded value of ``key`` in ``column``, None when absent."""

@@ -84,25 +84,12 @@ def run(cfg: Config, res: Results) -> dict[str, Any]:
         rows = host_rows(device, reps=max(cfg.reps, 5))
         eager, compiled = rows["eager"], rows["compiled"]
         label = f"HPM step, width {TINY['hidden_size']}, {ROI}^3, batch {BATCH}, fp32, {device}"
-        res.add("host_aten_ops_per_step", eager["aten_ops"], "", column=column, label=label, note="eager")
-        res.add(
-            "host_aten_ops_per_step_compiled",
-            compiled["aten_ops"],
-            "",
-            column=column,
-            label=label,
-            note=f"--compile True; first step (compiling) {compiled['first_step_s']:.0f} s",
-        )
-        res.add("host_step_s_tiny", eager["seconds"], "s", column=column, label=label, note="eager")
-        speedup = eager["seconds"] / compiled["seconds"]
-        res.add(
-            "host_step_speedup_compiled",
-            speedup,
-            "x",
-            column=column,
-            label=label,
-            note=f"eager {eager['seconds'] * 1e3:.1f} ms, compiled {compiled['seconds'] * 1e3:.1f} ms per step",
-        )
+        res.add("host_aten_ops_per_step", eager["aten_ops"], column, "eager", label)
+        compile_note = f"--compile True; first step (compiling) {compiled['first_step_s']:.0f} s"
+        res.add("host_aten_ops_per_step_compiled", compiled["aten_ops"], column, compile_note, label)
+        res.add("host_step_s_tiny", eager["seconds"], column, "eager", label)
+        times = f"eager {eager['seconds'] * 1e3:.1f} ms, compiled {compiled['seconds'] * 1e3:.1f} ms per step"
+        res.add("host_step_speedup_compiled", eager["seconds"] / compiled["seconds"], column, times, label)
         detail[column] = rows
         log(
             f"host ({column}): "

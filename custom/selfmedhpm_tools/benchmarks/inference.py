@@ -323,9 +323,6 @@ def run(cfg: Config, res: Results) -> None:
     res.add(
         "inference_peak_rss_gb",
         rss,
-        "GB",
-        "<= 6 (paper-scale model)",
-        None if cfg.quick else rss <= 6,
         note=f"bundle process and its loader workers, PSS summed, sampled every 50 ms (RSS summed, counting shared "
         f"pages per process: {cold['peak_tree_rss_gb']:.2f} GB; bundle process alone, VmHWM: "
         f"{cold['maxrss_self_gb']:.2f} GB); cold run {cold['wall_s']:.1f} s incl. Python start-up",
@@ -338,7 +335,6 @@ def run(cfg: Config, res: Results) -> None:
     res.add(
         "inference_peak_rss_gb_num_workers_0",
         max(lean["peak_tree_pss_gb"], lean["maxrss_self_gb"]),
-        "GB",
         note=f"cold run {lean['wall_s']:.1f} s; no loader worker process: the bundle process reads and pre-processes",
         label=f"{main_name}, {model_label}, CPU, --num_workers 0",
     )
@@ -354,9 +350,6 @@ def run(cfg: Config, res: Results) -> None:
     res.add(
         "inference_e2e_over_bare",
         ratio,
-        "x",
-        "<= 1.2",
-        None if cfg.quick else ratio <= 1.2,  # quick mode: not the target configuration (tiny model)
         column,
         note=f"e2e {job['median_s']['e2e']:.2f} s, bare {job['median_s']['bare']:.2f} s on "
         f"{'x'.join(map(str, job['preprocessed_shape'][2:]))} pre-processed voxels, {job['windows']} windows",
@@ -373,9 +366,6 @@ def run(cfg: Config, res: Results) -> None:
     res.add(
         "inference_voxel_exponent",
         exponent,
-        "",
-        "~1 (linear)",
-        None,
         column,
         note="e2e s ~ voxels^b over 1x/2x/4x (z-stacked copies); "
         + ", ".join(f"{v / 1e6:.2f} Mvox / {w} windows: {t:.1f} s" for v, w, t in zip(voxels, windows, e2e))

@@ -101,11 +101,6 @@ def _step_crops_per_s(res: Results, column: str) -> tuple[float | None, str]:
     return 2 / med[key], key
 
 
-def _add_loader_over_step(res: Results, ratio: float, column: str, note: str, label: str) -> None:
-    """The target: the loader delivers at least 1.5x the crops per second that the training step consumes."""
-    res.add("loader_over_step", ratio, "x", ">= 1.5", ratio >= 1.5, column, note, label)
-
-
 def run(cfg: Config, res: Results) -> None:
     """Figure 3 and the loader knobs into ``res``."""
     workdir = Path(cfg.workdir)
@@ -149,31 +144,14 @@ def run(cfg: Config, res: Results) -> None:
 
     step_rate, step_key = _step_crops_per_s(res, "cpu")
     label = f"train.json loader, {workers} workers, batch {batch} x {crops_per_item} crops of 96^3, CPU"
-    res.add(
-        "loader_crops_per_s",
-        rate,
-        "crops/s",
-        None,
-        None,
-        note=f"{unique} cached volumes, {len(dataset)} entries per epoch",
-        label=label,
-    )
+    res.add("loader_crops_per_s", rate, note=f"{unique} cached volumes, {len(dataset)} entries per epoch", label=label)
     if step_rate:
         note = f"step consumes {step_rate:.2f} crops/s ({step_key}, ViT-B, batch 2); loader alone on the CPU, which "
-        _add_loader_over_step(res, rate / step_rate, "cpu", note + "training shares", label)
-    res.add(
-        "loader_workers_0_crops_per_s",
-        detail["crops_per_s"]["workers_0"],
-        "crops/s",
-        label="same data, num_workers 0",
-    )
+        res.add("loader_over_step", rate / step_rate, "cpu", note + "training shares", label)
+    res.add("loader_workers_0_crops_per_s", detail["crops_per_s"]["workers_0"], label="same data, num_workers 0")
     if "persistent" in rates:
-        res.add(
-            "loader_persistent_workers_crops_per_s",
-            detail["crops_per_s"]["persistent"],
-            "crops/s",
-            label=f"same data, {workers} workers, persistent_workers=True",
-        )
+        persistent = f"same data, {workers} workers, persistent_workers=True"
+        res.add("loader_persistent_workers_crops_per_s", detail["crops_per_s"]["persistent"], label=persistent)
 
     # gpu_cache.json on this machine's CPU: ThreadDataLoader, no worker processes, crops on the cache's device
     thread_parser = loader_parser(dataset_dir, datalist, extra=["gpu_cache.json"], device="cpu")
@@ -183,24 +161,16 @@ def run(cfg: Config, res: Results) -> None:
     detail["thread_loader_crops_per_s"] = median(
         [crops_per_second(thread_loader, 1)["crops_per_s"] for _ in range(epochs)]
     )
-    res.add(
-        "loader_thread_cpu_crops_per_s",
-        detail["thread_loader_crops_per_s"],
-        "crops/s",
-        label="gpu_cache.json with device cpu (ThreadDataLoader, no workers)",
-    )
+    thread_label = "gpu_cache.json with device cpu (ThreadDataLoader, no workers)"
+    res.add("loader_thread_cpu_crops_per_s", detail["thread_loader_crops_per_s"], label=thread_label)
     del thread_dataset, thread_loader
 
     # cache_rate 0: every item re-runs load + resample + scaling (one epoch is enough to see it)
     nocache = loader_parser(dataset_dir, datalist, device="cpu", cache_rate=0.0)
     nocache_loader = nocache.get_parsed_content("train#dataloader")
     detail["cache_rate_0_crops_per_s"] = crops_per_second(nocache_loader, 1, max_batches=2)["crops_per_s"]
-    res.add(
-        "loader_cache_rate_0_crops_per_s",
-        detail["cache_rate_0_crops_per_s"],
-        "crops/s",
-        label=f"cache_rate 0, {workers} workers (first 2 batches)",
-    )
+    nocache_label = f"cache_rate 0, {workers} workers (first 2 batches)"
+    res.add("loader_cache_rate_0_crops_per_s", detail["cache_rate_0_crops_per_s"], label=nocache_label)
     del nocache_loader, dataset, loader, no_workers
     gc.collect()
 
@@ -215,10 +185,10 @@ def run(cfg: Config, res: Results) -> None:
         cpu_to_gpu = median([crops_per_second(loaders[f"workers_{workers}"], 1, cfg.device)["crops_per_s"]])
         step_rate, step_key = _step_crops_per_s(res, "gpu")
         label = "gpu_cache.json: volumes cached on the GPU, ThreadDataLoader, crops and flips on the GPU"
-        res.add("loader_crops_per_s", gpu_rate, "crops/s", column="gpu", label=label)
+        res.add("loader_crops_per_s", gpu_rate, "gpu", label=label)
         if step_rate:
             note = f"step consumes {step_rate:.1f} crops/s ({step_key}, batch 2); train.json loader to GPU: "
-            _add_loader_over_step(res, gpu_rate / step_rate, "gpu", note + f"{cpu_to_gpu:.1f} crops/s", label)
+            res.add("loader_over_step", gpu_rate / step_rate, "gpu", note + f"{cpu_to_gpu:.1f} crops/s", label)
         detail["gpu"] = {"gpu_cache_crops_per_s": gpu_rate, "cpu_workers_to_gpu_crops_per_s": cpu_to_gpu}
         del gpu_loader
         gc.collect()

@@ -9,17 +9,18 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""The prose of docs/benchmarks.md: targets met or missed with what limits them, the speed knobs with their measured
-effect, and how to use the options (bf16 on the CPU, the GPU-resident cache, the int8 teacher). Numbers come from
-this run's results; nothing here is hard-coded from an earlier run."""
+"""The parts of docs/benchmarks.md that depend on this run (its template is ``benchmarks.md.in``): targets met or
+missed with what limits them, and the speed knobs with their measured effect. Numbers come from this run's results;
+nothing here is hard-coded from an earlier run."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from .common import Config, Results
+from .targets import FIGURES
 
-__all__ = ["text"]
+__all__ = ["values"]
 
 
 def _v(res: Results, key: str, column: str = "cpu") -> float | None:
@@ -28,6 +29,10 @@ def _v(res: Results, key: str, column: str = "cpu") -> float | None:
 
 def _f(value: float | None, digits: int = 2) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _t(key: str) -> str:
+    return FIGURES[key].cpu or ""
 
 
 def _targets(res: Results, info: dict[str, Any], quick: bool) -> list[str]:
@@ -44,7 +49,8 @@ def _targets(res: Results, info: dict[str, Any], quick: bool) -> list[str]:
         key = "hpm_fp32" if best == "fp32" else f"hpm_teacher_{best}"
         student_part = med[key] - teacher[best]
         lines.append(
-            f"- **`hpm_step_over_mae_step` = {_f(_v(res, 'hpm_step_over_mae_step'))}** (target <= 1.7) with the "
+            f"- **`hpm_step_over_mae_step` = {_f(_v(res, 'hpm_step_over_mae_step'))}** "
+            f"(target {_t('hpm_step_over_mae_step')}) with the "
             f"teacher in {best}; everything in fp32 it is {_f(med['hpm_fp32'] / med['mae_fp32'])} and by FLOPs "
             f"{_f(_v(res, 'hpm_step_over_mae_step_flops'))}. The HPM iteration without its teacher pass (student "
             f"forward/backward with the second, loss-predictor stack over all tokens, AdamW over its extra "
@@ -72,7 +78,7 @@ def _targets(res: Results, info: dict[str, Any], quick: bool) -> list[str]:
         mfu, mae_mfu = _v(res, "pretrain_mfu"), _v(res, "mae_mfu")
         lines.append(
             f"- **`pretrain_mfu` = {_f(mfu)}, `mae_mfu` = {_f(mae_mfu)}** of the fp32 matmul peak measured in this "
-            f"run (target: HPM >= MAE and >= 0.6). HPM's teacher pass is inference over the full 217-token sequence "
+            f"run (target {_t('pretrain_mfu')}). HPM's teacher pass is inference over the full 217-token sequence "
             "(large, efficient matmuls) while MAE's encoder sees 55 tokens per crop and MONAI's attention is unfused"
             + (", so HPM runs closer to the peak than MAE. " if (mfu or 0) >= (mae_mfu or 0) else ". ")
             + "What keeps both below the peak: the backward pass's weight "
@@ -89,7 +95,7 @@ def _targets(res: Results, info: dict[str, Any], quick: bool) -> list[str]:
             )
         lines.append(
             f"- **bf16 MFU** (everything under bf16 autocast, over the bf16 peak): HPM "
-            f"{_f(_v(res, 'pretrain_mfu_bf16'))}, MAE {_f(_v(res, 'mae_mfu_bf16'))} (target >= 0.4)."
+            f"{_f(_v(res, 'pretrain_mfu_bf16'))}, MAE {_f(_v(res, 'mae_mfu_bf16'))} (target {_t('pretrain_mfu_bf16')})."
         )
     ops = _v(res, "host_aten_ops_per_step")
     if ops is not None:
@@ -116,7 +122,8 @@ def _targets(res: Results, info: dict[str, Any], quick: bool) -> list[str]:
     ratio = _v(res, "loader_over_step")
     if ratio is not None:
         lines.append(
-            f"- **`loader_over_step` = {_f(ratio)}** (target >= 1.5): on a CPU the data pipeline is never the limit "
+            f"- **`loader_over_step` = {_f(ratio)}** (target {_t('loader_over_step')}): on a CPU the data pipeline is "
+            "never the limit "
             "(the step is seconds); the loader here runs alone, while in training it shares the cores with the "
             "step. On a GPU the step is ~100 times faster and the figure that matters is the GPU column."
         )
@@ -128,7 +135,7 @@ def _targets(res: Results, info: dict[str, Any], quick: bool) -> list[str]:
         med = main.get("median_s", {})
         overhead = med.get("e2e", 0) - med.get("bare", 0)
         lines.append(
-            f"- **`inference_e2e_over_bare` = {_f(e2e)}** (target <= 1.2"
+            f"- **`inference_e2e_over_bare` = {_f(e2e)}** (target {_t('inference_e2e_over_bare')}"
             + ("; quick mode: the CPU-preset model on a small block, not the target configuration" if quick else "")
             + f"): the bundle adds {overhead:.2f} s to the "
             "sliding window: reading and decompressing the NIfTI, orientation, resampling to 1.5 x 1.5 x 2 mm, "
@@ -140,7 +147,8 @@ def _targets(res: Results, info: dict[str, Any], quick: bool) -> list[str]:
     rss = _v(res, "inference_peak_rss_gb")
     if rss is not None:
         lines.append(
-            f"- **`inference_peak_rss_gb` = {_f(rss)} GB** (target <= 6 GB at the paper-scale model"
+            f"- **`inference_peak_rss_gb` = {_f(rss)} GB** (target {_t('inference_peak_rss_gb')} GB at the "
+            "paper-scale model"
             + (", which quick mode does not run" if quick else "")
             + "; the bundle process and its loader workers, PSS summed): pre- and post-processing at full "
             "resolution (the image read and resampled in the loader worker, the 14-channel float32 output and its "
@@ -225,54 +233,23 @@ def _knobs(res: Results) -> list[str]:
     return rows
 
 
-def text(res: Results, info: dict[str, Any], cfg: Config) -> str:
-    """The prose sections of docs/benchmarks.md for this run."""
-    gpu_note = (
-        ""
-        if info.get("gpu")
-        else "\nNo GPU in this run: the GPU column is not yet measured (run `make bench` on a GPU machine).\n\n"
-    )
-    parts = [
-        "## Targets: met, missed, and what limits them\n",
-        gpu_note,
-        "\n".join(_targets(res, info, cfg.quick)),
-        "\n\n## Knobs that matter for speed\n\n",
-        "\n".join(_knobs(res)),
-        "\n\n## Options\n\n",
-        "- **bf16 autocast on the CPU**, both bundles: `--precision bf16` (pretraining: the teacher follows unless "
-        "`--teacher_precision` is given; segmentation: training and inference). Weights stay fp32 (autocast), "
-        f"losses in fp32. Measured: rec_loss curve gap {_f(_v(res, 'bf16_rec_loss_gap'), 3)} (relative, last third "
-        f"of the epochs), segmentation iteration speed-up {_f(_v(res, 'bf16_segment_step_speedup'))}x, pretraining "
-        "ViT-B iteration: see the knobs table. Worth it only where bf16 matmuls are fast (AMX CPUs, GPUs).\n"
-        "- **GPU-resident cache** (MONAI's fast-training recipe): add `configs/gpu_cache.json` to the pretraining "
-        "config files: the pre-processed volumes are cached on the GPU (`EnsureTyped(device=...)` after the "
-        "deterministic transforms), a `ThreadDataLoader` with no workers crops and flips there. "
-        "`python -m monai.bundle run --config_file \"['configs/train.json','configs/gpu_cache.json']\"`.\n"
-        '- **int8 teacher** (`teacher_precision: "int8"` of `HPMTrainer`, CPU only, `selfmedhpm.quant.Int8Teacher`): '
-        "the teacher's linear layers as int8 x int8 -> int32 matmuls (per-channel weights, per-token activations), "
-        "re-quantised from the fp32 EMA weights every `teacher_refresh_interval` (10) iterations. The pretraining "
-        "`train.json` defaults `teacher_precision` to `selfmedhpm.quant.default_teacher_precision(device, precision)`: "
-        "bf16 on AMX CPUs, int8 on VNNI CPUs without AMX, else the student's precision.\n",
-        "\n## How the figures are measured\n\n",
-        "- Pretraining iteration: `HPMTrainer._iteration` + `EMATeacher.update`, the trainer, network, loss, "
-        "optimizer and EMA teacher instantiated from the pretraining bundle's `train.json` (ViT-B/16, 96^3, "
-        "gamma 0.75, alpha at its final 0.5, batch 2 phantom crops); MAE: `monai.networks.nets.MaskedAutoEncoderViT` "
-        "with the same widths, depth, crop, batch and mask ratio, the same normalised-pixel MSE on masked patches "
-        "and the same optimizer config (fused AdamW; the HPM trainer sets gradients to None). The int8 teacher's "
-        "re-quantisation is timed alone and added amortised over its interval. FLOPs: "
-        "`torch.utils.flop_counter.FlopCounterMode` (CPU flash attention and `_int_mm` registered). Peak: best "
-        "`torch.mm` FLOP/s over square and ViT-B-shaped matrices, measured in the same run.\n"
-        "- Loader: the pretraining bundle's `train#dataloader` from `train.json` via `ConfigParser` over synthetic "
-        "CTs (caching excluded, whole epochs timed, worker start-up included).\n"
-        "- Inference: the segmentation bundle's `inference.json` in a child process "
-        "(`custom/selfmedhpm_tools/benchmarks/inference.py`), `evaluator.run()` interleaved with a bare "
-        "`sliding_window_inference` of the same network on the pre-processed tensor; peak memory: the child's "
-        "process tree (PSS) sampled with psutil, and its `VmHWM`.\n",
-    ]
-    if cfg.quick:
-        parts.append(
-            "\nQuick mode: the pretraining figures are at ViT-B as specified; the inference figures use the CPU "
-            "preset UNETR on a small block (labelled), so `inference_e2e_over_bare` and `inference_peak_rss_gb` are "
-            "not the target configuration; the loss curves are short.\n"
-        )
-    return "".join(parts)
+def values(res: Results, info: dict[str, Any], cfg: Config) -> dict[str, str]:
+    """The parts of ``benchmarks.md.in`` that this run's results decide."""
+    return {
+        "gpu_note": (
+            ""
+            if info.get("gpu")
+            else "\nNo GPU in this run: the GPU column is not yet measured (run " "`make bench` on a GPU machine).\n"
+        ),
+        "targets": "\n".join(_targets(res, info, cfg.quick)),
+        "knobs": "\n".join(_knobs(res)),
+        "bf16_gap": _f(_v(res, "bf16_rec_loss_gap"), 3),
+        "bf16_segment_speedup": _f(_v(res, "bf16_segment_step_speedup")),
+        "quick_note": (
+            "\nQuick mode: the pretraining figures are at ViT-B as specified; the inference figures use the "
+            "CPU preset UNETR on a small block (labelled), so `inference_e2e_over_bare` and `inference_peak_rss_gb` "
+            "are not the target configuration; the loss curves are short.\n"
+            if cfg.quick
+            else ""
+        ),
+    }

@@ -111,7 +111,7 @@ def segment_speed(cfg: Config) -> dict[str, Any]:
     parser = ConfigParser()
     files = ["train.json", "train_cpu.json"] if cfg.quick else ["train.json"]
     parser.read_config([str(SEGMENT_CONFIGS / f) for f in files])
-    parser.update({"device": "cpu"})
+    parser.update({"device": "cpu", "epochs": 1})  # each trainer.run() is one iteration over the one batch
     roi = parser.get_parsed_content("roi_size")
     batch_size = 2
     torch.manual_seed(0)
@@ -129,7 +129,7 @@ def segment_speed(cfg: Config) -> dict[str, Any]:
 
     def iteration(precision: str) -> None:
         inferer.precision = precision
-        trainer._iteration(trainer, batch)
+        trainer.run()
         output = trainer.state.output
         output = output[0] if isinstance(output, list) else output
         losses[precision].append(float(output["loss"]))
@@ -153,7 +153,6 @@ def run(cfg: Config, res: Results) -> None:
     res.add(
         "bf16_rec_loss_gap",
         curves["relative_gap_last_third"],
-        "relative",
         label=f"pretraining CPU preset, {curves['epochs']} epochs, {curves['cases']} synthetic CTs, same seed",
         note=f"mean |bf16 - fp32| / fp32 of rec_loss over the last third of the epochs (max over all "
         f"{curves['relative_gap_max']:.3f}); rec_loss last/first fp32 {curves['fall']['fp32']:.2f}, "
@@ -162,7 +161,6 @@ def run(cfg: Config, res: Results) -> None:
     res.add(
         "bf16_pretrain_epoch_speedup",
         curves["epoch_s"]["fp32"] / curves["epoch_s"]["bf16"],
-        "x",
         label="pretraining CPU preset, epoch time fp32 / bf16 (tiny model: overhead-bound)",
     )
     for p in ("bf16", "int8"):
@@ -170,7 +168,6 @@ def run(cfg: Config, res: Results) -> None:
         res.add(
             f"teacher_{p}_hard_set_overlap_trained",
             overlap["mean"],
-            "",
             label=f"CPU-preset teacher after {curves['epochs']} epochs, 32 phantom crops of 64^3",
             note=f"min {overlap['min']:.3f}, chance {overlap['chance']:.3f}",
         )
@@ -179,7 +176,6 @@ def run(cfg: Config, res: Results) -> None:
     res.add(
         "bf16_segment_step_speedup",
         seg["median_s"]["fp32"] / seg["median_s"]["bf16"],
-        "x",
         label=f"segmentation train iteration, {seg['model']}, {seg['roi'][0]}^3, batch {seg['batch']}, CPU",
         note=f"fp32 {seg['median_s']['fp32']:.2f} s, bf16 {seg['median_s']['bf16']:.2f} s; "
         f"losses finite: {seg['losses_finite']}",

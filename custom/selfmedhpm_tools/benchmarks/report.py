@@ -15,49 +15,14 @@ from __future__ import annotations
 
 import json
 import math
-import re
+import string
 from pathlib import Path
 from typing import Any
 
 from .common import Results
+from .targets import FIGURES, status
 
-__all__ = ["FIGURES", "status", "figures_table", "write"]
-
-# key -> what it measures (the order of the table)
-FIGURES = {
-    "hpm_step_over_mae_step": "HPM iteration / MONAI MAE iteration (time)",
-    "hpm_step_over_mae_step_flops": "same, by FLOP count",
-    "hpm_step_over_mae_step_bf16": "same, both sides bf16",
-    "hpm_step_over_mae_step_monai_defaults": "same, MONAI/torch defaults (zero-filled grads, non-fused AdamW)",
-    "pretrain_mfu": "HPM iteration FLOP/s / dense matmul peak",
-    "mae_mfu": "MAE iteration FLOP/s / dense matmul peak",
-    "pretrain_mfu_monai_defaults": "HPM MFU, MONAI/torch defaults",
-    "mae_mfu_monai_defaults": "MAE MFU, non-fused AdamW",
-    "pretrain_mfu_bf16": "HPM iteration under bf16 autocast / bf16 peak",
-    "mae_mfu_bf16": "MAE (bf16 model) / bf16 peak",
-    "teacher_bf16_hard_set_overlap": "hard-patch set overlap, bf16 vs fp32 teacher",
-    "teacher_int8_hard_set_overlap": "hard-patch set overlap, int8 vs fp32 teacher",
-    "teacher_bf16_hard_set_overlap_trained": "same, bf16, trained CPU-preset teacher",
-    "teacher_int8_hard_set_overlap_trained": "same, int8, trained CPU-preset teacher",
-    "loader_crops_per_s": "training crops/s from the bundle's loader",
-    "loader_over_step": "loader crops/s / step crops/s",
-    "loader_workers_0_crops_per_s": "knob: num_workers 0",
-    "loader_persistent_workers_crops_per_s": "knob: persistent_workers",
-    "loader_thread_cpu_crops_per_s": "knob: gpu_cache.json recipe on the CPU",
-    "loader_cache_rate_0_crops_per_s": "knob: cache_rate 0",
-    "inference_e2e_over_bare": "inference bundle end to end / bare sliding window",
-    "inference_peak_rss_gb": "inference bundle peak resident memory",
-    "inference_peak_rss_gb_num_workers_0": "knob: same, inference num_workers 0",
-    "inference_voxel_exponent": "inference time ~ voxels^b",
-    "pretrain_step_token_exponent": "HPM iteration time ~ tokens^b",
-    "host_aten_ops_per_step": "host: aten ops dispatched per HPM step (eager)",
-    "host_aten_ops_per_step_compiled": "same, compiled (`--compile True`)",
-    "host_step_s_tiny": "host: HPM step time at a tiny width (compute negligible), eager",
-    "host_step_speedup_compiled": "same, eager / compiled",
-    "bf16_rec_loss_gap": "bf16 vs fp32 rec_loss curve gap",
-    "bf16_pretrain_epoch_speedup": "bf16 speed-up, pretraining CPU preset epoch",
-    "bf16_segment_step_speedup": "bf16 speed-up, segmentation train iteration",
-}
+__all__ = ["figures_table", "write", "detail_sections"]
 
 
 def _fmt(value: Any, unit: str = "") -> str:
@@ -70,37 +35,31 @@ def _fmt(value: Any, unit: str = "") -> str:
     return f"{text} {unit}".strip() if unit in ("GB", "crops/s") else text
 
 
-def status(entry: dict[str, Any], cell: dict[str, Any] | None) -> str:
-    """ "met", "missed by <gap>" or "" for one measured cell."""
-    if not cell or cell.get("met") is None:
-        return ""
-    if cell["met"]:
-        return "met"
-    target, value = entry.get("target") or "", cell.get("value")
-    bound = re.search(r"(<=|>=)[^0-9]*?([0-9.]+)", target)
-    if bound and value is not None:
-        op, number = bound.group(1), float(bound.group(2))
-        gap = value - number if op == "<=" else number - value
-        if gap > 0:
-            return f"missed by {gap:.2g}"
-    return "missed"
-
-
-def figures_table(res: Results, has_gpu: bool) -> str:
-    """The markdown table of all figures: key, meaning, CPU value, GPU value, target, status."""
+def figures_table(res: Results, has_gpu: bool, quick: bool = False) -> str:
+    """The markdown table of all figures: key, meaning, CPU value, GPU value, target, status, in the order of
+    :data:`~.targets.FIGURES`."""
     lines = [
         "| figure | what | CPU | GPU | target | status (CPU / GPU) |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
-    keys = [k for k in FIGURES if k in res.figures] + [k for k in res.figures if k not in FIGURES]
-    for key in keys:
-        entry = res.figures[key]
+    for key, spec in FIGURES.items():
+        entry = res.figures.get(key)
+        if not entry:
+            continue
         cpu, gpu = entry.get("cpu"), entry.get("gpu")
-        gpu_text = _fmt(gpu["value"], entry["unit"]) if gpu else ("not run" if has_gpu else "not yet measured")
-        states = [s for s in (status(entry, cpu), status(entry, gpu)) if s]
+        gpu_text = _fmt(gpu["value"], spec.unit) if gpu else ("not run" if has_gpu else "not yet measured")
+        judged = [status(key, column, res.figures, quick) for column in ("cpu", "gpu")]
+        targets = (
+            spec.cpu or ""
+            if spec.cpu == spec.gpu
+            else "; ".join(f"{c}: {t}" for c, t in (("CPU", spec.cpu), ("GPU", spec.gpu)) if t)
+        )
+        if quick and not spec.quick and targets:
+            targets += " (not judged in quick mode)"
+        states = [s for _, s in judged if s]
         lines.append(
-            f"| `{key}` | {FIGURES.get(key, '')} | {_fmt(cpu['value'], entry['unit']) if cpu else 'n/a'} | "
-            f"{gpu_text} | {entry.get('target') or ''} | {' / '.join(states)} |"
+            f"| `{key}` | {spec.what} | {_fmt(cpu['value'], spec.unit) if cpu else 'n/a'} | {gpu_text} | "
+            f"{targets} | {' / '.join(states)} |"
         )
     return "\n".join(lines)
 
@@ -132,11 +91,14 @@ def _machine(info: dict[str, Any]) -> str:
     return "\n".join(["| | |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in rows])
 
 
-def write(res: Results, info: dict[str, Any], mode: str, out_dir: Path, static: str, elapsed: float) -> str:
-    """Writes benchmarks.md / benchmarks.json under ``out_dir``; returns the figures table."""
+TEMPLATE = Path(__file__).with_name("benchmarks.md.in")
+
+
+def write(res: Results, info: dict[str, Any], mode: str, out_dir: Path, prose: dict[str, str], elapsed: float) -> str:
+    """Writes benchmarks.md (``benchmarks.md.in`` filled with this run's figures, ``prose`` and details) and
+    benchmarks.json under ``out_dir``; returns the figures table."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    table = figures_table(res, bool(info.get("gpu")))
-    sections = "\n\n".join(f"### {title}\n\n{body}" for title, body in res.sections)
+    table = figures_table(res, bool(info.get("gpu")), mode == "quick")
     contention = ""
     load = info.get("load_start") or 0
     if load and load > 0.5 * (info["cpu_cores_usable"] or 1):
@@ -145,18 +107,16 @@ def write(res: Results, info: dict[str, Any], mode: str, out_dir: Path, static: 
             f"{info['cpu_cores_usable']} usable cores: other processes shared the CPU, so absolute times are "
             "inflated and noisy; ratios were measured side by side (interleaved) but are noisy too.\n"
         )
-    quick = " Quick mode uses smaller settings where labelled." if mode == "quick" else ""
-    text = (
-        "# Benchmarks\n\n"
-        "Generated by `make bench` (full mode) / `make bench-quick` (quick mode) from "
-        "`custom/selfmedhpm_tools/benchmarks/`; do not edit by hand. Every ratio is measured in the same run on the "
-        "same machine: warm-up first, then the two sides interleaved, median of the repetitions.\n\n"
-        f"Mode: **{mode}**, {elapsed / 60:.1f} min.{quick}\n\n"
-        f"## Machine\n\n{_machine(info)}\n{contention}\n"
-        f"## Figures\n\n{table}\n\n"
-        f"What each figure was measured on:\n\n{_notes(res)}\n\n"
-        f"{static}\n\n"
-        f"## Details of this run\n\n{sections}\n"
+    text = string.Template(TEMPLATE.read_text()).substitute(
+        mode=mode,
+        minutes=f"{elapsed / 60:.1f}",
+        quick_mode=" Quick mode uses smaller settings where labelled." if mode == "quick" else "",
+        machine=_machine(info),
+        contention=contention,
+        table=table,
+        figure_notes=_notes(res),
+        details="\n\n".join(f"### {title}\n\n{body}" for title, body in res.sections),
+        **prose,
     )
     (out_dir / "benchmarks.md").write_text(text)
     flat = {k: (v.get("cpu") or {}).get("value") for k, v in res.figures.items()}

@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     info["load_end"] = round(os.getloadavg()[0], 2)
     res.sections = report.detail_sections(res)
     elapsed = time.perf_counter() - start
-    table = report.write(res, info, cfg.mode, args.out, notes.text(res, info, cfg), elapsed)
+    table = report.write(res, info, cfg.mode, args.out, notes.values(res, info, cfg), elapsed)
     print()
     print(table)
     print(f"\nwrote {args.out / 'benchmarks.md'} and {args.out / 'benchmarks.json'} in {elapsed / 60:.1f} min")
@@ -118,7 +118,7 @@ def render(out: Path) -> int:
     res.sections = report.detail_sections(res)
     cfg = Config(quick=payload["mode"] == "quick")
     table = report.write(
-        res, payload["machine"], payload["mode"], out, notes.text(res, payload["machine"], cfg), payload["elapsed_s"]
+        res, payload["machine"], payload["mode"], out, notes.values(res, payload["machine"], cfg), payload["elapsed_s"]
     )
     print(table)
     return 0

@@ -125,7 +125,7 @@ class HPMStep:
         if monai_defaults:
             self.trainer.optim_set_to_none, self.trainer.optimizer = False, self.default_optimizer
         try:
-            self.trainer._iteration(self.trainer, self.batch)
+            self.trainer.iteration(self.batch)
         finally:
             self.trainer.optim_set_to_none, self.trainer.optimizer = configured
         self.teacher.update(self.network, self.teacher.decay_at(self.trainer.state.epoch - 1))
@@ -245,10 +245,6 @@ def _optimizer_knob(hpm: HPMStep, cfg: Config) -> dict[str, float]:
     return {k: median(v) for k, v in times.items()}
 
 
-def _ratio_status(value: float, target: float) -> bool:
-    return bool(value <= target)
-
-
 def _cpu_figures(cfg: Config, res: Results, peak_table: dict[str, dict]) -> dict[str, Any]:
     roi = 96
     crops = phantom_crops(16 if cfg.quick else 32, roi, seed=1)
@@ -267,7 +263,7 @@ def _cpu_figures(cfg: Config, res: Results, peak_table: dict[str, dict]) -> dict
     }
     flops["hpm_naive"] = flops["hpm"] - flops["teacher"] + flops["teacher_naive"]
     hpm.teacher_pass("int8")  # builds the int8 copy outside the timed region
-    refresh = interleaved({"refresh": hpm.trainer._int8_teacher.refresh}, reps=2, warmup=0)["refresh"]
+    refresh = interleaved({"refresh": hpm.trainer.int8_teacher.refresh}, reps=2, warmup=0)["refresh"]
     interval = hpm.trainer.teacher_refresh_interval
 
     log("step: teacher pass alone (fp32 / bf16 / int8), 2 crops")
@@ -298,7 +294,7 @@ def _cpu_figures(cfg: Config, res: Results, peak_table: dict[str, dict]) -> dict
     for key, value in again.items():
         if value["flops_per_s"] > peak_table[key]["flops_per_s"]:
             peak_table[key] = value
-    hpm.trainer._int8_teacher.refresh()  # from the EMA teacher as it is now, which the fp32 pass uses
+    hpm.trainer.int8_teacher.refresh()  # from the EMA teacher as it is now, which the fp32 pass uses
     overlaps = _overlaps(hpm, crops)
     optimizer_s = _optimizer_knob(hpm, cfg)
 
@@ -321,70 +317,31 @@ def _cpu_figures(cfg: Config, res: Results, peak_table: dict[str, dict]) -> dict
     }
     defaults_ratio = med[f"{configured_key}_monai_defaults"] / med["mae_fp32_monai_defaults"]
     label = "ViT-B/16, 96^3, gamma 0.75, batch 2, CPU"
-    res.add(
-        "hpm_step_over_mae_step",
-        ratio,
-        "x",
-        "<= 1.7",
-        _ratio_status(ratio, 1.7),
-        note=f"fp32 student, {best_teacher} teacher; FLOP ratio {flops['hpm'] / flops['mae']:.2f} "
-        f"(naive {flops['hpm_naive'] / flops['mae']:.2f}); all-fp32 {med['hpm_fp32'] / med['mae_fp32']:.2f}",
-        label=label,
-    )
-    res.add("hpm_step_over_mae_step_flops", flops["hpm"] / flops["mae"], "x", label=label, note="FlopCounterMode")
-    res.add(
-        "hpm_step_over_mae_step_bf16",
-        ratio_bf16,
-        "x",
-        "<= 1.7",
-        _ratio_status(ratio_bf16, 1.7),
-        label=label,
-        note="HPM under bf16 autocast (student and teacher) over MONAI MAE cast to bf16",
-    )
-    fp32_ok = mfu["hpm_fp32"] >= mfu["mae_fp32"] and mfu["hpm_fp32"] >= 0.6
-    res.add(
-        "pretrain_mfu",
-        mfu["hpm_fp32"],
-        "of peak",
-        ">= MAE and >= 0.6 (fp32)",
-        fp32_ok,
-        note=f"everything fp32; peak {fp32_peak / 1e9:.0f} GFLOP/s fp32 mm",
-        label=label,
-    )
-    res.add("mae_mfu", mfu["mae_fp32"], "of peak", None, None, note="fp32", label=label)
-    res.add(
-        "pretrain_mfu_bf16",
-        mfu["hpm_bf16"],
-        "of peak",
-        ">= 0.4 (bf16)",
-        mfu["hpm_bf16"] >= 0.4,
-        note=f"bf16 autocast; peak {bf16_peak / 1e9:.0f} GFLOP/s bf16 mm",
-        label=label,
-    )
-    res.add("mae_mfu_bf16", mfu["mae_bf16"], "of peak", ">= 0.4 (bf16)", mfu["mae_bf16"] >= 0.4, label=label)
     defaults_label = f"{label}; MONAI/torch defaults: optim_set_to_none=False, AdamW fused=False (MAE: fused=False)"
-    res.add(
-        "hpm_step_over_mae_step_monai_defaults",
-        defaults_ratio,
-        "x",
-        note=f"fp32 student, {pick} teacher (selfmedhpm.quant.default_teacher_precision); HPM "
-        f"{med[f'{configured_key}_monai_defaults']:.3f} s vs as configured {med[configured_key]:.3f} s; MAE "
-        f"{med['mae_fp32_monai_defaults']:.3f} s vs {med['mae_fp32']:.3f} s",
-        label=defaults_label,
-    )
-    res.add(
-        "pretrain_mfu_monai_defaults",
-        mfu["hpm_fp32_monai_defaults"],
-        "of peak",
-        note="everything fp32",
-        label=defaults_label,
-    )
-    res.add("mae_mfu_monai_defaults", mfu["mae_fp32_monai_defaults"], "of peak", note="fp32", label=defaults_label)
+    flop_ratio = f"FLOP ratio {flops['hpm'] / flops['mae']:.2f} (naive {flops['hpm_naive'] / flops['mae']:.2f})"
+    for key, value, note, where in (
+        ("hpm_step_over_mae_step", ratio, f"fp32 student, {best_teacher} teacher; {flop_ratio}; all-fp32 "
+         f"{med['hpm_fp32'] / med['mae_fp32']:.2f}", label),
+        ("hpm_step_over_mae_step_flops", flops["hpm"] / flops["mae"], "FlopCounterMode", label),
+        ("hpm_step_over_mae_step_bf16", ratio_bf16, "HPM under bf16 autocast (student and teacher) over MONAI MAE cast "
+         "to bf16", label),
+        ("pretrain_mfu", mfu["hpm_fp32"], f"everything fp32; peak {fp32_peak / 1e9:.0f} GFLOP/s fp32 mm", label),
+        ("mae_mfu", mfu["mae_fp32"], "fp32", label),
+        ("pretrain_mfu_bf16", mfu["hpm_bf16"], f"bf16 autocast; peak {bf16_peak / 1e9:.0f} GFLOP/s bf16 mm", label),
+        ("mae_mfu_bf16", mfu["mae_bf16"], "", label),
+        ("hpm_step_over_mae_step_monai_defaults", defaults_ratio, f"fp32 student, {pick} teacher "
+         f"(selfmedhpm.quant.default_teacher_precision); HPM {med[f'{configured_key}_monai_defaults']:.3f} s vs as "
+         f"configured {med[configured_key]:.3f} s; MAE {med['mae_fp32_monai_defaults']:.3f} s vs "
+         f"{med['mae_fp32']:.3f} s",
+         defaults_label),
+        ("pretrain_mfu_monai_defaults", mfu["hpm_fp32_monai_defaults"], "everything fp32", defaults_label),
+        ("mae_mfu_monai_defaults", mfu["mae_fp32_monai_defaults"], "fp32", defaults_label),
+    ):  # fmt: skip
+        res.add(key, value, note=note, label=where)
     for p in ("bf16", "int8"):
         res.add(
             f"teacher_{p}_hard_set_overlap",
             overlaps[p]["mean"],
-            "",
             label=f"{label}, random-init teacher, {crops.shape[0]} phantom crops",
             note=f"min {overlaps[p]['min']:.3f}, chance {overlaps[p]['chance']:.3f}",
         )
@@ -428,16 +385,17 @@ def _gpu_figures(cfg: Config, res: Results, peaks: dict[str, dict]) -> dict[str,
     peak = peaks["gpu_bf16"]["flops_per_s"]
     label = "ViT-B/16, 96^3, batch 2, GPU"
     ratio = med["hpm_bf16"] / med["mae_bf16"]
-    res.add("hpm_step_over_mae_step", ratio, "x", "<= 1.7", ratio <= 1.7, "gpu", "bf16 autocast vs MAE cast", label)
-    res.add(
-        "hpm_step_over_mae_step_bf16", ratio, "x", "<= 1.7", ratio <= 1.7, "gpu", "bf16 autocast vs MAE cast", label
-    )
-    res.add("hpm_step_over_mae_step_flops", flops["hpm"] / flops["mae"], "x", column="gpu", label=label)
     mfu_h, mfu_m = flops["hpm"] / med["hpm_bf16"] / peak, flops["mae"] / med["mae_bf16"] / peak
-    res.add("pretrain_mfu_bf16", mfu_h, "of peak", ">= 0.4 (bf16)", mfu_h >= 0.4, "gpu", label=label)
-    res.add("mae_mfu_bf16", mfu_m, "of peak", ">= 0.4 (bf16)", mfu_m >= 0.4, "gpu", label=label)
-    res.add("pretrain_mfu", mfu_h, "of peak", ">= 0.4 (bf16)", mfu_h >= 0.4, "gpu", "bf16 on GPU", label)
-    res.add("mae_mfu", mfu_m, "of peak", None, None, "gpu", "bf16 (model cast) on GPU", label)
+    for key, value, note in (
+        ("hpm_step_over_mae_step", ratio, "bf16 autocast vs MAE cast"),
+        ("hpm_step_over_mae_step_bf16", ratio, "bf16 autocast vs MAE cast"),
+        ("hpm_step_over_mae_step_flops", flops["hpm"] / flops["mae"], ""),
+        ("pretrain_mfu_bf16", mfu_h, ""),
+        ("mae_mfu_bf16", mfu_m, ""),
+        ("pretrain_mfu", mfu_h, "bf16 on GPU"),
+        ("mae_mfu", mfu_m, "bf16 (model cast) on GPU"),
+    ):
+        res.add(key, value, "gpu", note, label)
     detail = {"flops_gflop": {k: v / 1e9 for k, v in flops.items()}, "median_s": med, "times_s": times}
     hpm = mae = mae32 = None
     gc.collect()
@@ -462,15 +420,13 @@ def _scaling(cfg: Config, res: Results, teacher_precision: str, device: str = "c
         hpm = None
         gc.collect()
     exponent = fit_exponent([r["tokens"] for r in rows.values()], [r["seconds"] for r in rows.values()])
-    column = "cpu" if device == "cpu" else "gpu"
     res.add(
         "pretrain_step_token_exponent",
         exponent,
-        "",
-        column=column,
-        label=f"ViT-B/16 HPM step, batch 2, {teacher_precision} teacher",
+        "cpu" if device == "cpu" else "gpu",
         note="t ~ tokens^b over 64, 216, 512 tokens; "
         + ", ".join(f"{r}^3: {v['seconds']:.2f} s" for r, v in rows.items()),
+        label=f"ViT-B/16 HPM step, batch 2, {teacher_precision} teacher",
     )
     return {"rows": rows, "exponent": exponent, "teacher_precision": teacher_precision}
 
