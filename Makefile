@@ -94,8 +94,9 @@ format: $(STAMP)
 	$(PY) -m black -l 120 custom tests
 	$(PY) -m isort --profile black -l 120 custom tests
 
-# benchmarks: not part of `make test`. `make bench` is the full mode (paper-scale models, for GPU machines),
-# `make bench-quick` finishes in under 5 minutes on 2 CPU cores; both write docs/benchmarks.md and .json
+# benchmarks: not part of `make test`. `make bench` is the full mode (paper-scale models, for GPU machines; on a GPU it
+# adds the batch 8/32/64 table, eager and compiled, saved to results/bench/gpu_batches.json as it goes), `make
+# bench-quick` the CPU mode (ViT-B steps on 2 CPU cores: minutes); both write docs/benchmarks.md and .json
 BENCH_ARGS ?=
 
 bench: $(STAMP)

@@ -81,3 +81,24 @@ def test_report_judges_each_figure_against_its_one_declared_target(tmp_path):
     table = report.write(res, info, "quick", tmp_path, notes.values(res, info, Config()), 60.0)
     text = (tmp_path / "benchmarks.md").read_text()
     assert table in text and "a label; a note" in text and "$" not in text.replace("$(", "")
+
+
+def test_gpu_mode_bundle_and_finetuning_rows_run_eager_and_compiled_on_the_cpu_preset(tmp_path):
+    """The GPU-only parts of ``make bench`` (the pretraining bundle end to end with gpu_cache.json and --compile True;
+    the segmentation iteration eager vs compiled), run on the CPU presets so that a GPU run does not meet them
+    first."""
+    from selfmedhpm_tools.benchmarks.batches import bundle_crops_per_s, finetune_rows
+
+    rows = finetune_rows(
+        "cpu", 1e11, batch=1, reps=1, warmup=1, files=("train.json", "train_cpu.json"), precision="fp32"
+    )
+    assert set(rows) == {"eager", "compiled"}
+    for row in rows.values():
+        assert row["seconds"] > 0 and row["crops_per_s"] == pytest.approx(1 / row["seconds"]) and 0 < row["mfu"] < 1
+    rate = bundle_crops_per_s(
+        "cpu", tmp_path, batch_size=1, num_samples=2, epochs=2, extra=["train_cpu.json"], quick=True,
+        pixdim=[6.0, 6.0, 6.0], roi_size=[32, 32, 32], save_interval=2,
+    )  # fmt: skip
+    assert rate > 0
+    history = json.loads((tmp_path / "bundle_e2e" / "history.json").read_text())
+    assert [r["epoch"] for r in history] == [1, 2] and (tmp_path / "bundle_e2e" / "encoder.pt").is_file()

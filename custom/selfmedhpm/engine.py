@@ -80,7 +80,7 @@ class HPMTrainer(SupervisedTrainer):
         train_handlers: ignite handlers, as in ``SupervisedTrainer``.
         kwargs: the other ``SupervisedTrainer`` arguments (``epoch_length``, ``key_train_metric``, ...), honoured as
             there: ``prepare_batch`` gives the images (its first item; labels are not used), ``inferer`` runs the
-            student as ``inferer(images, network, mask)`` (MONAI's ``SimpleInferer`` by default; the student's mixed
+            student as ``inferer(images, network, mask, K)`` (MONAI's ``SimpleInferer`` by default; the student's mixed
             precision is an :class:`~selfmedhpm.inferers.AutocastInferer`, as in the segmentation bundle),
             ``amp=True`` adds MONAI's gradient scaler (fp16), ``postprocessing`` and ``decollate`` act on the
             output, ``compile=True`` (with ``compile_kwargs``) compiles the student with ``torch.compile`` as

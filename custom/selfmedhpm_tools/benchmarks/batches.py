@@ -125,6 +125,77 @@ def batch_rows(
     return rows
 
 
+def finetune_rows(
+    device: str,
+    peak_flops: float,
+    batch: int = 8,
+    reps: int = 10,
+    warmup: int = 3,
+    files: Sequence[str] = ("train.json",),
+    precision: str = "bf16",
+) -> dict:
+    """The segmentation bundle's training iteration as configured in ``files`` (``train.json``: paper-scale UNETR,
+    96^3) in ``precision`` at ``batch``, eager and with its ``compile`` flag (compiled in the warm-up): seconds,
+    crops/s, MFU."""
+    from .precision import segment_trainer
+
+    trainers = {
+        mode: segment_trainer(list(files), device, batch, precision=precision, compile=mode == "compiled")[0]
+        for mode in ("eager", "compiled")
+    }
+    flops = count_flops(trainers["eager"].run)
+    times = interleaved({mode: t.run for mode, t in trainers.items()}, reps=reps, warmup=warmup, device=device)
+    rows = {}
+    for mode in trainers:
+        seconds = median(times[mode])
+        rows[mode] = {"seconds": seconds, "crops_per_s": batch / seconds, "mfu": flops / seconds / peak_flops}
+    return rows
+
+
+def bundle_crops_per_s(
+    device: str,
+    workdir: Path,
+    batch_size: int = 2,
+    num_samples: int = 16,
+    epochs: int = 4,
+    extra: Sequence[str] = (),
+    quick: bool = False,
+    **overrides: Any,
+) -> float:
+    """Crops per second of the pretraining bundle itself (``train.json`` + ``gpu_cache.json`` + ``extra``,
+    ``--compile True``, with its data loading, EMA, logging and checkpoints) on synthetic CTs (``quick``: the small
+    set), over the epochs after the first (which caches and compiles), from its ``history.json``."""
+    import json
+
+    from monai.bundle import ConfigWorkflow
+
+    from .common import PRETRAIN_CONFIGS
+    from .loader import make_dataset
+
+    dataset_dir, datalist = make_dataset(workdir, quick=quick)
+    out = workdir / "bundle_e2e"
+    workflow = ConfigWorkflow(
+        config_file=[str(PRETRAIN_CONFIGS / f) for f in ("train.json", "gpu_cache.json", *extra)],
+        meta_file=str(PRETRAIN_CONFIGS / "metadata.json"),
+        workflow_type="train",
+        dataset_dir=str(dataset_dir),
+        datalist=str(datalist),
+        output_dir=str(out),
+        device=device,
+        epochs=epochs,
+        batch_size=batch_size,
+        num_samples=num_samples,
+        compile=True,
+        **{"train#dataset#progress": False, **overrides},
+    )
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+    history = json.loads((out / "history.json").read_text())[1:]
+    crops = sum(r["iterations"] for r in history) * batch_size * num_samples
+    return crops / sum(r["seconds"] for r in history)
+
+
 def run(cfg: Config, res: Results, peaks: dict[str, dict]) -> dict[int, dict[str, Any]]:
     """The batch table on the GPU (``make bench``), its figures into ``res``; the rows also in
     ``WORKDIR/gpu_batches.json`` as they come."""
@@ -146,4 +217,17 @@ def run(cfg: Config, res: Results, peaks: dict[str, dict]) -> dict[int, dict[str
         res.add(f"pretrain_b{batch}_crops_per_s", hpm["crops_per_s"], "gpu", label=label)
         res.add(f"pretrain_b{batch}_peak_memory", hpm["peak_memory_gb"], "gpu", label=label)
         res.add(f"pretrain_b{batch}_mfu_hpm_over_mae", hpm["mfu"] / mae["mfu"], "gpu", label=label)
+    peak = peaks["gpu_bf16"]["flops_per_s"]
+    step32 = rows.get(32, {}).get("hpm_compiled")
+    if step32:
+        bundle = bundle_crops_per_s(cfg.device, Path(cfg.workdir))
+        note = f"bundle {bundle:.0f} crops/s, step benchmark {step32['crops_per_s']:.0f} crops/s (batch 32, compiled)"
+        res.add("pretrain_bundle_over_step", bundle / step32["crops_per_s"], "gpu", note, "train.json + gpu_cache.json")
+    tune = finetune_rows(cfg.device, peak)
+    write_json_atomic({**{str(b): row for b, row in rows.items()}, "finetune_b8": tune}, rows_file)
+    label = "segmentation train.json: UNETR ViT-B, 96^3, bf16, batch 8, GPU"
+    eager, compiled = tune["eager"], tune["compiled"]
+    res.add("finetune_b8_mfu", eager["mfu"], "gpu", f"compiled {compiled['mfu']:.1%}", label)
+    res.add("finetune_b8_crops_per_s", eager["crops_per_s"], "gpu", f"compiled {compiled['crops_per_s']:.0f}", label)
+    res.add("finetune_b8_compiled_speedup", eager["seconds"] / compiled["seconds"], "gpu", label=label)
     return rows

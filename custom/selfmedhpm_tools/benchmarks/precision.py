@@ -31,7 +31,7 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 
 from .common import PRETRAIN_CONFIGS, SEGMENT_CONFIGS, Config, Results, interleaved, log, median, phantom_crops
 
-__all__ = ["train_pretraining", "pretrain_curves", "segment_speed", "run"]
+__all__ = ["train_pretraining", "pretrain_curves", "segment_trainer", "segment_speed", "run"]
 
 
 def train_pretraining(data: Path, out: Path, precision: str, epochs: int) -> list[dict]:
@@ -106,24 +106,32 @@ def pretrain_curves(cfg: Config, workdir: Path) -> dict[str, Any]:
     }
 
 
-def segment_speed(cfg: Config) -> dict[str, Any]:
-    """Seconds of one segmentation training iteration (the bundle's trainer) in fp32 and bf16 autocast."""
+def segment_trainer(
+    files: list[str], device: str = "cpu", batch_size: int = 2, **overrides: Any
+) -> tuple[Any, dict[str, torch.Tensor]]:
+    """The segmentation bundle's ``SupervisedTrainer`` from ``files`` (plus ``overrides``) on one fixed batch of
+    phantom crops, without handlers or metrics: each ``trainer.run()`` is one training iteration."""
     parser = ConfigParser()
-    files = ["train.json", "train_cpu.json"] if cfg.quick else ["train.json"]
     parser.read_config([str(SEGMENT_CONFIGS / f) for f in files])
-    parser.update({"device": "cpu", "epochs": 1})  # each trainer.run() is one iteration over the one batch
+    parser.update({"device": device, "epochs": 1, **overrides})
     roi = parser.get_parsed_content("roi_size")
-    batch_size = 2
     torch.manual_seed(0)
     num_classes = parser.get_parsed_content("num_classes")
     image = phantom_crops(batch_size, roi[0], seed=4)
     label = (image * (num_classes - 1)).round().long().clamp(0, num_classes - 1)
-    batch = {"image": image, "label": label}
+    batch = {"image": image.to(device), "label": label.to(device)}
     parser["train#trainer#train_data_loader"] = [batch]
     parser["train#trainer#train_handlers"] = []
     parser["train#trainer#key_train_metric"] = None
     parser["lr_scheduler#warmup_steps"], parser["lr_scheduler#t_total"] = 10, 1000
-    trainer = parser.get_parsed_content("train#trainer")
+    return parser.get_parsed_content("train#trainer"), batch
+
+
+def segment_speed(cfg: Config) -> dict[str, Any]:
+    """Seconds of one segmentation training iteration (the bundle's trainer) in fp32 and bf16 autocast."""
+    files = ["train.json", "train_cpu.json"] if cfg.quick else ["train.json"]
+    trainer, batch = segment_trainer(files)
+    roi, batch_size = list(batch["image"].shape[2:]), batch["image"].shape[0]
     inferer = trainer.inferer
     losses: dict[str, list[float]] = {"fp32": [], "bf16": []}
 

@@ -68,6 +68,14 @@ FIGURES: dict[str, Figure] = {
             ("peak_memory", "paper-scale HPM step peak GPU memory", "GB", None),
         )
     },
+    "pretrain_bundle_over_step": Figure(
+        "pretraining bundle end to end (gpu_cache.json, compiled) / step benchmark, crops/s at batch 32",
+        "x",
+        gpu=">= 0.8",
+    ),
+    "finetune_b8_mfu": Figure("segmentation training iteration, eager, batch 8 (bf16) / bf16 peak", "of peak"),
+    "finetune_b8_crops_per_s": Figure("same, crops/s", "crops/s"),
+    "finetune_b8_compiled_speedup": Figure("same, eager / `--compile True` time", "x", gpu=">= 2"),
     "host_aten_ops_per_step": Figure("host: aten ops dispatched per HPM step (eager)"),
     "host_aten_ops_per_step_compiled": Figure("same, compiled (`--compile True`)"),
     "host_step_s_tiny": Figure("host: HPM step time at a tiny width (compute negligible), eager", "s"),
