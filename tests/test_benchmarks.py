@@ -30,7 +30,7 @@ def _one_thread(one_thread):
 
 def test_batch_rows_measure_each_batch_and_write_them_as_they_come(tmp_path):
     rows_file = tmp_path / "gpu_batches.json"
-    rows = batch_rows("cpu", 1e11, rows_file, batches=(1, 2), dims=CPU_PRESET, roi=32, reps=1, warmup=1, compiled=False)
+    rows = batch_rows("cpu", 1e11, rows_file, batches=(1, 2), network=(CPU_PRESET, 32), reps=1)
     assert sorted(rows) == [1, 2] and json.loads(rows_file.read_text()).keys() == {"1", "2"}
     for batch, row in rows.items():
         assert set(row) == {"hpm", "mae_same_code", "monai_mae"}
@@ -89,14 +89,12 @@ def test_gpu_mode_bundle_and_finetuning_rows_run_eager_and_compiled_on_the_cpu_p
     first."""
     from selfmedhpm_tools.benchmarks.batches import bundle_crops_per_s, finetune_rows
 
-    rows = finetune_rows(
-        "cpu", 1e11, batch=1, reps=1, warmup=1, files=("train.json", "train_cpu.json"), precision="fp32"
-    )
+    rows = finetune_rows("cpu", 1e11, batch=1, reps=1, files=("train.json", "train_cpu.json"), precision="fp32")
     assert set(rows) == {"eager", "compiled"}
     for row in rows.values():
         assert row["seconds"] > 0 and row["crops_per_s"] == pytest.approx(1 / row["seconds"]) and 0 < row["mfu"] < 1
     rate = bundle_crops_per_s(
-        "cpu", tmp_path, batch_size=1, num_samples=2, epochs=2, extra=["train_cpu.json"], quick=True,
+        "cpu", tmp_path, ["train_cpu.json"], quick=True, batch_size=1, num_samples=2, epochs=2,
         pixdim=[6.0, 6.0, 6.0], roi_size=[32, 32, 32], save_interval=2,
     )  # fmt: skip
     assert rate > 0

@@ -68,22 +68,21 @@ def batch_rows(
     peak_flops: float,
     rows_file: Path,
     batches: Sequence[int] = BATCHES,
-    dims: dict = VIT_B,
-    roi: int = 96,
+    network: tuple[dict, int] = (VIT_B, 96),
     reps: int = 10,
-    warmup: int = 3,
-    compiled: bool = True,
 ) -> dict[int, dict[str, Any]]:
-    """Measures one row per batch size (see the module) and rewrites ``rows_file`` after each. With ``compiled``,
-    HPM and the same-code MAE are also measured with the bundle's ``compile`` flag on (``hpm_compiled``,
-    ``mae_same_code_compiled``; compiled in the warm-up, which is not timed).
+    """Measures one row per batch size (see the module) with ``network`` (widths, crop edge), 3 warm-ups and
+    ``reps`` timed steps, and rewrites ``rows_file`` after each. On a GPU, HPM and the same-code MAE are also
+    measured with the bundle's ``compile`` flag on (``hpm_compiled``, ``mae_same_code_compiled``; compiled in the
+    warm-up, which is not timed).
 
     Returns:
         batch -> ``{"hpm" | "mae_same_code" | "monai_mae" (| "hpm_compiled" | "mae_same_code_compiled"):
         {"seconds", "crops_per_s", "gflop", "mfu", "peak_memory_gb"}}``, or ``{"error": ...}`` for a batch that did
         not fit.
     """
-    low = "bf16" if torch.device(device).type == "cuda" else "fp32"
+    on_gpu = torch.device(device).type == "cuda"
+    low, (dims, roi) = "bf16" if on_gpu else "fp32", network
     rows: dict[int, dict[str, Any]] = {}
     for batch in batches:
         hpm = same = monai = steps = hpm_c = same_c = None
@@ -97,7 +96,7 @@ def batch_rows(
                 "mae_same_code": lambda: same.step(low),
                 "monai_mae": monai.step,
             }
-            if compiled:
+            if on_gpu:
                 hpm_c = HPMStep(dims, roi, images, device=device, compile=True)
                 same_c = SameCodeMAEStep(dims, roi, images, device=device, compile=True)
                 steps.update(hpm_compiled=lambda: hpm_c.step(low, low), mae_same_code_compiled=lambda: same_c.step(low))
@@ -105,7 +104,7 @@ def batch_rows(
                     steps[name]()
             flops = {name: count_flops(fn) for name, fn in steps.items()}
             memory = {name: _peak_memory_gb(fn, device) for name, fn in steps.items()}
-            times = interleaved(steps, reps=reps, warmup=warmup, device=device)
+            times = interleaved(steps, reps=reps, warmup=3, device=device)
             rows[batch] = {}
             for name in steps:
                 seconds = median(times[name])
@@ -125,26 +124,20 @@ def batch_rows(
     return rows
 
 
-def finetune_rows(
-    device: str,
-    peak_flops: float,
-    batch: int = 8,
-    reps: int = 10,
-    warmup: int = 3,
-    files: Sequence[str] = ("train.json",),
-    precision: str = "bf16",
-) -> dict:
-    """The segmentation bundle's training iteration as configured in ``files`` (``train.json``: paper-scale UNETR,
-    96^3) in ``precision`` at ``batch``, eager and with its ``compile`` flag (compiled in the warm-up): seconds,
-    crops/s, MFU."""
+def finetune_rows(device: str, peak_flops: float, batch: int = 8, reps: int = 10, **overrides: Any) -> dict:
+    """The segmentation bundle's training iteration as configured in ``train.json`` (paper-scale UNETR, 96^3; bf16
+    autocast unless ``overrides`` say otherwise; ``files`` other config files) at ``batch``, eager and with its
+    ``compile`` flag (compiled in the warm-up): seconds, crops/s, MFU."""
     from .precision import segment_trainer
 
+    files = list(overrides.pop("files", ["train.json"]))
+    overrides.setdefault("precision", "bf16")
     trainers = {
-        mode: segment_trainer(list(files), device, batch, precision=precision, compile=mode == "compiled")[0]
+        mode: segment_trainer(files, device, batch, compile=mode == "compiled", **overrides)[0]
         for mode in ("eager", "compiled")
     }
     flops = count_flops(trainers["eager"].run)
-    times = interleaved({mode: t.run for mode, t in trainers.items()}, reps=reps, warmup=warmup, device=device)
+    times = interleaved({mode: t.run for mode, t in trainers.items()}, reps=reps, warmup=3, device=device)
     rows = {}
     for mode in trainers:
         seconds = median(times[mode])
@@ -153,46 +146,22 @@ def finetune_rows(
 
 
 def bundle_crops_per_s(
-    device: str,
-    workdir: Path,
-    batch_size: int = 2,
-    num_samples: int = 16,
-    epochs: int = 4,
-    extra: Sequence[str] = (),
-    quick: bool = False,
-    **overrides: Any,
+    device: str, workdir: Path, extra: Sequence[str] = (), quick: bool = False, **overrides
 ) -> float:
-    """Crops per second of the pretraining bundle itself (``train.json`` + ``gpu_cache.json`` + ``extra``,
-    ``--compile True``, with its data loading, EMA, logging and checkpoints) on synthetic CTs (``quick``: the small
-    set), over the epochs after the first (which caches and compiles), from its ``history.json``."""
-    import json
-
-    from monai.bundle import ConfigWorkflow
-
-    from .common import PRETRAIN_CONFIGS
+    """Crops per second of the pretraining bundle itself (``train.json`` + ``gpu_cache.json`` + ``extra``, compiled,
+    with its data loading, EMA, logging and checkpoints; 4 epochs of batch 2 x 16 crops unless ``overrides`` say
+    otherwise) on synthetic CTs (``quick``: the small set), over the epochs after the first (which caches and
+    compiles), from its ``history.json``."""
     from .loader import make_dataset
+    from .precision import train_pretraining
 
     dataset_dir, datalist = make_dataset(workdir, quick=quick)
-    out = workdir / "bundle_e2e"
-    workflow = ConfigWorkflow(
-        config_file=[str(PRETRAIN_CONFIGS / f) for f in ("train.json", "gpu_cache.json", *extra)],
-        meta_file=str(PRETRAIN_CONFIGS / "metadata.json"),
-        workflow_type="train",
-        dataset_dir=str(dataset_dir),
-        datalist=str(datalist),
-        output_dir=str(out),
-        device=device,
-        epochs=epochs,
-        batch_size=batch_size,
-        num_samples=num_samples,
-        compile=True,
-        **{"train#dataset#progress": False, **overrides},
-    )
-    workflow.initialize()
-    workflow.run()
-    workflow.finalize()
-    history = json.loads((out / "history.json").read_text())[1:]
-    crops = sum(r["iterations"] for r in history) * batch_size * num_samples
+    settings = {"epochs": 4, "batch_size": 2, "num_samples": 16, "compile": True, **overrides}
+    history = train_pretraining(
+        dataset_dir, workdir / "bundle_e2e", ("train.json", "gpu_cache.json", *extra), datalist=str(datalist),
+        device=device, **settings,
+    )[1:]  # fmt: skip
+    crops = sum(r["iterations"] for r in history) * settings["batch_size"] * settings["num_samples"]
     return crops / sum(r["seconds"] for r in history)
 
 

@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,23 +35,19 @@ from .common import PRETRAIN_CONFIGS, SEGMENT_CONFIGS, Config, Results, interlea
 __all__ = ["train_pretraining", "pretrain_curves", "segment_trainer", "segment_speed", "run"]
 
 
-def train_pretraining(data: Path, out: Path, precision: str, epochs: int) -> list[dict]:
-    """Runs the pretraining bundle's CPU preset in-process for ``epochs`` and returns its ``history.json``."""
+def train_pretraining(
+    data: Path, out: Path, configs: Sequence[str] = ("train.json", "train_cpu.json"), **overrides: Any
+) -> list[dict]:
+    """Runs the pretraining bundle (``configs`` of its folder, plus ``overrides``) in-process on the data set
+    ``data`` and returns its ``history.json``."""
     workflow = ConfigWorkflow(
-        config_file=[str(PRETRAIN_CONFIGS / "train.json"), str(PRETRAIN_CONFIGS / "train_cpu.json")],
+        config_file=[str(PRETRAIN_CONFIGS / name) for name in configs],
         meta_file=str(PRETRAIN_CONFIGS / "metadata.json"),
         logging_file=str(PRETRAIN_CONFIGS / "logging.conf"),
         workflow_type="train",
         dataset_dir=str(data),
         output_dir=str(out),
-        epochs=epochs,
-        precision=precision,
-        device="cpu",
-        pixdim=[3.0, 3.0, 3.0],
-        num_samples=2,
-        save_interval=epochs,
-        log_interval=10**6,
-        **{"train#dataset#progress": False},
+        **{"log_interval": 10**6, "train#dataset#progress": False, **overrides},
     )
     workflow.initialize()
     workflow.run()
@@ -75,7 +72,10 @@ def pretrain_curves(cfg: Config, workdir: Path) -> dict[str, Any]:
     histories = {}
     for precision in ("fp32", "bf16"):
         log(f"precision: pretraining CPU preset, {epochs} epochs, {precision}")
-        histories[precision] = train_pretraining(data, workdir / f"pretrain_{precision}", precision, epochs)
+        histories[precision] = train_pretraining(
+            data, workdir / f"pretrain_{precision}", epochs=epochs, precision=precision, device="cpu",
+            pixdim=[3.0, 3.0, 3.0], num_samples=2, save_interval=epochs,
+        )  # fmt: skip
     rec = {p: np.array([r["rec_loss"] for r in h]) for p, h in histories.items()}
     secs = {p: [r["seconds"] for r in h[1:]] for p, h in histories.items()}  # first epoch: warm-up
     gap = np.abs(rec["bf16"] - rec["fp32"]) / rec["fp32"]
