@@ -95,8 +95,6 @@ class HPMLoss(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """``reconstruction`` ``[N, L, P]``, ``predicted_loss`` ``[N, L]``, ``images`` ``[N, C, H, W, D]``, ``mask``
         ``[N, L]`` with ``num_masked`` True per row (None counts the first row, a host synchronisation)."""
-        if num_masked is None:
-            num_masked = int(mask[0].sum())
         _, masked, _ = mask_indices(mask, num_masked)  # [N, K], in patch order: what patch_loss[mask] selects
         target = patch_targets(images, self.patch_size, self.norm_pix_loss)  # [N, L, P]
         patch_loss = per_patch_loss(reconstruction, target)  # [N, L]

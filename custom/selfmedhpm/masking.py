@@ -106,13 +106,13 @@ def hard_patch_mask(
     return mask.scatter_(1, chosen, True)
 
 
-def mask_indices(mask: torch.Tensor, num_masked: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def mask_indices(mask: torch.Tensor, num_masked: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Index form of a mask with ``num_masked`` masked patches in every row, for gathers of static shape (no boolean
     indexing, so a compiled step has no data-dependent shapes and no host synchronisation).
 
     Args:
         mask: ``[N, L]`` bool, True = masked, exactly ``num_masked`` True per row (as :func:`hard_patch_mask` gives).
-        num_masked: K.
+        num_masked: K; None counts the first row (a host synchronisation: the trainer passes K).
 
     Returns:
         ``visible`` ``[N, L - K]`` and ``masked`` ``[N, K]`` patch indices, each in patch order (what
@@ -126,6 +126,8 @@ def mask_indices(mask: torch.Tensor, num_masked: int) -> tuple[torch.Tensor, tor
         >>> visible.tolist(), masked.tolist(), restore.tolist()
         ([[1, 3]], [[0, 2]], [[2, 0, 3, 1]])
     """
+    if num_masked is None:
+        num_masked = int(mask[0].sum())
     order = torch.argsort(mask.to(torch.int8), dim=1, stable=True)  # [N, L]: visible first, each in patch order
     visible_count = mask.shape[1] - num_masked
     return order[:, :visible_count], order[:, visible_count:], torch.argsort(order, dim=1)

@@ -248,8 +248,6 @@ class HPMMaskedAutoEncoder(nn.Module):
         trainer passes it, so that every shape is known without reading the mask: no host synchronisation, and a
         compiled step has static shapes; None counts the first row). Returns the reconstruction ``[N, L, p^3 * C]``
         and the predicted per-patch loss ``[N, L]``."""
-        if num_masked is None:
-            num_masked = int(mask[0].sum())
         visible, _, restore = mask_indices(mask, num_masked)
         tokens = self.decoder_tokens(self.encoder(x, visible, self.cls_token), restore)
         return self.reconstruct(tokens), self.predict_loss(tokens)
