@@ -27,11 +27,19 @@ def test_demo_pipeline_writes_report_ranking_and_figures(tmp_path, one_thread):
             "--finetune_epochs", "1", "--val_interval", "1", "--no_mlflow"]  # fmt: skip
     assert demo.main(args) == 0
     report = (out / "report.md").read_text()
-    for section in ("## Validation Dice per organ", "## What the HPM teacher ranks", "## Wall time", "| liver |"):
+    for section in ("## Validation Dice per organ", "## What the loss predictor ranks", "## Wall time", "| liver |"):
         assert section in report, section
     ranking = json.loads((out / "hpm_ranking.json").read_text())
-    assert ranking["crops"] == 4  # one validation case, 4 crops
-    assert all(math.isfinite(ranking[k]) for k in ("tau_teacher", "tau_untrained", "tau_position_only"))
+    assert ranking["crops"] == 8 and ranking["crop_margin"] == 16  # one validation case, 8 crops
+    taus = (
+        "tau_teacher",
+        "tau_untrained",
+        "tau_position_only",
+        "masked_tau_student",
+        "masked_tau_teacher",
+        "masked_tau_position_only",
+    )
+    assert all(math.isfinite(ranking[k]) for k in taus)
     assert ranking["tau_teacher"] != ranking["tau_untrained"]  # the pretrained teacher was loaded
     for figure in ("dice_per_organ.png", "curves.png", "overlay.png"):
         assert (out / "figures" / figure).stat().st_size > 5_000, figure

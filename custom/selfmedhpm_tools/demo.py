@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PRETRAIN = ROOT / "bundles" / "selfmedhpm_ct_pretraining"
 SEGMENT = ROOT / "bundles" / "selfmedhpm_ct_segmentation"
 DEMO_RECIPE = SEGMENT / "configs" / "train_demo.json"  # the fine-tuning recipe; its grid and crop serve both stages
+PRETRAIN_CONFIGS = ("train.json", "train_cpu.json", "train_demo.json")  # CPU preset + the demo's pretraining recipe
 RECIPE_FLAGS = {  # flag: (key of train_demo.json, type, help); the demo's flags whose defaults that file holds
     "pixdim": ("pixdim", float, "spacing in mm of both stages"),
     "roi_size": ("roi_size", int, "crop of both stages (multiples of 16)"),
@@ -109,26 +110,28 @@ def run_bundle(
     )
 
 
-def ranking_figures(pre_dir: Path, data: Path, cases: list[dict], overrides: dict, crops_per_case: int = 4) -> dict:
+def ranking_figures(pre_dir: Path, data: Path, cases: list[dict], overrides: dict, crops_per_case: int = 8) -> dict:
     """Kendall tau of the pretrained teacher's predicted per-patch loss against the true reconstruction loss on
-    held-out crops (the validation cases, never pretrained on), the same for an untrained network and for patch
+    held-out crops (the validation cases, never pretrained on, cropped as in pretraining: padded by ``crop_margin``,
+    so that organs sit at other patches from crop to crop), the same for an untrained network and for patch
     position alone, and the share of the predictions' variance that patch position alone explains."""
     import torch
     from monai.bundle import ConfigParser
-    from monai.transforms import Compose, RandSpatialCropSamples
+    from monai.transforms import Compose, RandSpatialCropSamples, SpatialPad
     from selfmedhpm.checkpoint import load_weights
     from selfmedhpm_tools.metrics import teacher_ranking
 
     parser = ConfigParser()
-    parser.read_config(_configs(PRETRAIN, "train.json", "train_cpu.json"))
+    parser.read_config(_configs(PRETRAIN, *PRETRAIN_CONFIGS))
     parser.update({"dataset_dir": str(data), **overrides})
     preprocessing = Compose(parser.get_parsed_content("train#deterministic_transforms"))
     roi = parser.get_parsed_content("roi_size")
+    pad = SpatialPad([s + 2 * parser.get_parsed_content("crop_margin") for s in roi])
     sampler = RandSpatialCropSamples(roi, num_samples=crops_per_case, random_size=False)
     sampler.set_random_state(0)
     crops = []
     for case in cases:
-        volume = preprocessing({"image": str(data / case["image"])})["image"]
+        volume = pad(preprocessing({"image": str(data / case["image"])})["image"])
         crops += [torch.as_tensor(c) for c in sampler(volume)]
     crops = torch.stack(crops).float()
     norm_pix_loss = parser.get_parsed_content("norm_pix_loss")
@@ -136,14 +139,22 @@ def ranking_figures(pre_dir: Path, data: Path, cases: list[dict], overrides: dic
     untrained = parser.get_parsed_content("network_def", lazy=False)
     teacher = parser.get_parsed_content("network_def", lazy=False)
     teacher.load_state_dict(load_weights(pre_dir / "teacher.pt"))
+    student = parser.get_parsed_content("network_def", lazy=False)
+    student.load_state_dict(load_weights(pre_dir / "model.pt"))
     trained = teacher_ranking(teacher, crops, norm_pix_loss=norm_pix_loss)
     fresh = teacher_ranking(untrained, crops, norm_pix_loss=norm_pix_loss)
+    learner = teacher_ranking(student, crops, norm_pix_loss=norm_pix_loss)
     return {
         "crops": len(crops),
+        "crop_margin": parser.get_parsed_content("crop_margin"),
         "tau_teacher": float(np.mean(trained["tau"])),
         "tau_untrained": float(np.mean(fresh["tau"])),
         "tau_position_only": float(np.mean(trained["position_tau"])),
         "position_share": trained["position_share"],
+        "masked_tau_student": float(np.mean(learner["masked_tau"])),
+        "masked_tau_teacher": float(np.mean(trained["masked_tau"])),
+        "masked_tau_untrained": float(np.mean(fresh["masked_tau"])),
+        "masked_tau_position_only": float(np.mean(learner["masked_position_tau"])),
     }
 
 
@@ -201,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     pre_dir = results / "pretrain"
     with stages("HPM pretraining (CPU preset)"):
         run_bundle(
-            _configs(PRETRAIN, "train.json", "train_cpu.json"), tracking_uri, "pretrain_hpm",
+            _configs(PRETRAIN, *PRETRAIN_CONFIGS), tracking_uri, "pretrain_hpm",
             dataset_dir=str(data), output_dir=str(pre_dir), epochs=args.pretrain_epochs, save_interval=10,
             **mae, **common,
         )  # fmt: skip
@@ -233,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     with stages("inference and figures"):
         image_path = data / val_case["image"]
         run_bundle(
-            _configs(PRETRAIN, "inference.json", "train_cpu.json"), tracking_uri, "hpm_heatmap",
+            _configs(PRETRAIN, "inference.json", "train_cpu.json", "train_demo.json"), tracking_uri, "hpm_heatmap",
             dataset_dir=str(data), input_files=[str(image_path)], load_path=str(pre_dir / "teacher.pt"),
             output_dir=str(figures), **mae, **common,
         )  # fmt: skip
@@ -309,12 +320,21 @@ def _report(summaries: dict, table: str, stages: Stages, args: argparse.Namespac
         f"learning rate {args.learning_rate}, layer decay {args.layer_decay}, {args.warmup_epochs} warm-up "
         "epochs.\n\n"
         f"{verdict} Organs with validation Dice >= 0.6: {found}.\n\n## Validation Dice per organ\n\n{table}\n"
-        "## What the HPM teacher ranks\n\n"
-        f"On {ranking['crops']} held-out crops of the validation cases (never pretrained on), Kendall tau between the "
-        f"teacher's predicted and the true per-patch reconstruction loss: {ranking['tau_teacher']:.3f} (untrained "
-        f"network {ranking['tau_untrained']:.3f}; patch position alone {ranking['tau_position_only']:.3f}). Share of "
-        f"the variance of the predicted loss explained by patch position alone: {ranking['position_share']:.2f} "
-        "(near 1: the predictor learnt where patches are usually hard rather than what makes them hard).\n\n"
+        "## What the loss predictor ranks\n\n"
+        f"On {ranking['crops']} held-out crops of the validation cases (never pretrained on; each volume padded by "
+        f"{ranking['crop_margin']} voxels a side before cropping, as in pretraining, so that organs sit at other "
+        "patches from crop to crop), Kendall tau between predicted and true per-patch reconstruction loss:\n\n"
+        "| predictor | masked pass (what the ranking loss trains) | full view (the teacher's mask choice) |\n"
+        "| --- | --- | --- |\n"
+        f"| student | {ranking['masked_tau_student']:.3f} | |\n"
+        f"| EMA teacher | {ranking['masked_tau_teacher']:.3f} | {ranking['tau_teacher']:.3f} |\n"
+        f"| untrained network | {ranking['masked_tau_untrained']:.3f} | {ranking['tau_untrained']:.3f} |\n"
+        f"| patch position alone | {ranking['masked_tau_position_only']:.3f} | {ranking['tau_position_only']:.3f} |\n\n"
+        "Masked pass: under random masks, the predictions for the masked patches, made from the visible ones. Full "
+        "view: the predictions from the whole crop against each patch's loss when masked (4 masks). Share of the "
+        f"variance of the teacher's full-view predictions explained by patch position alone: "
+        f"{ranking['position_share']:.2f} (near 1: it learnt where patches are usually hard rather than what makes "
+        "them hard).\n\n"
         "## Figures\n\n- `figures/dice_per_organ.png`\n- `figures/curves.png`\n- `figures/overlay.png`\n"
         f"- `figures/*_hpm.png` (what the HPM teacher finds hard)\n\n"
         f"## Wall time\n\n| stage | seconds |\n| --- | --- |\n{times}\n| total | {total:.0f} |\n"

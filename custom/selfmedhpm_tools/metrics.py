@@ -49,14 +49,18 @@ def teacher_ranking(
     seed: int = 0,
     norm_pix_loss: bool = True,
 ) -> dict[str, object]:
-    """How well a network's loss predictor, seeing the full crop as the HPM teacher does when it chooses the mask,
-    ranks the patches by their true reconstruction loss, against what patch position alone gives.
+    """How well a network's loss predictor ranks the patches of held-out crops by their true reconstruction loss,
+    against what patch position alone gives, in its two uses.
 
-    The true loss of a patch is its reconstruction loss when masked, averaged over ``trials`` random masks. Per crop:
-    Kendall tau between the full-view predictions and the true losses; the position-only baseline predicts each
-    patch's loss as the mean true loss at that position over the *other* crops. ``position_share`` is the share of
-    the variance of the predictions that patch position alone explains (R^2 of the per-position mean): near 1, the
-    predictor only learnt where patches usually are hard; low, it follows the content.
+    - Masked pass (what the ranking loss trains): under a random mask, the predictions for the masked patches, made
+      from the visible ones, against those patches' reconstruction losses under the same mask.
+    - Full view (what the HPM teacher does when it chooses the mask): the predictions from the whole crop against
+      each patch's true loss, its reconstruction loss when masked averaged over ``trials`` random masks.
+
+    The position-only baseline predicts each patch's loss as the mean true loss at that position over the *other*
+    crops. Per crop (and per mask in the masked pass), Kendall tau over the patches concerned. ``position_share`` is
+    the share of the variance of the full-view predictions that patch position alone explains (R^2 of the
+    per-position mean): near 1, the predictor only learnt where patches usually are hard; low, it follows the content.
 
     Args:
         net: an :class:`~selfmedhpm.networks.HPMMaskedAutoEncoder` (load the teacher's weights to assess the teacher).
@@ -67,7 +71,17 @@ def teacher_ranking(
         norm_pix_loss: targets as in training.
 
     Returns:
-        ``{"tau": per-crop taus, "position_tau": per-crop taus of the baseline, "position_share": float}``.
+        ``{"tau", "position_tau"}`` (full view, per crop), ``{"masked_tau", "masked_position_tau"}`` (masked pass, per
+        crop and mask) and ``"position_share"`` (float).
+
+    Examples::
+
+        >>> from selfmedhpm.networks import HPMMaskedAutoEncoder
+        >>> net = HPMMaskedAutoEncoder(img_size=32, hidden_size=48, mlp_dim=96, num_heads=4, decoder_hidden_size=24,
+        ...                            decoder_mlp_dim=48, decoder_num_layers=1, decoder_num_heads=4)
+        >>> ranking = teacher_ranking(net, torch.rand(3, 1, 32, 32, 32), trials=2)
+        >>> len(ranking["tau"]), len(ranking["masked_tau"]), -1.0 <= ranking["masked_position_tau"][0] <= 1.0
+        (3, 6, True)
     """
     net = unwrap(net)
     was_training = net.training
@@ -77,21 +91,33 @@ def teacher_ranking(
     total = torch.zeros_like(predicted)
     count = torch.zeros_like(predicted)
     target = patch_targets(images, net.patch_size, norm_pix_loss)
+    passes = []  # (mask, per-patch loss, masked-pass prediction), each [N, L]
     for _ in range(trials):
         mask = hard_patch_mask(torch.zeros_like(predicted), mask_ratio, 0.0, generator)
-        reconstruction, _ = net(images, mask)
-        total += torch.where(mask, per_patch_loss(reconstruction, target), 0.0)
+        reconstruction, masked_prediction = net(images, mask)
+        loss = per_patch_loss(reconstruction, target)
+        passes.append((mask, loss, masked_prediction.float()))
+        total += torch.where(mask, loss, 0.0)
         count += mask.float()
     net.train(was_training)
     seen = count > 0
     true = total / count.clamp(min=1)  # [N, L]
-    taus, position_taus = [], []
+    taus, position_taus, masked_taus, masked_position_taus = [], [], [], []
     for i in range(images.shape[0]):
         others = torch.cat([torch.arange(i), torch.arange(i + 1, images.shape[0])])
         baseline = total[others].sum(0) / count[others].sum(0).clamp(min=1)  # mean true loss per position
         taus.append(kendall_tau(predicted[i][seen[i]], true[i][seen[i]]))
         position_taus.append(kendall_tau(baseline[seen[i]], true[i][seen[i]]))
+        for mask, loss, masked_prediction in passes:
+            masked_taus.append(kendall_tau(masked_prediction[i][mask[i]], loss[i][mask[i]]))
+            masked_position_taus.append(kendall_tau(baseline[mask[i]], loss[i][mask[i]]))
     by_position = predicted.mean(0, keepdim=True).expand_as(predicted)
     spread = (predicted - predicted.mean()).pow(2).sum().clamp(min=1e-12)
     share = 1.0 - float((predicted - by_position).pow(2).sum() / spread)
-    return {"tau": taus, "position_tau": position_taus, "position_share": share}
+    return {
+        "tau": taus,
+        "position_tau": position_taus,
+        "masked_tau": masked_taus,
+        "masked_position_tau": masked_position_taus,
+        "position_share": share,
+    }
