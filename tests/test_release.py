@@ -34,7 +34,9 @@ from selfmedhpm_tools import release
 from selfmedhpm_tools.release import ReleaseError, UnsafeArchiveError, build, content_sha1, safe_extract, sha1
 
 NAMES = (PRETRAIN.name, SEGMENT.name)
-VERSION = release.bundle_metadata(SEGMENT)["version"]
+KEY = {
+    b.name: f"{b.name}_v{release.bundle_metadata(b)['version']}" for b in (PRETRAIN, SEGMENT)
+}  # each its own version
 NOT_CARRIED = {p.name for p in Path(release.__file__).parent.glob("*.py")} - {"__init__.py"}  # the tooling's modules
 
 
@@ -90,7 +92,7 @@ def test_zip_layout_is_self_contained(released, name):
     with zipfile.ZipFile(released[name]) as archive:
         names = archive.namelist()
         infos = archive.infolist()
-    assert released[name].name == f"{name}_v{VERSION}.zip"
+    assert released[name].name == f"{KEY[name]}.zip"
     assert names == sorted(names) and all(n.startswith(f"{name}/") for n in names)
     for required in ("LICENSE", "configs/metadata.json", "configs/inference.json", "docs/README.md", "models/model.pt"):
         assert f"{name}/{required}" in names, required
@@ -126,7 +128,7 @@ def test_release_refuses_missing_weights_unless_allowed(tmp_path, capsys):
     assert release.main(argv) == 1
     assert "release refused" in capsys.readouterr().err and not (tmp_path / "dist").exists()
     assert release.main(argv + ["--allow-missing-weights"]) == 0
-    with zipfile.ZipFile(tmp_path / "dist" / f"{SEGMENT.name}_v{VERSION}.zip") as archive:
+    with zipfile.ZipFile(tmp_path / "dist" / f"{KEY[SEGMENT.name]}.zip") as archive:
         assert not [n for n in archive.namelist() if "/models/" in n]
 
 
@@ -151,7 +153,7 @@ def test_weights_trained_with_other_values_are_released_with_them(tmp_path):
         build(bundle, tmp_path / "dist")
     settings = ["--set", f"{SEGMENT.name}:roi_size=[48, 48, 48]", "--set", f"{SEGMENT.name}:pixdim=[3.0, 3.0, 3.0]"]
     assert release.main(argv + settings) == 0
-    entry = json.loads((tmp_path / "dist" / "bundle_index.json").read_text())[f"{SEGMENT.name}_v{VERSION}"]
+    entry = json.loads((tmp_path / "dist" / "bundle_index.json").read_text())[KEY[SEGMENT.name]]
     assert entry["inference_configs"] == ["configs/inference.json"]
     unpacked = tmp_path / "unpacked"
     safe_extract(tmp_path / "dist" / entry["source"], unpacked)
@@ -186,7 +188,7 @@ def test_values_recorded_beside_the_weights_are_released_with_them_and_set_wins(
     argv = ["--bundles_dir", str(tmp_path / "bundles"), "--dist", str(tmp_path / "dist"), "--bundles", SEGMENT.name,
             "--weights_from", f"{SEGMENT.name}={weights}"]  # fmt: skip
     assert release.main(argv + ["--set", f"{SEGMENT.name}:pixdim=[4.0, 4.0, 4.0]"]) == 0
-    with zipfile.ZipFile(tmp_path / "dist" / f"{SEGMENT.name}_v{VERSION}.zip") as archive:
+    with zipfile.ZipFile(tmp_path / "dist" / f"{KEY[SEGMENT.name]}.zip") as archive:
         record = json.loads(archive.read(f"{SEGMENT.name}/configs/{release.OVERRIDES_FILE}"))
         inference = json.loads(archive.read(f"{SEGMENT.name}/configs/inference.json"))
     assert record["values"]["roi_size"] == [48, 48, 48] and record["values"]["pixdim"] == [4.0, 4.0, 4.0]
@@ -229,17 +231,17 @@ def test_release_index_lists_what_was_built_and_takes_a_rebuild(bundles_dir, rel
     entries = json.loads(text)
     assert text == json.dumps(entries, indent=4) + "\n"
     assert f"wrote {index}" in capsys.readouterr().out
-    assert sorted(entries) == [f"{n}_v{VERSION}" for n in sorted(NAMES)]
+    assert sorted(entries) == [KEY[n] for n in sorted(NAMES)]
     for name in NAMES:
-        entry = entries[f"{name}_v{VERSION}"]
-        assert entry["source"] == f"{name}_v{VERSION}.zip"  # beside the index: the file exists where it says
+        entry = entries[KEY[name]]
+        assert entry["source"] == f"{KEY[name]}.zip"  # beside the index: the file exists where it says
         assert entry["checksum"] == sha1(dist / entry["source"]) == sha1(released[name])  # fresh builds agree
         assert entry["monai_version"] == "1.6.1" and entry["pytorch_version"] == "2.13.0" and entry["description"]
         assert entry["inference_configs"] == ["configs/inference.json"]
         assert entry["content_sha1"] == content_sha1(release.release_files(bundles_dir / name))
-    assert entries[f"{SEGMENT.name}_v{VERSION}"]["builds_on"] == f"{PRETRAIN.name}_v{VERSION}"
-    assert entries[f"{PRETRAIN.name}_v{VERSION}"]["builds_on"] is None
-    weights = entries[f"{PRETRAIN.name}_v{VERSION}"]["weights"]
+    assert entries[KEY[SEGMENT.name]]["builds_on"] == KEY[PRETRAIN.name]
+    assert entries[KEY[PRETRAIN.name]]["builds_on"] is None
+    weights = entries[KEY[PRETRAIN.name]]["weights"]
     assert sorted(weights) == ["models/encoder.pt", "models/model.pt", "models/teacher.pt"]
     assert weights["models/model.pt"] == sha1(bundles_dir / PRETRAIN.name / "models" / "model.pt")
 
@@ -250,9 +252,9 @@ def test_release_index_lists_what_was_built_and_takes_a_rebuild(bundles_dir, rel
     again = ["--bundles_dir", str(tmp_path / "retrained"), "--dist", str(dist)]
     assert release.main(again) == 0
     rebuilt = json.loads(index.read_text())
-    key = f"{SEGMENT.name}_v{VERSION}"
+    key = KEY[SEGMENT.name]
     assert rebuilt[key]["checksum"] == sha1(dist / rebuilt[key]["source"]) != entries[key]["checksum"]
-    assert rebuilt[f"{PRETRAIN.name}_v{VERSION}"] == entries[f"{PRETRAIN.name}_v{VERSION}"]  # kept
+    assert rebuilt[KEY[PRETRAIN.name]] == entries[KEY[PRETRAIN.name]]  # kept
 
     published = {key: {**rebuilt[key], "source": f"https://example.org/{key}.zip"}}
     index.write_text(json.dumps(published, indent=4) + "\n")
@@ -272,10 +274,10 @@ def test_repository_index_describes_the_bundle_folders(tmp_path):
         key: {**entry, "source": os.path.relpath(ROOT / entry["source"], tmp_path)} for key, entry in entries.items()
     }, "bundle_index.json is out of date: run make index"
     for name in NAMES:
-        entry = entries[f"{name}_v{VERSION}"]
+        entry = entries[KEY[name]]
         assert (ROOT / entry["source"] / "configs" / "metadata.json").is_file()  # the source exists where it says
         assert entry["checksum"] == content_sha1(release.release_files(ROOT / "bundles" / name))
-    assert entries[f"{SEGMENT.name}_v{VERSION}"]["builds_on"] == f"{PRETRAIN.name}_v{VERSION}"
+    assert entries[KEY[SEGMENT.name]]["builds_on"] == KEY[PRETRAIN.name]
 
 
 # ------------------------------------------------------------------------- download and isolated inference
@@ -400,7 +402,7 @@ def test_verify_flags_bad_versions_unformatted_json_and_a_stale_index(bundles_di
     bundle = copy_bundle(bundles_dir / SEGMENT.name, tmp_path / "bundles")
     index = tmp_path / "bundle_index.json"
     context = {"index": index, "tmp": str(tmp_path)}
-    key = f"{SEGMENT.name}_v{VERSION}"
+    key = KEY[SEGMENT.name]
     with pytest.raises(verify.CheckFailed, match=f"{key} is not in bundle_index.json: run make index"):
         verify.check_index(bundle, context)
     release.source_index([bundle], index)
