@@ -111,10 +111,11 @@ def run_bundle(
 
 
 def ranking_figures(pre_dir: Path, data: Path, cases: list[dict], overrides: dict, crops_per_case: int = 8) -> dict:
-    """Kendall tau of the pretrained teacher's predicted per-patch loss against the true reconstruction loss on
-    held-out crops (the validation cases, never pretrained on, cropped as in pretraining: padded by ``crop_margin``,
-    so that organs sit at other patches from crop to crop), the same for an untrained network and for patch
-    position alone, and the share of the predictions' variance that patch position alone explains."""
+    """Kendall tau of predicted against true per-patch reconstruction loss on held-out crops (the validation cases,
+    never pretrained on, cropped as in pretraining: padded by ``crop_margin``, so that organs sit at other patches
+    from crop to crop): the teacher's full view and masked pass, the student's masked pass, an untrained network and
+    patch position alone (see :func:`~selfmedhpm_tools.metrics.teacher_ranking`), and the share of the teacher's
+    full-view predictions' variance that patch position alone explains."""
     import torch
     from monai.bundle import ConfigParser
     from monai.transforms import Compose, RandSpatialCropSamples, SpatialPad
