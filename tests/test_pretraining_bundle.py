@@ -88,32 +88,24 @@ def test_encoder_file_loads_into_unetr_vit_strictly(pretrained):
     assert all(torch.equal(unetr.vit.state_dict()[k], v) for k, v in encoder.items())
 
 
-def held_out(folder, margin: int = 0, **settings) -> torch.Tensor:
+def held_out(folder, **settings) -> torch.Tensor:
     """16 crops of ``roi_size`` (64^3 unless ``settings`` say otherwise) from 4 synthetic cases that no test trains on
-    (seeds 100-103), pre-processed as in training with ``settings``; with ``margin``, each volume is first padded by
-    ``margin`` voxels a side (``crop_margin``), so that organs move against the patch grid from crop to crop."""
+    (seeds 100-103), cut as in training with ``settings`` (a ``crop_margin`` among them moves organs against the patch
+    grid from crop to crop)."""
     import nibabel as nib
     from monai.bundle import ConfigParser
-    from monai.transforms import Compose, RandSpatialCropSamples, SpatialPad
+    from selfmedhpm_tools.metrics import held_out_crops
     from selfmedhpm_tools.phantom import generate_case
 
     parser = ConfigParser()
     parser.read_config(configs(PRETRAIN, "train.json", "train_cpu.json"))
     parser.update({**TINY, **settings})
-    preprocessing = Compose(parser.get_parsed_content("train#deterministic_transforms"))
-    roi = parser.get_parsed_content("roi_size")
-    pad = SpatialPad([s + 2 * margin for s in roi])
-    sampler = RandSpatialCropSamples(roi, num_samples=4, random_size=False)
-    sampler.set_random_state(0)
-    crops = []
+    paths = []
     for seed in range(100, 104):
-        path = folder / f"case_{seed}.nii.gz"
-        if not path.is_file():
-            image, _, affine = generate_case(seed, shape=(96, 96, 48))
-            nib.save(nib.Nifti1Image(image, affine), path)
-        volume = pad(preprocessing({"image": str(path)})["image"])
-        crops += [torch.as_tensor(c) for c in sampler(volume)]
-    return torch.stack(crops).float()
+        paths.append(folder / f"case_{seed}.nii.gz")
+        image, _, affine = generate_case(seed, shape=(96, 96, 48))
+        nib.save(nib.Nifti1Image(image, affine), paths[-1])
+    return held_out_crops(parser, paths, crops_per_case=4)
 
 
 @pytest.fixture(scope="module")
@@ -271,9 +263,8 @@ def test_demo_preset_loss_predictor_ranks_held_out_patches_better_than_position_
     demo = configs(PRETRAIN, "train.json", "train_cpu.json", "train_demo.json")
     workflow = run_workflow(demo, dataset_dir=str(data), output_dir=str(out), epochs=60, save_interval=60,
                             teacher_precision="fp32")  # fmt: skip
-    settings = {k: workflow.parser.get_parsed_content(k) for k in ("pixdim", "roi_size")}
-    margin = workflow.parser.get_parsed_content("crop_margin")
-    crops = held_out(tmp_path_factory.mktemp("held_out_demo"), margin=margin, **settings)
+    settings = {k: workflow.parser.get_parsed_content(k) for k in ("pixdim", "roi_size", "crop_margin")}
+    crops = held_out(tmp_path_factory.mktemp("held_out_demo"), **settings)
     norm_pix_loss = workflow.parser.get_parsed_content("norm_pix_loss")
     rankings = {}
     for name in ("model.pt", "teacher.pt"):

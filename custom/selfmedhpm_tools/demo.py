@@ -118,23 +118,13 @@ def ranking_figures(pre_dir: Path, data: Path, cases: list[dict], overrides: dic
     full-view predictions' variance that patch position alone explains."""
     import torch
     from monai.bundle import ConfigParser
-    from monai.transforms import Compose, RandSpatialCropSamples, SpatialPad
     from selfmedhpm.checkpoint import load_weights
-    from selfmedhpm_tools.metrics import teacher_ranking
+    from selfmedhpm_tools.metrics import held_out_crops, teacher_ranking
 
     parser = ConfigParser()
     parser.read_config(_configs(PRETRAIN, *PRETRAIN_CONFIGS))
     parser.update({"dataset_dir": str(data), **overrides})
-    preprocessing = Compose(parser.get_parsed_content("train#deterministic_transforms"))
-    roi = parser.get_parsed_content("roi_size")
-    pad = SpatialPad([s + 2 * parser.get_parsed_content("crop_margin") for s in roi])
-    sampler = RandSpatialCropSamples(roi, num_samples=crops_per_case, random_size=False)
-    sampler.set_random_state(0)
-    crops = []
-    for case in cases:
-        volume = pad(preprocessing({"image": str(data / case["image"])})["image"])
-        crops += [torch.as_tensor(c) for c in sampler(volume)]
-    crops = torch.stack(crops).float()
+    crops = held_out_crops(parser, [data / case["image"] for case in cases], crops_per_case)
     norm_pix_loss = parser.get_parsed_content("norm_pix_loss")
     torch.manual_seed(0)
     untrained = parser.get_parsed_content("network_def", lazy=False)

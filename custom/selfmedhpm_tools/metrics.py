@@ -13,13 +13,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Sequence
+
 import torch
+from monai.bundle import ConfigParser
 from selfmedhpm.ema import unwrap
 from selfmedhpm.losses import per_patch_loss
 from selfmedhpm.masking import hard_patch_mask
 from selfmedhpm.patches import patch_targets
 
-__all__ = ["kendall_tau", "teacher_ranking"]
+__all__ = ["kendall_tau", "held_out_crops", "teacher_ranking"]
 
 
 def kendall_tau(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -38,6 +42,36 @@ def kendall_tau(a: torch.Tensor, b: torch.Tensor) -> float:
     db = torch.sign(b[:, None] - b[None, :])
     n = a.numel()
     return float((da * db).sum() / (n * (n - 1)))
+
+
+def held_out_crops(
+    parser: ConfigParser, images: Sequence[str | Path], crops_per_case: int, seed: int = 0
+) -> torch.Tensor:
+    """Random crops of held-out volumes, cut as the pretraining bundle cuts its training crops: each image through
+    ``train#deterministic_transforms``, padded by ``crop_margin`` voxels a side, then ``crops_per_case`` crops of
+    ``roi_size`` (seeded, so every call draws the same crops).
+
+    Args:
+        parser: the pretraining bundle's parsed configs (with the overrides of the run being assessed).
+        images: image files that the run never trained on.
+        crops_per_case: crops per image.
+        seed: seed of the crop positions.
+
+    Returns:
+        ``[len(images) * crops_per_case, C, *roi_size]`` float32.
+    """
+    from monai.transforms import Compose, RandSpatialCropSamples, SpatialPad
+
+    preprocessing = Compose(parser.get_parsed_content("train#deterministic_transforms"))
+    roi = parser.get_parsed_content("roi_size")
+    pad = SpatialPad([s + 2 * parser.get_parsed_content("crop_margin") for s in roi])
+    sampler = RandSpatialCropSamples(roi, num_samples=crops_per_case, random_size=False)
+    sampler.set_random_state(seed)
+    crops = []
+    for image in images:
+        volume = pad(preprocessing({"image": str(image)})["image"])
+        crops += [torch.as_tensor(c) for c in sampler(volume)]
+    return torch.stack(crops).float()
 
 
 @torch.no_grad()
