@@ -61,8 +61,8 @@ def test_same_code_mae_draws_uniform_masks_and_leaves_the_teacher_alone():
 
 
 def test_report_judges_each_figure_against_its_one_declared_target(tmp_path):
-    from selfmedhpm_tools.benchmarks import notes, report
-    from selfmedhpm_tools.benchmarks.common import Config, Results, machine_info
+    from selfmedhpm_tools.benchmarks import report
+    from selfmedhpm_tools.benchmarks.common import Results, machine_info
 
     res = Results()
     with pytest.raises(KeyError, match="targets.py"):
@@ -78,7 +78,7 @@ def test_report_judges_each_figure_against_its_one_declared_target(tmp_path):
     assert rows["inference_e2e_over_bare"].endswith("| <= 1.2 (not judged in quick mode) |  |")
     assert rows["pretrain_b32_mfu"].endswith("| GPU: >= 0.3 | met |")
     info = {**machine_info(), "load_start": 0.0, "load_end": 0.0}
-    table = report.write(res, info, "quick", tmp_path, notes.values(res, info, Config()), 60.0)
+    table = report.write(res, info, "quick", tmp_path, 60.0)
     text = (tmp_path / "benchmarks.md").read_text()
     assert table in text and "a label; a note" in text and "$" not in text.replace("$(", "")
 

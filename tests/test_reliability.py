@@ -217,15 +217,18 @@ def test_history_file_is_rebuilt_from_the_checkpoint(tmp_path):
 
 def _segmentation_inference(folder: Path, out: Path, model: Path, env: dict) -> tuple[int, list[float], str]:
     """Runs the segmentation inference bundle (CPU preset) on a folder in a child process; returns its exit code,
-    its resident memory in MB after each case (measured by the child when it logs the case) and its stderr."""
+    its resident memory in MB after each case (measured by the child when it logs the case, after a garbage
+    collection and ``malloc_trim``, so that what the allocator caches does not count) and its stderr."""
     from conftest import SEGMENT
 
     config = str(configs(SEGMENT, "inference.json", "train_cpu.json"))
     script = (
-        "import logging, os, sys, runpy\n"
+        "import ctypes, gc, logging, os, sys, runpy\n"
         "class Rss(logging.Handler):\n"
         "    def emit(self, record):\n"
         "        if record.getMessage().startswith('case '):\n"
+        "            gc.collect()\n"
+        "            ctypes.CDLL('libc.so.6').malloc_trim(0)  # freed heap back to the OS: what stays is held\n"
         "            pages = int(open('/proc/self/statm').read().split()[1])\n"
         "            print('RSS_MB', pages * os.sysconf('SC_PAGE_SIZE') / 2**20, file=sys.stderr, flush=True)\n"
         "logging.getLogger('selfmedhpm.handlers').addHandler(Rss())\n"

@@ -11,22 +11,18 @@
 
 """Performance benchmarks of the SelfMedHPM bundles (``make bench`` / ``make bench-quick``), not part of ``make test``.
 
-Entry point: ``python -m selfmedhpm_tools.benchmarks.run [--quick]``. One module per figure:
+Entry point: ``python -m selfmedhpm_tools.benchmarks.run [--quick]``. One module per section:
 
-* :mod:`selfmedhpm_tools.benchmarks.step`: HPM vs MONAI MAE pretraining iteration (time, FLOPs, MFU), teacher
-  precision and its effect on the hard-patch mask, iteration time vs crop size.
-* :mod:`selfmedhpm_tools.benchmarks.host`: the host-side cost of one HPM step (aten operators dispatched, step time at
-  a tiny width), eager and compiled.
-* :mod:`selfmedhpm_tools.benchmarks.batches`: on a GPU, the paper-scale step at batches 8, 32 and 64 (MFU, crops/s,
-  peak memory), eager and compiled, HPM beside MAE through the same trainer and MONAI's MAE; the pretraining bundle
-  end to end against the step; the segmentation iteration eager and compiled; rows saved as they are measured.
-* :mod:`selfmedhpm_tools.benchmarks.loader`: crops per second of the pretraining bundle's data loader vs the training
-  step.
-* :mod:`selfmedhpm_tools.benchmarks.inference`: the segmentation inference bundle end to end vs a bare sliding window,
-  peak memory, time vs volume size.
-* :mod:`selfmedhpm_tools.benchmarks.precision`: fp32 vs bf16 autocast on CPU: speed and loss curves of both bundles.
+* :mod:`~selfmedhpm_tools.benchmarks.step`: HPM vs MONAI MAE pretraining iteration (time, FLOPs, MFU), the teacher
+  pass per precision and its effect on the hard-patch mask, iteration time vs crop size.
+* :mod:`~selfmedhpm_tools.benchmarks.host`: the host-side cost of one HPM step, eager and compiled.
+* :mod:`~selfmedhpm_tools.benchmarks.batches`: on a GPU, the paper-scale step at batches 2 to 64, the pretraining
+  bundle end to end, the segmentation iteration eager and compiled.
+* :mod:`~selfmedhpm_tools.benchmarks.loader`: crops per second of the pretraining loader vs the training step.
+* :mod:`~selfmedhpm_tools.benchmarks.inference`: the inference bundle end to end vs a bare sliding window, peak
+  memory, time vs volume size.
+* :mod:`~selfmedhpm_tools.benchmarks.precision`: fp32 vs reduced precision on the CPU, both bundles.
 
-Every figure, its unit and its target are declared once in :mod:`selfmedhpm_tools.benchmarks.targets`;
-:mod:`selfmedhpm_tools.benchmarks.report` fills ``benchmarks.md.in`` (with :mod:`selfmedhpm_tools.benchmarks.notes`)
-into ``docs/benchmarks.md`` and writes ``docs/benchmarks.json``.
+Every figure, its unit and its target are declared once, in :mod:`~selfmedhpm_tools.benchmarks.targets`;
+:mod:`~selfmedhpm_tools.benchmarks.report` fills the template ``benchmarks.md.in`` into ``docs/benchmarks.md``.
 """

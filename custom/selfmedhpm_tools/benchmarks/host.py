@@ -9,24 +9,19 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-
-"""The host-side cost of one HPM step, eager against compiled (the bundle's ``compile`` flag): the aten operators the
-host dispatches per step (from the profiler) and the step time at a tiny width, where compute is negligible and what
-is left is the host's work. On a GPU that host work is what leaves the device idle (the ViT-B step there is
-host-bound); on the CPU it is the proxy that can be measured without one.
+"""The host-side cost of one HPM step, eager against compiled (the bundle's ``compile`` flag): aten operators
+dispatched per step, and the step time at a tiny width, where compute is negligible and what is left is the host's
+work: what leaves a GPU idle on the (host-bound) ViT-B step, measured on the CPU without one.
 """
 
 from __future__ import annotations
 
-import gc
 from typing import Any
 
 import torch
 
-from .common import Config, Results, interleaved, log, median, phantom_crops
+from .common import Config, Results, interleaved, log, medians, phantom_crops
 from .step import HPMStep
-
-__all__ = ["TINY", "aten_ops_per_step", "host_rows", "run"]
 
 # a ViT so narrow that its matmuls cost next to nothing, with the CPU preset's depth (12 + 2 x 2 blocks)
 TINY = dict(hidden_size=24, mlp_dim=48, num_heads=2, decoder_hidden_size=12, decoder_mlp_dim=24, decoder_num_layers=2,
@@ -35,8 +30,8 @@ ROI, BATCH = 64, 2
 
 
 def aten_ops_per_step(step: Any) -> int:
-    """aten operators the host dispatches in one call of ``step``: the profiler's ``aten::`` events that are not
-    inside another aten operator (what Python or a compiled graph asked for, not the ops they decompose into).
+    """aten operators the host dispatches in one call of ``step``: the profiler's ``aten::`` events not inside
+    another aten operator (what Python or a compiled graph asked for, not what those decompose into).
 
     Examples::
 
@@ -54,45 +49,32 @@ def aten_ops_per_step(step: Any) -> int:
     return count
 
 
-def host_rows(
-    device: str = "cpu", reps: int = 5, modes: tuple[str, ...] = ("eager", "compiled")
-) -> dict[str, dict[str, float]]:
-    """Per mode in ``modes`` ("eager", "compiled"): aten ops per step and the median step time of the tiny network,
-    fp32, with the bundle's trainer (:class:`~.step.HPMStep`). The compiled side is warmed up (compiled) before it
-    is timed; its first step (compile time included) is reported as ``first_step_s``."""
-    images = phantom_crops(BATCH, ROI, seed=4)
-    steps, compile_s = {}, {}
-    for mode in modes:
-        steps[mode] = HPMStep(TINY, ROI, images, device=device, compile=mode == "compiled")
-        first = interleaved({mode: steps[mode].step}, reps=1, warmup=0, device=device)[mode][0]
-        compile_s[mode] = first
-        log(f"host: {mode} step built, first step {first:.1f} s")
-    ops = {mode: aten_ops_per_step(step.step) for mode, step in steps.items()}
-    times = interleaved({mode: step.step for mode, step in steps.items()}, reps=reps, warmup=1, device=device)
-    rows = {
-        mode: {"aten_ops": ops[mode], "seconds": median(times[mode]), "first_step_s": compile_s[mode]} for mode in steps
-    }
-    steps = None
-    gc.collect()
-    return rows
-
-
-def run(cfg: Config, res: Results) -> dict[str, Any]:
-    """The host-cost figures on the CPU (and the GPU when there is one) into ``res``."""
+def run(cfg: Config, res: Results, peak: dict[str, float]) -> dict[str, Any]:
+    """Per column (CPU, and the GPU when there is one): aten ops and median step time of the tiny network, fp32,
+    eager and compiled (the first compiled step, compile included, reported apart)."""
     detail = {}
-    for column, device in [("cpu", "cpu")] + ([("gpu", cfg.device)] if cfg.device else []):
-        rows = host_rows(device, reps=max(cfg.reps, 5))
+    for column, device in [("cpu", "cpu")] + [("gpu", cfg.device)] * bool(cfg.device):
+        steps = {
+            m: HPMStep(TINY, ROI, phantom_crops(BATCH, ROI, seed=4), device, m == "compiled").step
+            for m in ("eager", "compiled")
+        }
+        first = {m: interleaved({m: s}, reps=1, warmup=0, device=device)[m][0] for m, s in steps.items()}
+        seconds = medians(steps, reps=max(cfg.reps, 5), device=device)
+        rows = {
+            m: {"aten_ops": aten_ops_per_step(s), "seconds": seconds[m], "first_step_s": first[m]}
+            for m, s in steps.items()
+        }
         eager, compiled = rows["eager"], rows["compiled"]
         label = f"HPM step, width {TINY['hidden_size']}, {ROI}^3, batch {BATCH}, fp32, {device}"
         res.add("host_aten_ops_per_step", eager["aten_ops"], column, "eager", label)
-        compile_note = f"--compile True; first step (compiling) {compiled['first_step_s']:.0f} s"
-        res.add("host_aten_ops_per_step_compiled", compiled["aten_ops"], column, compile_note, label)
+        note = f"--compile True; first step (compiling) {compiled['first_step_s']:.0f} s"
+        res.add("host_aten_ops_per_step_compiled", compiled["aten_ops"], column, note, label)
         res.add("host_step_s_tiny", eager["seconds"], column, "eager", label)
-        times = f"eager {eager['seconds'] * 1e3:.1f} ms, compiled {compiled['seconds'] * 1e3:.1f} ms per step"
-        res.add("host_step_speedup_compiled", eager["seconds"] / compiled["seconds"], column, times, label)
-        detail[column] = rows
+        note = f"eager {eager['seconds'] * 1e3:.1f} ms, compiled {compiled['seconds'] * 1e3:.1f} ms per step"
+        res.add("host_step_speedup_compiled", eager["seconds"] / compiled["seconds"], column, note, label)
         log(
             f"host ({column}): "
             + ", ".join(f"{m} {r['aten_ops']} ops {r['seconds'] * 1e3:.1f} ms" for m, r in rows.items())
         )
+        detail[column] = rows
     return detail

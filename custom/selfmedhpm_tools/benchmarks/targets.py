@@ -9,7 +9,6 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-
 """Every figure of ``docs/benchmarks.md``, written once: what it measures, its unit and its target per column. The
 measurement modules only record values (:meth:`~.common.Results.add`); the report judges them against this table.
 
@@ -20,16 +19,12 @@ of the same column (``">= mae_mfu"``). Text that is no comparison (``"~1 (linear
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Any
-
-__all__ = ["Figure", "FIGURES", "BATCH_MFU_TARGETS", "judge", "status"]
+from typing import Any, NamedTuple
 
 
-@dataclass(frozen=True)
-class Figure:
-    """What a figure measures, its unit, its target on the CPU and on the GPU column, and whether quick mode (smaller
-    models, ``quick=False``) still measures what the target is about."""
+class Figure(NamedTuple):
+    """What a figure measures, its unit, its CPU and GPU targets, and whether quick mode (smaller models) still
+    measures what the target is about."""
 
     what: str
     unit: str = ""
@@ -38,87 +33,83 @@ class Figure:
     quick: bool = True
 
 
-BATCH_MFU_TARGETS = {8: 0.15, 32: 0.30}  # the paper-scale HPM step's share of the bf16 peak (issue #15)
+# key | unit | CPU target | GPU target | what it measures ("-": none). b8/b32/b64: the paper-scale step at that batch.
+_TABLE = """
+hpm_step_over_mae_step | x | <= 1.7 | <= 1.7 | HPM iteration / MONAI MAE iteration (time)
+hpm_step_over_mae_step_flops | x | - | - | same, by FLOP count
+hpm_step_over_mae_step_bf16 | x | <= 1.7 | <= 1.7 | same, both sides bf16
+hpm_step_over_mae_step_monai_defaults | x | - | - | same, MONAI/torch defaults (zero-filled grads, non-fused AdamW)
+pretrain_mfu | of peak | >= 0.6 and >= mae_mfu | >= 0.4 | HPM iteration FLOP/s / dense matmul peak
+mae_mfu | of peak | - | - | MAE iteration FLOP/s / dense matmul peak
+pretrain_mfu_monai_defaults | of peak | - | - | HPM MFU, MONAI/torch defaults
+mae_mfu_monai_defaults | of peak | - | - | MAE MFU, non-fused AdamW
+pretrain_mfu_bf16 | of peak | >= 0.4 | >= 0.4 | HPM iteration under bf16 autocast / bf16 peak
+mae_mfu_bf16 | of peak | >= 0.4 | >= 0.4 | MAE (bf16 model) / bf16 peak
+pretrain_b8_mfu | of peak | - | >= 0.15 | paper-scale HPM step (bf16) / bf16 peak, batch 8
+pretrain_b8_mfu_hpm_over_mae | x | - | >= 1 | HPM step MFU / same-code MAE step MFU, batch 8
+pretrain_b8_crops_per_s | crops/s | - | - | paper-scale HPM step crops/s, batch 8
+pretrain_b8_peak_memory | GB | - | - | paper-scale HPM step peak GPU memory, batch 8
+pretrain_b32_mfu | of peak | - | >= 0.3 | paper-scale HPM step (bf16) / bf16 peak, batch 32
+pretrain_b32_mfu_hpm_over_mae | x | - | >= 1 | HPM step MFU / same-code MAE step MFU, batch 32
+pretrain_b32_crops_per_s | crops/s | - | - | paper-scale HPM step crops/s, batch 32
+pretrain_b32_peak_memory | GB | - | - | paper-scale HPM step peak GPU memory, batch 32
+pretrain_b64_mfu | of peak | - | - | paper-scale HPM step (bf16) / bf16 peak, batch 64
+pretrain_b64_mfu_hpm_over_mae | x | - | >= 1 | HPM step MFU / same-code MAE step MFU, batch 64
+pretrain_b64_crops_per_s | crops/s | - | - | paper-scale HPM step crops/s, batch 64
+pretrain_b64_peak_memory | GB | - | - | paper-scale HPM step peak GPU memory, batch 64
+pretrain_bundle_over_step | x | - | >= 0.8 | pretraining bundle (gpu_cache.json, compiled) / step benchmark, batch 32
+finetune_b8_mfu | of peak | - | - | segmentation training iteration, eager, batch 8 (bf16) / bf16 peak
+finetune_b8_crops_per_s | crops/s | - | - | same, crops/s
+finetune_b8_compiled_speedup | x | - | >= 2 | same, eager / `--compile True` time
+host_aten_ops_per_step | | - | - | host: aten ops dispatched per HPM step (eager)
+host_aten_ops_per_step_compiled | | - | - | same, compiled (`--compile True`)
+host_step_s_tiny | s | - | - | host: HPM step time at a tiny width (compute negligible), eager
+host_step_speedup_compiled | x | - | - | same, eager / compiled
+teacher_bf16_hard_set_overlap | | - | - | hard-patch set overlap, bf16 vs fp32 teacher
+teacher_int8_hard_set_overlap | | - | - | hard-patch set overlap, int8 vs fp32 teacher
+teacher_bf16_hard_set_overlap_trained | | - | - | same, bf16, trained CPU-preset teacher
+teacher_int8_hard_set_overlap_trained | | - | - | same, int8, trained CPU-preset teacher
+loader_crops_per_s | crops/s | - | - | training crops/s from the bundle's loader
+loader_over_step | x | >= 1.5 | >= 1.5 | loader crops/s / step crops/s
+loader_workers_0_crops_per_s | crops/s | - | - | knob: num_workers 0
+loader_persistent_workers_crops_per_s | crops/s | - | - | knob: persistent_workers
+loader_thread_cpu_crops_per_s | crops/s | - | - | knob: gpu_cache.json recipe on the CPU
+loader_cache_rate_0_crops_per_s | crops/s | - | - | knob: cache_rate 0
+inference_e2e_over_bare | x | <= 1.2 | <= 1.2 | inference bundle end to end / bare sliding window
+inference_peak_rss_gb | GB | <= 6 | <= 6 | inference bundle peak resident memory (paper-scale model)
+inference_peak_rss_gb_num_workers_0 | GB | - | - | knob: same, inference num_workers 0
+inference_voxel_exponent | | ~1 (linear) | ~1 (linear) | inference time ~ voxels^b
+pretrain_step_token_exponent | | - | - | HPM iteration time ~ tokens^b
+bf16_rec_loss_gap | relative | - | - | bf16 vs fp32 rec_loss curve gap
+bf16_pretrain_epoch_speedup | x | - | - | bf16 speed-up, pretraining CPU preset epoch
+bf16_segment_step_speedup | x | - | - | bf16 speed-up, segmentation train iteration
+"""
+NOT_JUDGED_IN_QUICK_MODE = {"inference_e2e_over_bare", "inference_peak_rss_gb"}  # targets for the paper-scale model
 
-FIGURES: dict[str, Figure] = {
-    "hpm_step_over_mae_step": Figure("HPM iteration / MONAI MAE iteration (time)", "x", "<= 1.7", "<= 1.7"),
-    "hpm_step_over_mae_step_flops": Figure("same, by FLOP count", "x"),
-    "hpm_step_over_mae_step_bf16": Figure("same, both sides bf16", "x", "<= 1.7", "<= 1.7"),
-    "hpm_step_over_mae_step_monai_defaults": Figure(
-        "same, MONAI/torch defaults (zero-filled grads, non-fused AdamW)", "x"
-    ),
-    "pretrain_mfu": Figure("HPM iteration FLOP/s / dense matmul peak", "of peak", ">= 0.6 and >= mae_mfu", ">= 0.4"),
-    "mae_mfu": Figure("MAE iteration FLOP/s / dense matmul peak", "of peak"),
-    "pretrain_mfu_monai_defaults": Figure("HPM MFU, MONAI/torch defaults", "of peak"),
-    "mae_mfu_monai_defaults": Figure("MAE MFU, non-fused AdamW", "of peak"),
-    "pretrain_mfu_bf16": Figure("HPM iteration under bf16 autocast / bf16 peak", "of peak", ">= 0.4", ">= 0.4"),
-    "mae_mfu_bf16": Figure("MAE (bf16 model) / bf16 peak", "of peak", ">= 0.4", ">= 0.4"),
-    **{
-        f"pretrain_b{b}_{name}": Figure(f"{what}, batch {b}", unit, gpu=target)
-        for b in (8, 32, 64)
-        for name, what, unit, target in (
-            (
-                "mfu",
-                "paper-scale HPM step (bf16) / bf16 peak",
-                "of peak",
-                BATCH_MFU_TARGETS.get(b) and f">= {BATCH_MFU_TARGETS[b]}",
-            ),
-            ("mfu_hpm_over_mae", "HPM step MFU / same-code MAE step MFU", "x", ">= 1"),
-            ("crops_per_s", "paper-scale HPM step crops/s", "crops/s", None),
-            ("peak_memory", "paper-scale HPM step peak GPU memory", "GB", None),
-        )
-    },
-    "pretrain_bundle_over_step": Figure(
-        "pretraining bundle end to end (gpu_cache.json, compiled) / step benchmark, crops/s at batch 32",
-        "x",
-        gpu=">= 0.8",
-    ),
-    "finetune_b8_mfu": Figure("segmentation training iteration, eager, batch 8 (bf16) / bf16 peak", "of peak"),
-    "finetune_b8_crops_per_s": Figure("same, crops/s", "crops/s"),
-    "finetune_b8_compiled_speedup": Figure("same, eager / `--compile True` time", "x", gpu=">= 2"),
-    "host_aten_ops_per_step": Figure("host: aten ops dispatched per HPM step (eager)"),
-    "host_aten_ops_per_step_compiled": Figure("same, compiled (`--compile True`)"),
-    "host_step_s_tiny": Figure("host: HPM step time at a tiny width (compute negligible), eager", "s"),
-    "host_step_speedup_compiled": Figure("same, eager / compiled", "x"),
-    "teacher_bf16_hard_set_overlap": Figure("hard-patch set overlap, bf16 vs fp32 teacher"),
-    "teacher_int8_hard_set_overlap": Figure("hard-patch set overlap, int8 vs fp32 teacher"),
-    "teacher_bf16_hard_set_overlap_trained": Figure("same, bf16, trained CPU-preset teacher"),
-    "teacher_int8_hard_set_overlap_trained": Figure("same, int8, trained CPU-preset teacher"),
-    "loader_crops_per_s": Figure("training crops/s from the bundle's loader", "crops/s"),
-    "loader_over_step": Figure("loader crops/s / step crops/s", "x", ">= 1.5", ">= 1.5"),
-    "loader_workers_0_crops_per_s": Figure("knob: num_workers 0", "crops/s"),
-    "loader_persistent_workers_crops_per_s": Figure("knob: persistent_workers", "crops/s"),
-    "loader_thread_cpu_crops_per_s": Figure("knob: gpu_cache.json recipe on the CPU", "crops/s"),
-    "loader_cache_rate_0_crops_per_s": Figure("knob: cache_rate 0", "crops/s"),
-    "inference_e2e_over_bare": Figure(
-        "inference bundle end to end / bare sliding window", "x", "<= 1.2", "<= 1.2", quick=False
-    ),
-    "inference_peak_rss_gb": Figure(
-        "inference bundle peak resident memory (paper-scale model)", "GB", "<= 6", "<= 6", quick=False
-    ),
-    "inference_peak_rss_gb_num_workers_0": Figure("knob: same, inference num_workers 0", "GB"),
-    "inference_voxel_exponent": Figure("inference time ~ voxels^b", "", "~1 (linear)", "~1 (linear)"),
-    "pretrain_step_token_exponent": Figure("HPM iteration time ~ tokens^b"),
-    "bf16_rec_loss_gap": Figure("bf16 vs fp32 rec_loss curve gap", "relative"),
-    "bf16_pretrain_epoch_speedup": Figure("bf16 speed-up, pretraining CPU preset epoch", "x"),
-    "bf16_segment_step_speedup": Figure("bf16 speed-up, segmentation train iteration", "x"),
-}
+FIGURES: dict[str, Figure] = {}
+for _row in _TABLE.strip().splitlines():
+    _key, _unit, _cpu, _gpu, _what = (cell.strip() for cell in _row.split("|"))
+    FIGURES[_key] = Figure(
+        _what, _unit, *(None if t == "-" else t for t in (_cpu, _gpu)), _key not in NOT_JUDGED_IN_QUICK_MODE
+    )
 
 _CLAUSE = re.compile(r"^(<=|>=)\s*([0-9.]+|[a-z_0-9]+)$")
 
 
-def judge(target: str | None, value: float | None, others: dict[str, float | None]) -> bool | None:
-    """Whether ``value`` meets ``target``; None when there is no comparable target or value. ``others`` gives the
-    values of the figures a clause names.
+def gaps(target: str | None, value: float | None, others: dict[str, float | None]) -> list[tuple[float, str]] | None:
+    """By how much ``value`` misses each clause of ``target`` (<= 0: met), with the clause's bound; None when there
+    is no comparable target or value. ``others`` gives the values of the figures a clause names.
 
     Examples::
 
-        >>> judge(">= 0.6 and >= mae_mfu", 0.7, {"mae_mfu": 0.65}), judge("<= 1.7", 1.9, {}), judge("~1", 1.1, {})
-        (True, False, None)
+        >>> [(round(gap, 2), bound) for gap, bound in gaps(">= 0.6 and >= mae_mfu", 0.7, {"mae_mfu": 0.75})]
+        [(-0.1, '0.6'), (0.05, 'mae_mfu')]
+        >>> gaps("~1 (linear)", 1.1, {}) is None
+        True
     """
     if not target or value is None:
         return None
-    met = True
+    out = []
     for clause in target.split(" and "):
         match = _CLAUSE.match(clause.strip())
         if not match:
@@ -127,29 +118,18 @@ def judge(target: str | None, value: float | None, others: dict[str, float | Non
         number = others.get(bound) if bound[0].isalpha() else float(bound)
         if number is None:
             return None
-        met = met and (value <= number if op == "<=" else value >= number)
-    return met
+        out.append(((value - number) if op == "<=" else (number - value), bound))
+    return out
 
 
-def status(key: str, column: str, figures: dict[str, dict[str, Any]], quick: bool) -> tuple[str | None, str]:
-    """(target, "met" / "missed by <gap>" / "") of figure ``key`` in ``column`` of ``figures`` (the recorded
-    values, as :class:`~.common.Results` keeps them)."""
-    spec = FIGURES.get(key, Figure(""))
-    target = getattr(spec, column)
-    cell = figures.get(key, {}).get(column)
+def status(key: str, column: str, figures: dict[str, dict[str, Any]], quick: bool) -> str:
+    """ "met", "missed by <gap>" or "" (not judged) for figure ``key`` in ``column`` of the recorded ``figures``."""
+    spec, cell = FIGURES[key], figures.get(key, {}).get(column)
     if not cell or (quick and not spec.quick):
-        return target, ""
+        return ""
     others = {k: (v.get(column) or {}).get("value") for k, v in figures.items()}
-    met = judge(target, cell.get("value"), others)
-    if met is None:
-        return target, ""
-    if met:
-        return target, "met"
-    gaps = []
-    for clause in target.split(" and "):
-        op, bound = _CLAUSE.match(clause.strip()).groups()
-        number = others.get(bound) if bound[0].isalpha() else float(bound)
-        gap = (cell["value"] - number) if op == "<=" else (number - cell["value"])
-        if gap > 0:
-            gaps.append(f"{gap:.2g}" if bound[0].isdigit() else f"{gap:.2g} (vs {bound})")
-    return target, "missed by " + ", ".join(gaps)
+    missed = gaps(getattr(spec, column), cell.get("value"), others)
+    if missed is None:
+        return ""
+    missed = [f"{gap:.2g}" + ("" if bound[0].isdigit() else f" (vs {bound})") for gap, bound in missed if gap > 0]
+    return "missed by " + ", ".join(missed) if missed else "met"
