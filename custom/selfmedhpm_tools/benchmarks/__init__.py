@@ -14,8 +14,8 @@
 Entry point: ``python -m selfmedhpm_tools.benchmarks.run [--quick]``. One module per section:
 
 * :mod:`~selfmedhpm_tools.benchmarks.step`: HPM vs MONAI MAE pretraining iteration (time, FLOPs, MFU), the teacher
-  pass per precision and its effect on the hard-patch mask, iteration time vs crop size.
-* :mod:`~selfmedhpm_tools.benchmarks.host`: the host-side cost of one HPM step, eager and compiled.
+  pass per precision and its effect on the hard-patch mask, iteration time vs crop size; the host-side cost of one
+  step, eager and compiled (section ``host``).
 * :mod:`~selfmedhpm_tools.benchmarks.batches`: on a GPU, the paper-scale step at batches 2 to 64, the pretraining
   bundle end to end, the segmentation iteration eager and compiled.
 * :mod:`~selfmedhpm_tools.benchmarks.loader`: crops per second of the pretraining loader vs the training step.

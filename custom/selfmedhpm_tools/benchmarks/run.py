@@ -27,12 +27,12 @@ from pathlib import Path
 
 import torch
 
-from . import batches, host, inference, loader, precision, report, step
+from . import batches, inference, loader, precision, report, step
 from .common import ROOT, Config, Results, log, machine_info
 
 SECTIONS = {
     "step": step.run,
-    "host": host.run,
+    "host": step.run_host,
     "batches": batches.run,
     "loader": loader.run,
     "inference": inference.run,
