@@ -123,8 +123,9 @@ def run(cfg: Config, res: Results, peak: dict[str, float]) -> dict[str, Any]:
         to_gpu = crops_per_second(loaders["configured"], cfg.device)
         label = "gpu_cache.json: volumes cached on the GPU, ThreadDataLoader, crops and flips on the GPU"
         res.add("loader_crops_per_s", rate, "gpu", f"train.json loader to the GPU: {to_gpu:.1f} crops/s", label)
-        gpu_step = res.details.get("step", {}).get("gpu")
-        if gpu_step:
-            res.add("loader_over_step", rate * gpu_step["median_s"]["hpm_bf16"] / 2, "gpu", "vs hpm_bf16", label)
+        step = res.details.get("batches", {}).get(2, {}).get("hpm")  # the paper-scale step at batch 2, bf16
+        if step:
+            note = f"step consumes {step['crops_per_s']:.1f} crops/s (ViT-B, batch 2, bf16)"
+            res.add("loader_over_step", rate / step["crops_per_s"], "gpu", note, label)
         detail["gpu"] = {"gpu_cache_crops_per_s": rate, "cpu_workers_to_gpu_crops_per_s": to_gpu}
     return detail
