@@ -28,7 +28,7 @@ from selfmedhpm.ema import unwrap
 from selfmedhpm.utils import write_json_atomic
 
 from .common import Config, Results, count_flops, log, medians, phantom_crops
-from .step import VIT_B, HPMStep, MAEStep
+from .step import BATCH, VIT_B, HPMStep, MAEStep
 
 BATCHES = (8, 32, 64)  # their figures and targets: targets.py
 
@@ -51,14 +51,13 @@ class SameCodeMAEStep(HPMStep):
 
 def _rows(steps: dict[str, Any], batch: int, peak_flops: float, device: str, reps: int) -> dict[str, dict]:
     """seconds, crops/s, GFLOP, MFU and peak GPU memory (None on the CPU) of each step function."""
-    flops = {name: count_flops(fn) for name, fn in steps.items()}
-    memory = {}
+    on_gpu, flops, memory = torch.device(device).type == "cuda", {n: count_flops(fn) for n, fn in steps.items()}, {}
     for name, fn in steps.items():
-        if torch.device(device).type == "cuda":
+        if on_gpu:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         fn()
-        memory[name] = torch.cuda.max_memory_allocated() / 1e9 if torch.device(device).type == "cuda" else None
+        memory[name] = torch.cuda.max_memory_allocated() / 1e9 if on_gpu else None
     seconds = medians(steps, reps=reps, warmup=3, device=device)
     return {
         name: {
@@ -99,7 +98,8 @@ def batch_rows(
             if on_gpu:
                 hpm_c, same_c = (cls(dims, roi, images, device, True) for cls in (HPMStep, SameCodeMAEStep))
                 steps.update(hpm_compiled=lambda: hpm_c.step(low, low), mae_same_code_compiled=lambda: same_c.step(low))
-                steps["hpm_compiled"](), steps["mae_same_code_compiled"]()  # compile outside FLOP count and timing
+                for name in ("hpm_compiled", "mae_same_code_compiled"):
+                    steps[name]()  # compiles, outside the FLOP count and the timing
             rows[batch] = _rows(steps, batch, peak_flops, device, reps)
             log(f"batch {batch}: " + ", ".join(f"{k} {v['mfu']:.1%} MFU" for k, v in rows[batch].items()))
         except torch.cuda.OutOfMemoryError as error:
@@ -156,8 +156,8 @@ def run(cfg: Config, res: Results, peak: dict[str, float]) -> dict[int, dict[str
     """The GPU batch table and its figures into ``res``; rows also in ``WORKDIR/gpu_batches.json`` as they come."""
     rows_file = Path(cfg.workdir) / "gpu_batches.json"
     rows_file.parent.mkdir(parents=True, exist_ok=True)
-    rows = batch_rows(cfg.device, peak["gpu_bf16"], rows_file, batches=(2, *BATCHES), reps=max(cfg.reps, 10))
-    hpm, mae = rows[2]["hpm"], rows[2]["monai_mae"]  # batch 2: the GPU column of the CPU step figures
+    rows = batch_rows(cfg.device, peak["gpu_bf16"], rows_file, batches=(BATCH, *BATCHES), reps=max(cfg.reps, 10))
+    hpm, mae = rows[BATCH]["hpm"], rows[BATCH]["monai_mae"]  # the GPU column of the CPU step figures
     res.add_all(
         {
             "hpm_step_over_mae_step": (hpm["seconds"] / mae["seconds"], "bf16 autocast vs MONAI MAE cast to bf16"),
@@ -169,11 +169,11 @@ def run(cfg: Config, res: Results, peak: dict[str, float]) -> dict[int, dict[str
             "mae_mfu_bf16": (mae["mfu"], "model cast to bf16"),
         },
         "gpu",
-        "ViT-B/16, 96^3, batch 2, GPU",
+        f"ViT-B/16, 96^3, batch {BATCH}, GPU",
     )
     for batch, row in rows.items():
         label = f"ViT-B/16, 96^3, bf16, batch {batch}, GPU"
-        if batch == 2:
+        if batch == BATCH:
             continue
         if "error" in row:
             res.add(f"pretrain_b{batch}_mfu", None, "gpu", row["error"], label)

@@ -183,11 +183,6 @@ def interleaved(
     return times
 
 
-def ratio(a: float | None, b: float | None) -> float | None:
-    """``a / b``, None when either is missing."""
-    return None if a is None or b is None else a / b
-
-
 def medians(*args: Any, **kwargs: Any) -> dict[str, float]:
     """:func:`interleaved`, reduced to the median per function."""
     return {k: median(v) for k, v in interleaved(*args, **kwargs).items()}

@@ -25,6 +25,7 @@ from typing import Any
 from monai.data import DataLoader
 
 from .common import PRETRAIN_CONFIGS, Config, Results, bundle_parser, log, median, sync
+from .step import BATCH
 
 
 def make_dataset(workdir: Path, quick: bool) -> tuple[Path, Path]:
@@ -97,9 +98,11 @@ def run(cfg: Config, res: Results, peak: dict[str, float]) -> dict[str, Any]:
     res.add("loader_crops_per_s", cps["configured"], note=f"{unique} cached volumes", label=label)
     step = res.details.get("step", {}).get("cpu")
     if step:
-        best = step["headline_teacher_precision"]
-        step_rate = 2 / step["median_s"]["hpm_fp32" if best == "fp32" else f"hpm_teacher_{best}"]
-        note = f"step consumes {step_rate:.2f} crops/s (ViT-B, batch 2, {best} teacher); loader alone on the CPU"
+        step_rate = BATCH / step["headline_s"]
+        teacher = step["headline_teacher_precision"]
+        note = (
+            f"step consumes {step_rate:.2f} crops/s (ViT-B, batch {BATCH}, {teacher} teacher); loader alone on the CPU"
+        )
         res.add("loader_over_step", cps["configured"] / step_rate, note=note, label=label)
     res.add("loader_workers_0_crops_per_s", cps["workers_0"], label="same data, num_workers 0")
     if "persistent" in cps:
@@ -123,9 +126,9 @@ def run(cfg: Config, res: Results, peak: dict[str, float]) -> dict[str, Any]:
         to_gpu = crops_per_second(loaders["configured"], cfg.device)
         label = "gpu_cache.json: volumes cached on the GPU, ThreadDataLoader, crops and flips on the GPU"
         res.add("loader_crops_per_s", rate, "gpu", f"train.json loader to the GPU: {to_gpu:.1f} crops/s", label)
-        step = res.details.get("batches", {}).get(2, {}).get("hpm")  # the paper-scale step at batch 2, bf16
+        step = res.details.get("batches", {}).get(BATCH, {}).get("hpm")  # the paper-scale step at batch 2, bf16
         if step:
-            note = f"step consumes {step['crops_per_s']:.1f} crops/s (ViT-B, batch 2, bf16)"
+            note = f"step consumes {step['crops_per_s']:.1f} crops/s (ViT-B, batch {BATCH}, bf16)"
             res.add("loader_over_step", rate / step["crops_per_s"], "gpu", note, label)
         detail["gpu"] = {"gpu_cache_crops_per_s": rate, "cpu_workers_to_gpu_crops_per_s": to_gpu}
     return detail

@@ -10,8 +10,9 @@
 # limitations under the License.
 
 """Writes ``docs/benchmarks.md`` from the template ``benchmarks.md.in`` and ``docs/benchmarks.json``. The template
-holds all the prose; it names each figure by its key (``$pretrain_mfu``), its target (``$target_pretrain_mfu``) and
-the few values of this run's details defined in :func:`values`. What was not measured reads "n/a"."""
+holds all the prose; it names each figure by its key (``$pretrain_mfu``), its CPU target (``$target_pretrain_mfu``)
+and this run's details by their path in ``benchmarks.json`` (``$step_cpu_median_s_hpm_fp32``, see :func:`flatten`).
+What was not measured reads "n/a"."""
 
 from __future__ import annotations
 
@@ -104,11 +105,12 @@ def values(res: Results, info: dict[str, Any], mode: str, elapsed: float) -> dic
             "usable cores: other processes shared the CPU, so absolute times are inflated and noisy; ratios were "
             "measured side by side but are noisy too.\n"
         )
+    measured = info.get("precisions_measured", info["native_precisions"])  # by default, the native ones
     machine = {
         "CPU": info["cpu_model"],
         "cores (usable) / torch threads": f"{info['cpu_cores']} ({info['cpu_cores_usable']}) / {info['torch_threads']}",
         "CPU features": ", ".join(info["cpu_flags"]) or "none of note",
-        "precisions measured (native here)": ", ".join(info.get("native_precisions", ["fp32"])),
+        "precisions measured (native to this CPU)": f"{', '.join(measured)} ({', '.join(info['native_precisions'])})",
         "memory": f"{info['memory_gb']} GB",
         "GPU": info["gpu"] or "none",
         "torch / MONAI / Python": f"{info['torch']} / {info['monai']} / {info['python']}",

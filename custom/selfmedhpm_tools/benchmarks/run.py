@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.all_precisions:
         cfg.precisions = ("fp32", "bf16", "int8")
-    info = machine_info() | {"native_precisions": list(cfg.precisions)}
+    info = machine_info() | {"precisions_measured": list(cfg.precisions)}
     log(
         f"{cfg.mode} mode on {info['cpu_model']}, {info['cpu_cores_usable']} cores, precisions {cfg.precisions}, "
         f"GPU: {info['gpu'] or 'none'}"
