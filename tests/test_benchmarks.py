@@ -83,6 +83,25 @@ def test_report_judges_each_figure_against_its_one_declared_target(tmp_path):
     assert table in text and "a label; a note" in text and "$" not in text.replace("$(", "")
 
 
+def test_report_renders_the_committed_run_and_refuses_a_misspelt_name(tmp_path, monkeypatch):
+    """``--render-only`` rewrites the committed ``docs/benchmarks.md`` from ``docs/benchmarks.json`` unchanged; a name
+    in the template that no figure, target or detail fills (here a misspelt detail of a section that ran) stops the
+    report instead of reading "n/a" like a precision this CPU did not measure."""
+    from conftest import ROOT
+    from selfmedhpm_tools.benchmarks import report, run
+
+    (tmp_path / "benchmarks.json").write_text((ROOT / "docs" / "benchmarks.json").read_text())
+    assert run.main(["--render-only", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "benchmarks.md").read_text() == (ROOT / "docs" / "benchmarks.md").read_text()
+    template = report.TEMPLATE.read_text()
+    assert "$step_cpu_median_s_hpm_fp32 " in template and "$step_cpu_teacher_pass_s_bf16" in template
+    misspelt = tmp_path / "benchmarks.md.in"
+    misspelt.write_text(template.replace("$step_cpu_median_s_hpm_fp32 ", "$step_cpu_median_s_hpm_fp23 ", 1))
+    monkeypatch.setattr(report, "TEMPLATE", misspelt)
+    with pytest.raises(KeyError, match="step_cpu_median_s_hpm_fp23"):
+        run.main(["--render-only", "--out", str(tmp_path)])
+
+
 def test_gpu_mode_bundle_and_finetuning_rows_run_eager_and_compiled_on_the_cpu_preset(tmp_path):
     """The GPU-only parts of ``make bench`` (the pretraining bundle end to end with gpu_cache.json and --compile True;
     the segmentation iteration eager vs compiled), run on the CPU presets so that a GPU run does not meet them

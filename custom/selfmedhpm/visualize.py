@@ -9,7 +9,8 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""What HPM does, as a picture: CT slices, the mask the teacher chooses, the reconstruction and the heat map."""
+"""What HPM does, as a picture: CT slices, the mask the teacher chooses, the reconstruction, the predicted loss map
+and the true one."""
 
 from __future__ import annotations
 
@@ -28,11 +29,13 @@ import torch.nn.functional as F  # noqa: E402
 from ignite.engine import Engine, Events  # noqa: E402
 from selfmedhpm.ema import unwrap  # noqa: E402
 from selfmedhpm.handlers import batch_images  # noqa: E402
+from selfmedhpm.losses import per_patch_loss  # noqa: E402
 from selfmedhpm.masking import hard_patch_mask  # noqa: E402
 from selfmedhpm.networks import HPMMaskedAutoEncoder  # noqa: E402
+from selfmedhpm.patches import patch_targets  # noqa: E402
 from selfmedhpm.utils import as_bool  # noqa: E402
 
-__all__ = ["center_crop", "hpm_views", "plot_hpm_figure", "HPMFigureSaver"]
+__all__ = ["center_crop", "loss_when_masked", "hpm_views", "plot_hpm_figure", "HPMFigureSaver"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +58,52 @@ def center_crop(volume: torch.Tensor, roi_size: Sequence[int]) -> torch.Tensor:
 
 
 @torch.no_grad()
+def loss_when_masked(
+    net: HPMMaskedAutoEncoder,
+    images: torch.Tensor,
+    mask_ratio: float = 0.75,
+    trials: int = 4,
+    generator: torch.Generator | None = None,
+    norm_pix_loss: bool = True,
+) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]:
+    """Each patch's true difficulty, what the loss predictor should rank: its reconstruction loss when masked,
+    averaged over ``trials`` random masks of ratio ``mask_ratio``.
+
+    Args:
+        net: an :class:`~selfmedhpm.networks.HPMMaskedAutoEncoder` (in eval mode for a deterministic answer).
+        images: crops ``[N, C, H, W, D]`` of the network's input size.
+        mask_ratio: gamma of the random masks.
+        trials: random masks per crop.
+        generator: random source of the masks.
+        norm_pix_loss: targets as in training.
+
+    Returns:
+        The mean loss ``[N, L]`` (NaN for a patch that no mask hid) and, per mask, ``(mask, per-patch loss, the loss
+        predictor's output of that masked pass)``, each ``[N, L]``.
+
+    Examples::
+
+        >>> net = HPMMaskedAutoEncoder(img_size=32, hidden_size=48, mlp_dim=96, num_heads=4, decoder_hidden_size=24,
+        ...                            decoder_mlp_dim=48, decoder_num_layers=1, decoder_num_heads=4).eval()
+        >>> mean, passes = loss_when_masked(net, torch.rand(2, 1, 32, 32, 32), trials=3)
+        >>> mean.shape, len(passes), int(passes[0][0].sum())  # 6 of 8 patches masked per crop
+        (torch.Size([2, 8]), 3, 12)
+    """
+    total = torch.zeros(images.shape[0], net.num_patches, device=images.device)
+    count = torch.zeros_like(total)
+    target = patch_targets(images, net.patch_size, norm_pix_loss)  # [N, L, voxels per patch]
+    passes = []
+    for _ in range(trials):
+        mask = hard_patch_mask(torch.zeros_like(total), mask_ratio, 0.0, generator)  # [N, L], True = masked
+        reconstruction, predicted = net(images, mask)
+        loss = per_patch_loss(reconstruction, target)  # [N, L]
+        passes.append((mask, loss, predicted.float()))
+        total += torch.where(mask, loss, 0.0)
+        count += mask.float()
+    return torch.where(count > 0, total / count.clamp(min=1), torch.nan), passes
+
+
+@torch.no_grad()
 def hpm_views(
     net: HPMMaskedAutoEncoder,
     crop: torch.Tensor,
@@ -62,14 +111,17 @@ def hpm_views(
     hard_ratio: float = 0.5,
     seed: int = 0,
     norm_pix_loss: bool = True,
+    trials: int = 8,
 ) -> dict[str, np.ndarray]:
     """Volumes ``[H, W, D]`` of one crop ``[1, C, H, W, D]``: the image, the HPM mask (1 = masked), the
-    reconstruction (visible patches pasted) and the predicted per-patch loss."""
+    reconstruction (visible patches pasted), the predicted per-patch loss and, to judge it by, each patch's true
+    loss when masked (:func:`loss_when_masked` over ``trials`` random masks)."""
     net = unwrap(net).eval()
     scores = net.predict_patch_loss(crop).float()  # [1, L]
     generator = torch.Generator(device=crop.device).manual_seed(seed)
     mask = hard_patch_mask(scores, mask_ratio, hard_ratio, generator)  # [1, L]
     recon = net.reconstruct_volume(crop, mask, norm_pix_loss=norm_pix_loss)
+    true_loss, _ = loss_when_masked(net, crop, mask_ratio, trials, generator, norm_pix_loss)
     p = net.patch_size
 
     def to_voxels(per_patch: torch.Tensor) -> np.ndarray:
@@ -81,11 +133,13 @@ def hpm_views(
         "mask": to_voxels(mask.float()),
         "reconstruction": recon[0, 0].float().cpu().numpy(),
         "heatmap": to_voxels(scores),
+        "true_loss": to_voxels(true_loss),
     }
 
 
 def plot_hpm_figure(views: dict[str, np.ndarray], path: str | os.PathLike, title: str = "") -> Path:
-    """PNG with rows of axial and coronal slices (two of each) and columns CT | mask | reconstruction | heat map."""
+    """PNG with rows of axial and coronal slices (two of each) and columns CT | mask | reconstruction | predicted loss
+    | true loss when masked (the last where ``views`` has it)."""
     image = views["image"]
     h, w, d = image.shape
     cuts = [("axial", 2, d // 3), ("axial", 2, 2 * d // 3), ("coronal", 1, w // 2), ("coronal", 1, w // 3)]
@@ -94,9 +148,12 @@ def plot_hpm_figure(views: dict[str, np.ndarray], path: str | os.PathLike, title
         ("HPM mask (hidden)", "mask", None),
         ("reconstruction", "reconstruction", "gray"),
         ("teacher's predicted loss", "heatmap", "inferno"),
+        ("true loss when masked", "true_loss", "inferno"),
     ]
+    columns = [c for c in columns if c[1] in views]
     fig, axes = plt.subplots(len(cuts), len(columns), figsize=(3.2 * len(columns), 3.2 * len(cuts)))
-    hmin, hmax = float(views["heatmap"].min()), float(views["heatmap"].max())
+    # each map on its own scale (predicted scores are logits of a ranking, true losses are squared errors)
+    ranges = {k: (float(np.nanmin(v)), float(np.nanmax(v))) for k, v in views.items() if k in ("heatmap", "true_loss")}
     for row, (plane, axis, index) in enumerate(cuts):
         for col, (name, key, cmap) in enumerate(columns):
             ax = axes[row, col]
@@ -104,8 +161,8 @@ def plot_hpm_figure(views: dict[str, np.ndarray], path: str | os.PathLike, title
             if key == "mask":
                 ax.imshow(take(image), cmap="gray", vmin=0, vmax=1)
                 ax.imshow(np.ma.masked_where(take(views["mask"]) < 0.5, take(views["mask"])), cmap="autumn", alpha=0.55)
-            elif key == "heatmap":
-                ax.imshow(take(views[key]), cmap=cmap, vmin=hmin, vmax=hmax)
+            elif key in ranges:
+                ax.imshow(take(views[key]), cmap=cmap, vmin=ranges[key][0], vmax=ranges[key][1])
             else:
                 ax.imshow(take(views[key]), cmap=cmap, vmin=0, vmax=1)
             ax.set_axis_off()

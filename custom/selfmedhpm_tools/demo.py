@@ -299,6 +299,7 @@ def _report(summaries: dict, table: str, stages: Stages, args: argparse.Namespac
             f"In this budget, HPM initialisation does NOT beat training from scratch ({hpm - scratch:+.3f} mean Dice): "
             "a few CPU minutes of pretraining on a handful of synthetic volumes are far from the paper's schedule."
         )
+    ema = _load(PRETRAIN / "configs" / "train_demo.json")
     times = "\n".join(f"| {name} | {seconds:.0f} |" for name, seconds in stages.times.items())
     total = sum(stages.times.values())
     found = ", ".join(f"{name} {organs_above(s, 0.6)} of 13" for name, s in summaries.items())
@@ -306,7 +307,9 @@ def _report(summaries: dict, table: str, stages: Stages, args: argparse.Namespac
         "# SelfMedHPM demo report\n\n"
         f"Synthetic CT ({args.cases} cases, seed {args.seed}); both stages on a {args.pixdim} mm grid with "
         f"{args.roi_size} crops; CPU presets. Pretraining: {args.pretrain_epochs} epochs, per-patch normalised "
-        f"targets {args.norm_pix_loss}. Fine-tuning (`configs/train_demo.json`): {args.finetune_epochs} epochs of "
+        f"targets {args.norm_pix_loss}, EMA teacher decay {ema['ema_decay_start']} -> {ema['ema_decay_end']} "
+        "(the pretraining bundle's `configs/train_demo.json`). Fine-tuning (the segmentation bundle's "
+        f"`configs/train_demo.json`): {args.finetune_epochs} epochs of "
         f"{args.num_samples} crop(s) per case centred on each organ in turn, UNETR feature size {args.feature_size}, "
         f"learning rate {args.learning_rate}, layer decay {args.layer_decay}, {args.warmup_epochs} warm-up "
         "epochs.\n\n"
@@ -327,7 +330,8 @@ def _report(summaries: dict, table: str, stages: Stages, args: argparse.Namespac
         f"{ranking['position_share']:.2f} (near 1: it learnt where patches are usually hard rather than what makes "
         "them hard).\n\n"
         "## Figures\n\n- `figures/dice_per_organ.png`\n- `figures/curves.png`\n- `figures/overlay.png`\n"
-        f"- `figures/*_hpm.png` (what the HPM teacher finds hard)\n\n"
+        "- `figures/*_hpm.png` (the mask the HPM teacher chooses, the reconstruction, and the teacher's predicted loss "
+        "map beside each patch's true loss when masked)\n\n"
         f"## Wall time\n\n| stage | seconds |\n| --- | --- |\n{times}\n| total | {total:.0f} |\n"
     )
 

@@ -19,9 +19,7 @@ from typing import Sequence
 import torch
 from monai.bundle import ConfigParser
 from selfmedhpm.ema import unwrap
-from selfmedhpm.losses import per_patch_loss
-from selfmedhpm.masking import hard_patch_mask
-from selfmedhpm.patches import patch_targets
+from selfmedhpm.visualize import loss_when_masked
 
 __all__ = ["kendall_tau", "held_out_crops", "teacher_ranking"]
 
@@ -122,20 +120,11 @@ def teacher_ranking(
     net.eval()
     generator = torch.Generator(device=images.device).manual_seed(seed)
     predicted = net.predict_patch_loss(images).float()  # [N, L], full view
-    total = torch.zeros_like(predicted)
-    count = torch.zeros_like(predicted)
-    target = patch_targets(images, net.patch_size, norm_pix_loss)
-    passes = []  # (mask, per-patch loss, masked-pass prediction), each [N, L]
-    for _ in range(trials):
-        mask = hard_patch_mask(torch.zeros_like(predicted), mask_ratio, 0.0, generator)
-        reconstruction, masked_prediction = net(images, mask)
-        loss = per_patch_loss(reconstruction, target)
-        passes.append((mask, loss, masked_prediction.float()))
-        total += torch.where(mask, loss, 0.0)
-        count += mask.float()
+    true, passes = loss_when_masked(net, images, mask_ratio, trials, generator, norm_pix_loss)  # [N, L]
     net.train(was_training)
-    seen = count > 0
-    true = total / count.clamp(min=1)  # [N, L]
+    seen = ~true.isnan()
+    total = sum(torch.where(mask, loss, 0.0) for mask, loss, _ in passes)  # [N, L], summed over masks
+    count = sum(mask.float() for mask, _, _ in passes)
     taus, position_taus, masked_taus, masked_position_taus = [], [], [], []
     for i in range(images.shape[0]):
         others = torch.cat([torch.arange(i), torch.arange(i + 1, images.shape[0])])

@@ -12,7 +12,7 @@
 """Writes ``docs/benchmarks.md`` from the template ``benchmarks.md.in`` and ``docs/benchmarks.json``. The template
 holds all the prose; it names each figure by its key (``$pretrain_mfu``), its CPU target (``$target_pretrain_mfu``)
 and this run's details by their path in ``benchmarks.json`` (``$step_cpu_median_s_hpm_fp32``, see :func:`flatten`).
-What was not measured reads "n/a"."""
+What was not measured reads "n/a"; a name that nothing could fill stops the report (:class:`_Values`)."""
 
 from __future__ import annotations
 
@@ -30,8 +30,28 @@ TEMPLATE = Path(__file__).with_name("benchmarks.md.in")
 
 
 class _Values(dict):
+    """The template's values by name. A name without a value reads "n/a" where this run may lack it: a detail of a
+    section that did not run (its details are not in ``sections``), or of a precision or a GPU column that was not
+    measured; any other name is a misspelling in ``benchmarks.md.in``, and filling the template raises ``KeyError``.
+
+    Examples::
+
+        >>> v = _Values({"step_cpu_s": "1.2"}, sections={"step"})
+        >>> v["step_cpu_s"], v["step_cpu_s_bf16"], v["loader_crops_per_s"]
+        ('1.2', 'n/a', 'n/a')
+        >>> v["step_cpu_sec"]
+        Traceback (most recent call last):
+        KeyError: 'benchmarks.md.in names $step_cpu_sec, which is not a figure, a target or a detail of this run'
+    """
+
+    def __init__(self, values: dict[str, str], sections: set[str]) -> None:
+        super().__init__(values)
+        self.sections = sections
+
     def __missing__(self, key: str) -> str:
-        return "n/a"
+        if re.search("bf16|int8|gpu", key) or not any(key.startswith(f"{s}_") for s in self.sections):
+            return "n/a"
+        raise KeyError(f"benchmarks.md.in names ${key}, which is not a figure, a target or a detail of this run")
 
 
 def fmt(value: Any, unit: str = "") -> str:
@@ -95,7 +115,7 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
 def values(res: Results, info: dict[str, Any], mode: str, elapsed: float) -> dict[str, str]:
     """The template's values: this run's details by path (``$step_cpu_median_s_hpm_fp32``), every figure and its
     CPU target by key (``$pretrain_mfu``, ``$target_pretrain_mfu``), the machine and the tables."""
-    v = _Values(flatten(res.details))
+    v = _Values(flatten(res.details), set(res.details))
     v.update({key: fmt(res.value(key), spec.unit) for key, spec in FIGURES.items()})
     v.update({f"target_{key}": spec.cpu or "" for key, spec in FIGURES.items()})
     contention = ""

@@ -51,7 +51,17 @@ VIT_B, CPU_PRESET = network_sizes("train.json"), network_sizes("train.json", "tr
 MASK_RATIO, HARD_RATIO, BATCH = 0.75, 0.5, 2
 
 
-class HPMStep:
+class _Unfused:
+    """``default_optimizer``: the step's AdamW as torch builds it by default (see :func:`unfused_like`)."""
+
+    optimizer: torch.optim.Optimizer
+
+    @functools.cached_property
+    def default_optimizer(self) -> torch.optim.AdamW:
+        return unfused_like(self.optimizer)
+
+
+class HPMStep(_Unfused):
     """One training iteration of the pretraining bundle as ``train.json`` configures it, on one fixed batch, without
     handlers, at the last epoch (the hard-patch share at its highest), off the int8 teacher's re-quantisation
     schedule (timed apart).
@@ -78,10 +88,6 @@ class HPMStep:
         self.trainer.state.iteration, self.trainer.state.epoch_length = 2, 1000  # int8 refresh at 1, 11, ...
         self.trainer.mask_ratio, self.trainer.final_hard_ratio = MASK_RATIO, HARD_RATIO
 
-    @functools.cached_property
-    def default_optimizer(self) -> torch.optim.AdamW:
-        return unfused_like(self.optimizer)
-
     def step(self, precision: str = "fp32", teacher_precision: str = "fp32", monai_defaults: bool = False) -> None:
         """``HPMTrainer.iteration`` then the EMA update; ``monai_defaults``: zero-filled gradients and a non-fused
         AdamW instead of the configured ``optim_set_to_none=True`` and ``fused=True``."""
@@ -106,7 +112,7 @@ class HPMStep:
             self.teacher.module(self.images, torch.zeros(self.images.shape[0], self.network.num_patches, dtype=bool))
 
 
-class MAEStep:
+class MAEStep(_Unfused):
     """One iteration of MONAI's ``MaskedAutoEncoderViT`` with the bundle's AdamW config. ``dtype=torch.bfloat16``
     casts model and input: MONAI's MAE fails under autocast (its ``index_put`` mixes dtypes), so its bf16 figure has
     no master weights and no casts, a lower bound on an autocast step."""
@@ -120,10 +126,6 @@ class MAEStep:
             "optimizer"
         )
         self.images, self.inputs = images.to(device), images.to(device, dtype)
-
-    @functools.cached_property
-    def default_optimizer(self) -> torch.optim.AdamW:
-        return unfused_like(self.optimizer)
 
     def step(self, monai_defaults: bool = False) -> None:
         optimizer = self.default_optimizer if monai_defaults else self.optimizer
