@@ -38,6 +38,9 @@ def test_demo_pipeline_writes_report_ranking_and_figures(tmp_path, one_thread):
         "masked_tau_student",
         "masked_tau_teacher",
         "masked_tau_position_only",
+        "hard_mask_loss_ratio_teacher",
+        "hard_mask_loss_ratio_untrained",
+        "hard_mask_loss_ratio_position_only",
     )
     assert all(math.isfinite(ranking[k]) for k in taus)
     assert ranking["tau_teacher"] != ranking["tau_untrained"]  # the pretrained teacher was loaded

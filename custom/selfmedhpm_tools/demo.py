@@ -115,7 +115,8 @@ def ranking_figures(pre_dir: Path, data: Path, cases: list[dict], overrides: dic
     never pretrained on, cropped as in pretraining: padded by ``crop_margin``, so that organs sit at other patches
     from crop to crop): the teacher's full view and masked pass, the student's masked pass, an untrained network and
     patch position alone (see :func:`~selfmedhpm_tools.metrics.teacher_ranking`), and the share of the teacher's
-    full-view predictions' variance that patch position alone explains."""
+    full-view predictions' variance that patch position alone explains; and what the mask choice buys: the
+    reconstruction loss under the HPM mask those full-view predictions choose over that under random masks."""
     import torch
     from monai.bundle import ConfigParser
     from selfmedhpm.checkpoint import load_weights
@@ -146,6 +147,9 @@ def ranking_figures(pre_dir: Path, data: Path, cases: list[dict], overrides: dic
         "masked_tau_teacher": float(np.mean(trained["masked_tau"])),
         "masked_tau_untrained": float(np.mean(fresh["masked_tau"])),
         "masked_tau_position_only": float(np.mean(learner["masked_position_tau"])),
+        "hard_mask_loss_ratio_teacher": trained["hard_mask_loss_ratio"],
+        "hard_mask_loss_ratio_untrained": fresh["hard_mask_loss_ratio"],
+        "hard_mask_loss_ratio_position_only": trained["position_mask_loss_ratio"],
     }
 
 
@@ -329,6 +333,12 @@ def _report(summaries: dict, table: str, stages: Stages, args: argparse.Namespac
         f"variance of the teacher's full-view predictions explained by patch position alone: "
         f"{ranking['position_share']:.2f} (near 1: it learnt where patches are usually hard rather than what makes "
         "them hard).\n\n"
+        "What the mask choice buys: the reconstruction loss of the masked patches under the HPM mask (75% masked, "
+        "half of them the top-scored, alpha_T) over that under random masks, same network, same crops: "
+        f"{ranking['hard_mask_loss_ratio_teacher']:.3f} with the teacher's full-view scores, "
+        f"{ranking['hard_mask_loss_ratio_untrained']:.3f} with an untrained network's, "
+        f"{ranking['hard_mask_loss_ratio_position_only']:.3f} with patch position alone (above 1: harder than "
+        "random, as HPM intends).\n\n"
         "## Figures\n\n- `figures/dice_per_organ.png`\n- `figures/curves.png`\n- `figures/overlay.png`\n"
         "- `figures/*_hpm.png` (the mask the HPM teacher chooses, the reconstruction, and the teacher's predicted loss "
         "map beside each patch's true loss when masked)\n\n"

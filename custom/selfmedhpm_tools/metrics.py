@@ -19,6 +19,9 @@ from typing import Sequence
 import torch
 from monai.bundle import ConfigParser
 from selfmedhpm.ema import unwrap
+from selfmedhpm.losses import per_patch_loss
+from selfmedhpm.masking import hard_patch_mask
+from selfmedhpm.patches import patch_targets
 from selfmedhpm.visualize import loss_when_masked
 
 __all__ = ["kendall_tau", "held_out_crops", "teacher_ranking"]
@@ -80,6 +83,7 @@ def teacher_ranking(
     trials: int = 4,
     seed: int = 0,
     norm_pix_loss: bool = True,
+    hard_ratio: float = 0.5,
 ) -> dict[str, object]:
     """How well a network's loss predictor ranks the patches of held-out crops by their true reconstruction loss,
     against what patch position alone gives, in its two uses.
@@ -94,6 +98,11 @@ def teacher_ranking(
     the share of the variance of the full-view predictions that patch position alone explains (R^2 of the
     per-position mean): near 1, the predictor only learnt where patches usually are hard; low, it follows the content.
 
+    What the mask choice buys: ``hard_mask_loss_ratio`` is the mean reconstruction loss of the masked patches under
+    the HPM mask that the full-view predictions choose (``hard_ratio`` of them the top-scored, the rest random) over
+    that under random masks, per crop, averaged; ``position_mask_loss_ratio`` the same with the position-only
+    baseline's scores. Above 1: the mask makes the task harder than a random one, as HPM intends.
+
     Args:
         net: an :class:`~selfmedhpm.networks.HPMMaskedAutoEncoder` (load the teacher's weights to assess the teacher).
         images: held-out crops ``[N, C, H, W, D]`` of the network's input size, N >= 2.
@@ -101,10 +110,12 @@ def teacher_ranking(
         trials: random masks per crop.
         seed: seed of the masks.
         norm_pix_loss: targets as in training.
+        hard_ratio: alpha of the HPM masks (the schedule's last, alpha_T, by default).
 
     Returns:
         ``{"tau", "position_tau"}`` (full view, per crop), ``{"masked_tau", "masked_position_tau"}`` (masked pass, per
-        crop and mask) and ``"position_share"`` (float).
+        crop and mask), ``"position_share"``, ``"hard_mask_loss_ratio"`` and ``"position_mask_loss_ratio"``
+        (floats).
 
     Examples::
 
@@ -121,19 +132,26 @@ def teacher_ranking(
     generator = torch.Generator(device=images.device).manual_seed(seed)
     predicted = net.predict_patch_loss(images).float()  # [N, L], full view
     true, passes = loss_when_masked(net, images, mask_ratio, trials, generator, norm_pix_loss)  # [N, L]
-    net.train(was_training)
     seen = ~true.isnan()
     total = sum(torch.where(mask, loss, 0.0) for mask, loss, _ in passes)  # [N, L], summed over masks
     count = sum(mask.float() for mask, _, _ in passes)
-    taus, position_taus, masked_taus, masked_position_taus = [], [], [], []
+    taus, position_taus, masked_taus, masked_position_taus, baselines = [], [], [], [], []
     for i in range(images.shape[0]):
         others = torch.cat([torch.arange(i), torch.arange(i + 1, images.shape[0])])
         baseline = total[others].sum(0) / count[others].sum(0).clamp(min=1)  # mean true loss per position
+        baselines.append(baseline)
         taus.append(kendall_tau(predicted[i][seen[i]], true[i][seen[i]]))
         position_taus.append(kendall_tau(baseline[seen[i]], true[i][seen[i]]))
         for mask, loss, masked_prediction in passes:
             masked_taus.append(kendall_tau(masked_prediction[i][mask[i]], loss[i][mask[i]]))
             masked_position_taus.append(kendall_tau(baseline[mask[i]], loss[i][mask[i]]))
+    random_loss = torch.stack([_masked_mean(loss, mask) for mask, loss, _ in passes]).mean(0)  # [N]
+    target, ratios = patch_targets(images, net.patch_size, norm_pix_loss), {}
+    for name, scores in (("hard", predicted), ("position", torch.stack(baselines))):
+        mask = hard_patch_mask(scores, mask_ratio, hard_ratio, generator)  # [N, L]
+        loss = per_patch_loss(net(images, mask)[0], target)
+        ratios[name] = float((_masked_mean(loss, mask) / random_loss).mean())
+    net.train(was_training)
     by_position = predicted.mean(0, keepdim=True).expand_as(predicted)
     spread = (predicted - predicted.mean()).pow(2).sum().clamp(min=1e-12)
     share = 1.0 - float((predicted - by_position).pow(2).sum() / spread)
@@ -143,4 +161,11 @@ def teacher_ranking(
         "masked_tau": masked_taus,
         "masked_position_tau": masked_position_taus,
         "position_share": share,
+        "hard_mask_loss_ratio": ratios["hard"],
+        "position_mask_loss_ratio": ratios["position"],
     }
+
+
+def _masked_mean(loss: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``loss`` ``[N, L]`` over the masked patches of each row: ``[N]``."""
+    return (loss * mask).sum(1) / mask.sum(1).clamp(min=1)
