@@ -192,7 +192,7 @@ def test_figure_true_loss_map_is_highest_at_the_hard_patch():
                                decoder_mlp_dim=48, decoder_num_layers=1, decoder_num_heads=4)  # fmt: skip
     crop = torch.full((1, 1, 32, 48, 32), 0.5)
     crop[..., 16:32, 16:32, 0:16] = torch.rand(16, 16, 16)  # grid 2x3x2: patch (1, 1, 0)
-    views = hpm_views(net, crop, trials=16)
+    views = hpm_views(net, crop)
     true_loss = views["true_loss"]
     assert true_loss.shape == (32, 48, 32) and np.isfinite(true_loss).all()
     assert np.ptp(true_loss[16:32, 16:32, 0:16]) == 0  # one value per patch

@@ -38,6 +38,7 @@ from selfmedhpm.utils import as_bool  # noqa: E402
 __all__ = ["center_crop", "loss_when_masked", "hpm_views", "plot_hpm_figure", "HPMFigureSaver"]
 
 logger = logging.getLogger(__name__)
+TRUE_LOSS_MASKS = 8  # random masks behind the figure's true-loss map
 
 
 def center_crop(volume: torch.Tensor, roi_size: Sequence[int]) -> torch.Tensor:
@@ -61,9 +62,9 @@ def center_crop(volume: torch.Tensor, roi_size: Sequence[int]) -> torch.Tensor:
 def loss_when_masked(
     net: HPMMaskedAutoEncoder,
     images: torch.Tensor,
+    generator: torch.Generator | None,
     mask_ratio: float = 0.75,
     trials: int = 4,
-    generator: torch.Generator | None = None,
     norm_pix_loss: bool = True,
 ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]:
     """Each patch's true difficulty, what the loss predictor should rank: its reconstruction loss when masked,
@@ -72,9 +73,9 @@ def loss_when_masked(
     Args:
         net: an :class:`~selfmedhpm.networks.HPMMaskedAutoEncoder` (in eval mode for a deterministic answer).
         images: crops ``[N, C, H, W, D]`` of the network's input size.
+        generator: random source of the masks (None: torch's global one).
         mask_ratio: gamma of the random masks.
         trials: random masks per crop.
-        generator: random source of the masks.
         norm_pix_loss: targets as in training.
 
     Returns:
@@ -85,7 +86,7 @@ def loss_when_masked(
 
         >>> net = HPMMaskedAutoEncoder(img_size=32, hidden_size=48, mlp_dim=96, num_heads=4, decoder_hidden_size=24,
         ...                            decoder_mlp_dim=48, decoder_num_layers=1, decoder_num_heads=4).eval()
-        >>> mean, passes = loss_when_masked(net, torch.rand(2, 1, 32, 32, 32), trials=3)
+        >>> mean, passes = loss_when_masked(net, torch.rand(2, 1, 32, 32, 32), None, trials=3)
         >>> mean.shape, len(passes), int(passes[0][0].sum())  # 6 of 8 patches masked per crop
         (torch.Size([2, 8]), 3, 12)
     """
@@ -111,17 +112,16 @@ def hpm_views(
     hard_ratio: float = 0.5,
     seed: int = 0,
     norm_pix_loss: bool = True,
-    trials: int = 8,
 ) -> dict[str, np.ndarray]:
     """Volumes ``[H, W, D]`` of one crop ``[1, C, H, W, D]``: the image, the HPM mask (1 = masked), the
     reconstruction (visible patches pasted), the predicted per-patch loss and, to judge it by, each patch's true
-    loss when masked (:func:`loss_when_masked` over ``trials`` random masks)."""
+    loss when masked (:func:`loss_when_masked` over :data:`TRUE_LOSS_MASKS` random masks)."""
     net = unwrap(net).eval()
     scores = net.predict_patch_loss(crop).float()  # [1, L]
     generator = torch.Generator(device=crop.device).manual_seed(seed)
     mask = hard_patch_mask(scores, mask_ratio, hard_ratio, generator)  # [1, L]
     recon = net.reconstruct_volume(crop, mask, norm_pix_loss=norm_pix_loss)
-    true_loss, _ = loss_when_masked(net, crop, mask_ratio, trials, generator, norm_pix_loss)
+    true_loss, _ = loss_when_masked(net, crop, generator, mask_ratio, TRUE_LOSS_MASKS, norm_pix_loss)
     p = net.patch_size
 
     def to_voxels(per_patch: torch.Tensor) -> np.ndarray:

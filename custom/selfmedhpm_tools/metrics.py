@@ -26,6 +26,8 @@ from selfmedhpm.visualize import loss_when_masked
 
 __all__ = ["kendall_tau", "held_out_crops", "teacher_ranking"]
 
+HARD_RATIO = 0.5  # alpha_T: the hard share of the last epoch's masks, that of the masks teacher_ranking assesses
+
 
 def kendall_tau(a: torch.Tensor, b: torch.Tensor) -> float:
     """Kendall's tau-a of two 1-D tensors (concordant minus discordant pairs over all pairs).
@@ -83,7 +85,6 @@ def teacher_ranking(
     trials: int = 4,
     seed: int = 0,
     norm_pix_loss: bool = True,
-    hard_ratio: float = 0.5,
 ) -> dict[str, object]:
     """How well a network's loss predictor ranks the patches of held-out crops by their true reconstruction loss,
     against what patch position alone gives, in its two uses.
@@ -99,7 +100,7 @@ def teacher_ranking(
     per-position mean): near 1, the predictor only learnt where patches usually are hard; low, it follows the content.
 
     What the mask choice buys: ``hard_mask_loss_ratio`` is the mean reconstruction loss of the masked patches under
-    the HPM mask that the full-view predictions choose (``hard_ratio`` of them the top-scored, the rest random) over
+    the HPM mask that the full-view predictions choose (:data:`HARD_RATIO` of them the top-scored, the rest random) over
     that under random masks, per crop, averaged; ``position_mask_loss_ratio`` the same with the position-only
     baseline's scores. Above 1: the mask makes the task harder than a random one, as HPM intends.
 
@@ -110,7 +111,6 @@ def teacher_ranking(
         trials: random masks per crop.
         seed: seed of the masks.
         norm_pix_loss: targets as in training.
-        hard_ratio: alpha of the HPM masks (the schedule's last, alpha_T, by default).
 
     Returns:
         ``{"tau", "position_tau"}`` (full view, per crop), ``{"masked_tau", "masked_position_tau"}`` (masked pass, per
@@ -131,7 +131,7 @@ def teacher_ranking(
     net.eval()
     generator = torch.Generator(device=images.device).manual_seed(seed)
     predicted = net.predict_patch_loss(images).float()  # [N, L], full view
-    true, passes = loss_when_masked(net, images, mask_ratio, trials, generator, norm_pix_loss)  # [N, L]
+    true, passes = loss_when_masked(net, images, generator, mask_ratio, trials, norm_pix_loss)  # [N, L]
     seen = ~true.isnan()
     total = sum(torch.where(mask, loss, 0.0) for mask, loss, _ in passes)  # [N, L], summed over masks
     count = sum(mask.float() for mask, _, _ in passes)
@@ -148,7 +148,7 @@ def teacher_ranking(
     random_loss = torch.stack([_masked_mean(loss, mask) for mask, loss, _ in passes]).mean(0)  # [N]
     target, ratios = patch_targets(images, net.patch_size, norm_pix_loss), {}
     for name, scores in (("hard", predicted), ("position", torch.stack(baselines))):
-        mask = hard_patch_mask(scores, mask_ratio, hard_ratio, generator)  # [N, L]
+        mask = hard_patch_mask(scores, mask_ratio, HARD_RATIO, generator)  # [N, L]
         loss = per_patch_loss(net(images, mask)[0], target)
         ratios[name] = float((_masked_mean(loss, mask) / random_loss).mean())
     net.train(was_training)
