@@ -201,6 +201,31 @@ def test_figure_true_loss_map_is_highest_at_the_hard_patch():
     assert per_patch[1, 1, 0] > 5 * others.max(), per_patch
 
 
+def test_figure_masked_prediction_map_peaks_where_the_predictor_scores_highest():
+    """The "predicted loss when masked" column puts the loss predictor's masked-pass outputs where their patches are:
+    with a predictor that scores one patch above the 11 others, the map is positive there (above the masked patches'
+    mean in every pass that hid it) and negative or zero elsewhere, whatever the image."""
+    from selfmedhpm.networks import HPMMaskedAutoEncoder
+    from selfmedhpm.visualize import hpm_views
+
+    hard = 7  # grid 2x3x2, patch (1, 0, 1)
+
+    class OnePatchPredictor(HPMMaskedAutoEncoder):
+        def forward(self, x, mask):
+            reconstruction, predicted = super().forward(x, mask)
+            return reconstruction, torch.zeros_like(predicted).index_fill_(1, torch.tensor([hard]), 2.0)
+
+    torch.manual_seed(0)
+    net = OnePatchPredictor(img_size=[32, 48, 32], hidden_size=48, mlp_dim=96, num_heads=4, decoder_hidden_size=24,
+                            decoder_mlp_dim=48, decoder_num_layers=1, decoder_num_heads=4)  # fmt: skip
+    views = hpm_views(net, torch.rand(1, 1, 32, 48, 32))
+    per_patch = views["masked_prediction"].reshape(2, 16, 3, 16, 2, 16)[:, 0, :, 0, :, 0]  # [2, 3, 2]
+    assert np.isfinite(per_patch).all()
+    assert np.unravel_index(np.argmax(per_patch), per_patch.shape) == (1, 0, 1), per_patch
+    others = np.delete(per_patch.ravel(), hard)
+    assert per_patch[1, 0, 1] > 1 and others.max() <= 0, per_patch
+
+
 @pytest.mark.parametrize("teacher_precision", TEACHER_PRECISIONS)
 def test_resume_continues_and_matches_uninterrupted_run(teacher_precision, phantom_dir, tmp_path):
     from ignite.engine import Events

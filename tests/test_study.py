@@ -84,6 +84,14 @@ def test_quick_study_pipeline_runs_reports_and_resumes(tmp_path, one_thread):
         assert (out / "figures" / figure).stat().st_size > 5_000, figure
     for name in ("teacher_first_epoch_hpm.png", "teacher_last_epoch_hpm.png"):
         assert (out / "figures" / name).is_file(), name
+    ranking = json.loads((out / "runs" / "pretrain" / "hpm_seed0" / "ranking.json").read_text())
+    assert ranking["crops"] == 8  # 4 crops of each of the 2 test cases
+    taus = [ranking[k] for k in ("tau_teacher", "tau_position_only", "masked_tau_student")]
+    assert all(-1.0 <= t <= 1.0 for t in taus) and 0.0 <= ranking["position_share"] <= 1.0, ranking
+    section = report.split("## What the loss predictor ranks")[1]
+    assert (
+        f"| hpm | 1 | {ranking['masked_tau_student']:.3f} +- 0.000 | {ranking['tau_teacher']:.3f} +- 0.000 |" in section
+    )
     runs = sorted(p.name for p in (out / "runs" / "finetune").iterdir())
     assert runs == ["hpm_n1_seed0", "scratch_n1_seed0"]
     summary = json.loads((out / "runs" / "finetune" / "hpm_n1_seed0" / "eval" / "summary.json").read_text())

@@ -9,8 +9,9 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""What HPM does, as a picture: CT slices, the mask the teacher chooses, the reconstruction, the predicted loss map
-and the true one."""
+"""What HPM does, as a picture: CT slices, the mask the teacher chooses, the reconstruction, the predicted loss maps
+(from the full view, which chooses the mask, and from masked passes, which the ranking loss trains) and the true
+one."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ from selfmedhpm.networks import HPMMaskedAutoEncoder  # noqa: E402
 from selfmedhpm.patches import patch_targets  # noqa: E402
 from selfmedhpm.utils import as_bool  # noqa: E402
 
-__all__ = ["center_crop", "loss_when_masked", "hpm_views", "plot_hpm_figure", "HPMFigureSaver"]
+__all__ = ["center_crop", "loss_when_masked", "masked_prediction_map", "hpm_views", "plot_hpm_figure", "HPMFigureSaver"]
 
 logger = logging.getLogger(__name__)
 TRUE_LOSS_MASKS = 8  # random masks behind the figure's true-loss map
@@ -104,6 +105,33 @@ def loss_when_masked(
     return torch.where(count > 0, total / count.clamp(min=1), torch.nan), passes
 
 
+def masked_prediction_map(passes: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """What the loss predictor expects of each patch when it is hidden: per masked pass of :func:`loss_when_masked`,
+    its outputs for the masked patches standardised over those patches (the ranking loss fixes their order, not their
+    offset or scale; all equal: 0), then averaged per patch over the passes that masked it (NaN where none did).
+
+    Args:
+        passes: ``(mask, loss, predicted)`` per masked pass, each ``[N, L]``.
+
+    Returns:
+        ``[N, L]``; high: ranked among the hardest of the masked patches.
+
+    Examples::
+
+        >>> mask = torch.tensor([[True, True, True, False]])
+        >>> masked_prediction_map([(mask, None, torch.tensor([[0.0, 0.0, 3.0, 9.0]]))])
+        tensor([[-0.5774, -0.5774,  1.1547,     nan]])
+    """
+    total = count = torch.zeros(passes[0][0].shape, device=passes[0][0].device)
+    for mask, _, predicted in passes:
+        n = mask.sum(1, keepdim=True).clamp(min=1)
+        mean = torch.where(mask, predicted, 0.0).sum(1, keepdim=True) / n
+        std = (torch.where(mask, predicted - mean, 0.0).pow(2).sum(1, keepdim=True) / (n - 1).clamp(min=1)).sqrt()
+        z = torch.where(std > 0, (predicted - mean) / std.clamp(min=1e-12), 0.0)
+        total, count = total + torch.where(mask, z, 0.0), count + mask.float()
+    return torch.where(count > 0, total / count.clamp(min=1), torch.nan)
+
+
 @torch.no_grad()
 def hpm_views(
     net: HPMMaskedAutoEncoder,
@@ -114,14 +142,16 @@ def hpm_views(
     norm_pix_loss: bool = True,
 ) -> dict[str, np.ndarray]:
     """Volumes ``[H, W, D]`` of one crop ``[1, C, H, W, D]``: the image, the HPM mask (1 = masked), the
-    reconstruction (visible patches pasted), the predicted per-patch loss and, to judge it by, each patch's true
-    loss when masked (:func:`loss_when_masked` over :data:`TRUE_LOSS_MASKS` random masks)."""
+    reconstruction (visible patches pasted), the per-patch loss predicted from the full view (``heatmap``: what
+    chooses the mask) and when masked (``masked_prediction``: :func:`masked_prediction_map`, what the ranking loss
+    trains) and, to judge them by, each patch's true loss when masked (``true_loss``); the last two over the same
+    :data:`TRUE_LOSS_MASKS` random masks (:func:`loss_when_masked`)."""
     net = unwrap(net).eval()
     scores = net.predict_patch_loss(crop).float()  # [1, L]
     generator = torch.Generator(device=crop.device).manual_seed(seed)
     mask = hard_patch_mask(scores, mask_ratio, hard_ratio, generator)  # [1, L]
     recon = net.reconstruct_volume(crop, mask, norm_pix_loss=norm_pix_loss)
-    true_loss, _ = loss_when_masked(net, crop, generator, mask_ratio, TRUE_LOSS_MASKS, norm_pix_loss)
+    true_loss, passes = loss_when_masked(net, crop, generator, mask_ratio, TRUE_LOSS_MASKS, norm_pix_loss)
     p = net.patch_size
 
     def to_voxels(per_patch: torch.Tensor) -> np.ndarray:
@@ -133,13 +163,14 @@ def hpm_views(
         "mask": to_voxels(mask.float()),
         "reconstruction": recon[0, 0].float().cpu().numpy(),
         "heatmap": to_voxels(scores),
+        "masked_prediction": to_voxels(masked_prediction_map(passes)),
         "true_loss": to_voxels(true_loss),
     }
 
 
 def plot_hpm_figure(views: dict[str, np.ndarray], path: str | os.PathLike, title: str = "") -> Path:
-    """PNG with rows of axial and coronal slices (two of each) and columns CT | mask | reconstruction | predicted loss
-    | true loss when masked (the last where ``views`` has it)."""
+    """PNG with rows of axial and coronal slices (two of each) and columns CT | mask | reconstruction | predicted loss,
+    full view | predicted loss when masked | true loss when masked (the last two where ``views`` has them)."""
     image = views["image"]
     h, w, d = image.shape
     cuts = [("axial", 2, d // 3), ("axial", 2, 2 * d // 3), ("coronal", 1, w // 2), ("coronal", 1, w // 3)]
@@ -147,13 +178,15 @@ def plot_hpm_figure(views: dict[str, np.ndarray], path: str | os.PathLike, title
         ("CT (pre-processed)", "image", "gray"),
         ("HPM mask (hidden)", "mask", None),
         ("reconstruction", "reconstruction", "gray"),
-        ("teacher's predicted loss", "heatmap", "inferno"),
+        ("predicted loss, full view", "heatmap", "inferno"),
+        ("predicted loss when masked", "masked_prediction", "inferno"),
         ("true loss when masked", "true_loss", "inferno"),
     ]
     columns = [c for c in columns if c[1] in views]
     fig, axes = plt.subplots(len(cuts), len(columns), figsize=(3.2 * len(columns), 3.2 * len(cuts)))
     # each map on its own scale (predicted scores are logits of a ranking, true losses are squared errors)
-    ranges = {k: (float(np.nanmin(v)), float(np.nanmax(v))) for k, v in views.items() if k in ("heatmap", "true_loss")}
+    maps = ("heatmap", "masked_prediction", "true_loss")
+    ranges = {k: (float(np.nanmin(v)), float(np.nanmax(v))) for k, v in views.items() if k in maps}
     for row, (plane, axis, index) in enumerate(cuts):
         for col, (name, key, cmap) in enumerate(columns):
             ax = axes[row, col]

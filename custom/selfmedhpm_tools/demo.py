@@ -110,20 +110,28 @@ def run_bundle(
     )
 
 
-def ranking_figures(pre_dir: Path, data: Path, cases: list[dict], overrides: dict, crops_per_case: int = 8) -> dict:
+def ranking_figures(
+    pre_dir: Path,
+    data: Path,
+    cases: list[dict],
+    overrides: dict,
+    crops_per_case: int = 8,
+    configs: tuple[str, ...] | list[str] = PRETRAIN_CONFIGS,
+) -> dict:
     """Kendall tau of predicted against true per-patch reconstruction loss on held-out crops (the validation cases,
     never pretrained on, cropped as in pretraining: padded by ``crop_margin``, so that organs sit at other patches
     from crop to crop): the teacher's full view and masked pass, the student's masked pass, an untrained network and
     patch position alone (see :func:`~selfmedhpm_tools.metrics.teacher_ranking`), and the share of the teacher's
     full-view predictions' variance that patch position alone explains; and what the mask choice buys: the
-    reconstruction loss under the HPM mask those full-view predictions choose over that under random masks."""
+    reconstruction loss under the HPM mask those full-view predictions choose over that under random masks. The
+    pretraining run of ``pre_dir`` used the pretraining bundle's ``configs`` with ``overrides``."""
     import torch
     from monai.bundle import ConfigParser
     from selfmedhpm.checkpoint import load_weights
     from selfmedhpm_tools.metrics import held_out_crops, teacher_ranking
 
     parser = ConfigParser()
-    parser.read_config(_configs(PRETRAIN, *PRETRAIN_CONFIGS))
+    parser.read_config(_configs(PRETRAIN, *configs))
     parser.update({"dataset_dir": str(data), **overrides})
     crops = held_out_crops(parser, [data / case["image"] for case in cases], crops_per_case)
     norm_pix_loss = parser.get_parsed_content("norm_pix_loss")
@@ -341,7 +349,7 @@ def _report(summaries: dict, table: str, stages: Stages, args: argparse.Namespac
         "random, as HPM intends).\n\n"
         "## Figures\n\n- `figures/dice_per_organ.png`\n- `figures/curves.png`\n- `figures/overlay.png`\n"
         "- `figures/*_hpm.png` (the mask the HPM teacher chooses, the reconstruction, and the teacher's predicted loss "
-        "map beside each patch's true loss when masked)\n\n"
+        "from the full view and when masked, beside each patch's true loss when masked)\n\n"
         f"## Wall time\n\n| stage | seconds |\n| --- | --- |\n{times}\n| total | {total:.0f} |\n"
     )
 

@@ -133,8 +133,8 @@ def teacher_ranking(
     predicted = net.predict_patch_loss(images).float()  # [N, L], full view
     true, passes = loss_when_masked(net, images, generator, mask_ratio, trials, norm_pix_loss)  # [N, L]
     seen = ~true.isnan()
-    total = sum(torch.where(mask, loss, 0.0) for mask, loss, _ in passes)  # [N, L], summed over masks
-    count = sum(mask.float() for mask, _, _ in passes)
+    count = sum(mask.float() for mask, _, _ in passes)  # [N, L]: masks that hid each patch
+    total = torch.where(seen, true, 0.0) * count  # [N, L], summed over those masks
     taus, position_taus, masked_taus, masked_position_taus, baselines = [], [], [], [], []
     for i in range(images.shape[0]):
         others = torch.cat([torch.arange(i), torch.arange(i + 1, images.shape[0])])
