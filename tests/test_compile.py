@@ -54,12 +54,19 @@ def test_compiled_step_gives_the_eager_losses_and_weights():
     assert unwrap(compiled.network) is compiled_net
     assert compiled_losses == pytest.approx(eager_losses, rel=1e-4)
     assert len(set(eager_losses)) == 3  # three different batches, three different losses
+    # the ranking loss is blind to a shift of every predicted score: the exact gradient of the loss predictor's bias
+    # is 0, and AdamW scales its rounding noise (about 1e-8, different eager and compiled) to steps of about lr/2
+    blind = {"predictor_head.bias"}
     for name, value in eager_net.state_dict().items():  # AdamW steps of about lr = 1e-3 each
-        assert torch.allclose(compiled_net.state_dict()[name], value, atol=1e-3), name
+        assert name in blind or torch.allclose(compiled_net.state_dict()[name], value, atol=1e-3), name
     moved = max((a - b).abs().max() for a, b in zip(eager_net.parameters(), _train(False, 0)[1].parameters()))
     assert moved > 1e-3  # the tolerance is below what 3 steps change
     for (name, value), other in zip(eager.teacher.state_dict().items(), compiled.teacher.state_dict().values()):
-        assert torch.allclose(other, value, atol=1e-4), name
+        assert name in blind or torch.allclose(other, value, atol=1e-4), name
+    images = torch.rand(2, 1, 32, 32, 32, generator=torch.Generator().manual_seed(5))
+    scores = [t.teacher.module.predict_patch_loss(images) for t in (eager, compiled)]  # [2, 8] each
+    centred = [s - s.mean(1, keepdim=True) for s in scores]  # what the mask and the ranking loss see
+    assert torch.allclose(centred[1], centred[0], atol=1e-5) and centred[0].std() > 1e-2
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
