@@ -80,6 +80,7 @@ def test_quick_study_pipeline_runs_reports_and_resumes(tmp_path, one_thread):
     report = (out / "README.md").read_text()
     assert "| scratch | 1 | 1 |" in report and "| hpm | 1 | 1 |" in report
     assert "| 1 | hpm - scratch |" in report  # the paired difference with its interval
+    assert "nan" not in report and "| n/a |" in report  # organs found in no run (2 iterations): HD95 "n/a"
     for figure in ("dice_vs_labels.png", "dice_per_organ.png", "learning_curves.png"):
         assert (out / "figures" / figure).stat().st_size > 5_000, figure
     for name in ("teacher_first_epoch_hpm.png", "teacher_last_epoch_hpm.png"):

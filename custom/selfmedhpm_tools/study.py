@@ -449,9 +449,10 @@ def write_report(out: Path, protocol: Protocol, runs: Mapping, wall: float, comm
                     found = [r["summary"]["organs"][organ].get(metric, {}).get("mean") for k, r in runs.items()
                              if k[:2] == (arm, budget)]  # fmt: skip
                     mean, std = aggregate([float("nan") if v is None else v for v in found])
-                    row.append(f"{mean:.3f} +- {std:.3f}" if found else "")
+                    row.append("" if not found else "n/a" if math.isnan(mean) else f"{mean:.3f} +- {std:.3f}")
             organ_rows.append(row)
         lines += [f"### {title}", "", reports.markdown_table(["organ", *columns], organ_rows)]
+    lines += ["n/a: the organ was predicted in no run of that arm and budget, so its HD95 is undefined.", ""]
     lines += ranking_section(out, protocol)
     _figures(figures, protocol, runs)
     lines += [
