@@ -36,7 +36,15 @@ from selfmedhpm.networks import HPMMaskedAutoEncoder  # noqa: E402
 from selfmedhpm.patches import patch_targets  # noqa: E402
 from selfmedhpm.utils import as_bool  # noqa: E402
 
-__all__ = ["center_crop", "loss_when_masked", "masked_prediction_map", "hpm_views", "plot_hpm_figure", "HPMFigureSaver"]
+__all__ = [
+    "center_crop",
+    "masked_mean",
+    "loss_when_masked",
+    "masked_prediction_map",
+    "hpm_views",
+    "plot_hpm_figure",
+    "HPMFigureSaver",
+]
 
 logger = logging.getLogger(__name__)
 TRUE_LOSS_MASKS = 8  # random masks behind the figure's true-loss map
@@ -57,6 +65,17 @@ def center_crop(volume: torch.Tensor, roi_size: Sequence[int]) -> torch.Tensor:
         starts[1] : starts[1] + roi_size[1],
         starts[2] : starts[2] + roi_size[2],
     ]
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` ``[N, L]`` over the masked patches of each row: ``[N]`` (0 for a row with none masked).
+
+    Examples::
+
+        >>> masked_mean(torch.tensor([[1.0, 2.0, 9.0]]), torch.tensor([[True, True, False]]))
+        tensor([1.5000])
+    """
+    return torch.where(mask, values, 0.0).sum(1) / mask.sum(1).clamp(min=1)
 
 
 @torch.no_grad()
@@ -124,9 +143,9 @@ def masked_prediction_map(passes: Sequence[tuple[torch.Tensor, torch.Tensor, tor
     """
     total = count = torch.zeros(passes[0][0].shape, device=passes[0][0].device)
     for mask, _, predicted in passes:
-        n = mask.sum(1, keepdim=True).clamp(min=1)
-        mean = torch.where(mask, predicted, 0.0).sum(1, keepdim=True) / n
-        std = (torch.where(mask, predicted - mean, 0.0).pow(2).sum(1, keepdim=True) / (n - 1).clamp(min=1)).sqrt()
+        n = mask.sum(1, keepdim=True)
+        mean = masked_mean(predicted, mask)[:, None]  # [N, 1]
+        std = (masked_mean((predicted - mean).pow(2), mask)[:, None] * n / (n - 1).clamp(min=1)).sqrt()
         z = torch.where(std > 0, (predicted - mean) / std.clamp(min=1e-12), 0.0)
         total, count = total + torch.where(mask, z, 0.0), count + mask.float()
     return torch.where(count > 0, total / count.clamp(min=1), torch.nan)

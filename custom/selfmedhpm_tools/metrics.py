@@ -22,7 +22,7 @@ from selfmedhpm.ema import unwrap
 from selfmedhpm.losses import per_patch_loss
 from selfmedhpm.masking import hard_patch_mask
 from selfmedhpm.patches import patch_targets
-from selfmedhpm.visualize import loss_when_masked
+from selfmedhpm.visualize import loss_when_masked, masked_mean
 
 __all__ = ["kendall_tau", "held_out_crops", "teacher_ranking"]
 
@@ -145,12 +145,12 @@ def teacher_ranking(
         for mask, loss, masked_prediction in passes:
             masked_taus.append(kendall_tau(masked_prediction[i][mask[i]], loss[i][mask[i]]))
             masked_position_taus.append(kendall_tau(baseline[mask[i]], loss[i][mask[i]]))
-    random_loss = torch.stack([_masked_mean(loss, mask) for mask, loss, _ in passes]).mean(0)  # [N]
+    random_loss = torch.stack([masked_mean(loss, mask) for mask, loss, _ in passes]).mean(0)  # [N]
     target, ratios = patch_targets(images, net.patch_size, norm_pix_loss), {}
     for name, scores in (("hard", predicted), ("position", torch.stack(baselines))):
         mask = hard_patch_mask(scores, mask_ratio, HARD_RATIO, generator)  # [N, L]
         loss = per_patch_loss(net(images, mask)[0], target)
-        ratios[name] = float((_masked_mean(loss, mask) / random_loss).mean())
+        ratios[name] = float((masked_mean(loss, mask) / random_loss).mean())
     net.train(was_training)
     by_position = predicted.mean(0, keepdim=True).expand_as(predicted)
     spread = (predicted - predicted.mean()).pow(2).sum().clamp(min=1e-12)
@@ -164,8 +164,3 @@ def teacher_ranking(
         "hard_mask_loss_ratio": ratios["hard"],
         "position_mask_loss_ratio": ratios["position"],
     }
-
-
-def _masked_mean(loss: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``loss`` ``[N, L]`` over the masked patches of each row: ``[N]``."""
-    return (loss * mask).sum(1) / mask.sum(1).clamp(min=1)

@@ -205,23 +205,20 @@ def pretrain(out: Path, arm: str, seed: int, lists: Mapping, protocol: Protocol,
     return folder
 
 
-def ranking(out: Path, arm: str, seed: int, lists: Mapping, protocol: Protocol) -> dict[str, float] | None:
+def ranking(out: Path, arm: str, seed: int, lists: Mapping, protocol: Protocol) -> None:
     """What the loss predictor of ``arm``'s pretraining with ``seed`` ranks on 4 crops of each test case (never
-    pretrained on): :func:`selfmedhpm_tools.demo.ranking_figures`, kept in its ``ranking.json``; None for an arm
-    without a trained loss predictor (``scratch``, ``mae``)."""
+    pretrained on): :func:`selfmedhpm_tools.demo.ranking_figures`, written to its ``ranking.json`` (skipped when
+    there, and for an arm without a trained loss predictor: ``scratch``, ``mae``)."""
     from selfmedhpm.utils import write_json_atomic
     from selfmedhpm_tools.demo import ranking_figures
 
-    if ARMS[arm] is None or ARMS[arm].get("pred_weight") == 0.0:
-        return None
     folder = out / "runs" / "pretrain" / f"{arm}_seed{seed}"
-    path = folder / "ranking.json"
-    if not path.is_file():
-        settings = protocol.settings()
-        values = {**settings["common"], **settings["pretrain"]}
-        write_json_atomic(ranking_figures(folder, out / "data", lists["test"], values, 4, settings["pretrain_configs"]),
-                          path)  # fmt: skip
-    return json.loads(path.read_text())
+    if ARMS[arm] is None or ARMS[arm].get("pred_weight") == 0.0 or (folder / "ranking.json").is_file():
+        return
+    settings = protocol.settings()
+    values = {**settings["common"], **settings["pretrain"]}
+    figures = ranking_figures(folder, out / "data", lists["test"], values, 4, settings["pretrain_configs"])
+    write_json_atomic(figures, folder / "ranking.json")
 
 
 def finetune(
