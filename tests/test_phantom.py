@@ -114,8 +114,47 @@ def test_native_spacing_varies_within_ct_ranges() -> None:
     dxy, dz = np.array(spacings)[:, 0], np.array(spacings)[:, 2]
     assert dxy.min() >= 0.6 and dxy.max() <= 1.0 and dxy.max() - dxy.min() > 0.15
     assert dz.min() >= 1.5 and dz.max() <= 5.0 and dz.max() - dz.min() > 2.0
-    assert 200 <= min(extents) and max(extents) <= 290
+    assert 200 <= min(extents) and max(extents) <= 480
+    assert 0.3 < np.mean(np.array(extents) > 300) < 0.7  # about half reach down into the pelvis
     assert 0.15 < np.mean(orientations) < 0.55  # about a third stored LPS
+
+
+def test_pelvis_cases_have_unlabelled_iliac_vessels_bones_and_bladder_below_the_aorta() -> None:
+    seed = next(s for s in range(20) if phantom._grid(*_rng_anatomy(s), None, "medium", None).z[0] < -250)
+    rng, anatomy = _rng_anatomy(seed)
+    z = phantom._grid(rng, anatomy, None, "medium", None).z  # the patient-frame height of each slice
+    img, lab, _ = generate_case(seed, size="medium")
+    lowest = {name: z[np.flatnonzero((lab == value).any((0, 1)))[0]] for value, name in ((8, "aorta"), (9, "ivc"))}
+    kz = anatomy["kz"]
+    assert -125 * kz < lowest["aorta"] < -95 * kz and -135 * kz < lowest["ivc"] < -105 * kz  # bifurcation, confluence
+    pelvis = z < -170 * kz
+    assert not lab[:, :, pelvis].any()  # nothing labelled in the pelvis
+    section = img[:, :, np.flatnonzero(pelvis)[0]]
+    assert (section > 600).sum() > 150  # iliac wings and sacrum (cortical bone)
+    assert ((section > 130) & (section < 300)).sum() > (lab[:, :, pelvis.argmax()] == 8).sum()  # vessels, marrow
+    low = img[:, :, np.flatnonzero(z < -250 * kz)[-1]]
+    bladder = low[low.shape[0] // 2 - 5 : low.shape[0] // 2 + 5, low.shape[1] // 2 + 8 : low.shape[1] // 2 + 18]
+    assert -20 < np.median(bladder) < 45  # urine in the anterior pelvis
+
+
+def test_datasets_alternate_the_field_of_view_and_the_organs_do_not_depend_on_it(tmp_path: Path) -> None:
+    info = json.loads(generate_dataset(tmp_path, cases=4, seed=3, size="small", verbose=False).read_text())
+    extents = []
+    for entry in info["training"] + info["validation"]:
+        header = nib.load(tmp_path / entry["image"]).header
+        extents.append(header.get_data_shape()[2] * header.get_zooms()[2])
+    assert [e > 290 for e in extents] == [False, True, False, True]  # both splits get either field of view
+    (_, lab_short, aff_short), (_, lab_long, aff_long) = (generate_case(5, pelvis=p, size="small") for p in (0, 1))
+    assert lab_long.shape[2] > lab_short.shape[2] + 15
+    centroids = [
+        [_centroid_world(lab, aff, v) for v in (1, 2, 6)] for lab, aff in ((lab_short, aff_short), (lab_long, aff_long))
+    ]
+    assert np.allclose(centroids[0], centroids[1], atol=3.0)  # same anatomy, world positions within a voxel
+
+
+def _rng_anatomy(seed: int) -> tuple[np.random.Generator, dict]:
+    rng = np.random.default_rng(seed)
+    return rng, phantom._anatomy(rng)
 
 
 def test_explicit_shape_derives_varying_spacing_and_presets_set_matrix() -> None:

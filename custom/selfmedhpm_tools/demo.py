@@ -31,7 +31,7 @@ import nibabel as nib
 import numpy as np
 from selfmedhpm.utils import write_json_atomic
 from selfmedhpm_tools import reports
-from selfmedhpm_tools.phantom import generate_dataset
+from selfmedhpm_tools.phantom import BTCV_LABELS, generate_dataset
 from selfmedhpm_tools.release import TRAINED_WITH
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -300,6 +300,21 @@ def organs_above(summary: dict, threshold: float) -> int:
     return sum((organ["dice"]["mean"] or 0.0) >= threshold for organ in summary["organs"].values())
 
 
+def crop_centres(ratios: list[float] | None) -> str:
+    """How the fine-tuning crops are centred, from ``class_ratios`` of ``train_demo.json`` (one weight per class).
+
+    Examples::
+
+        >>> crop_centres(None)
+        'centred on each of the 14 classes in turn'
+        >>> crop_centres([1, 1, 1, 1, 2] + [1] * 9)
+        'centred on each of the 14 classes in turn, gallbladder x2'
+    """
+    text = "centred on each of the 14 classes in turn"
+    extra = [f"{BTCV_LABELS[c]} x{w / min(ratios):g}" for c, w in enumerate(ratios or []) if w != min(ratios)]
+    return ", ".join([text, *extra])
+
+
 def _report(summaries: dict, table: str, stages: Stages, args: argparse.Namespace, ranking: dict) -> str:
     hpm, scratch = (summaries[k]["mean_dice"]["all_organs"] for k in ("HPM-initialised", "scratch"))
     if hpm is None or scratch is None:
@@ -322,7 +337,8 @@ def _report(summaries: dict, table: str, stages: Stages, args: argparse.Namespac
         f"targets {args.norm_pix_loss}, EMA teacher decay {ema['ema_decay_start']} -> {ema['ema_decay_end']} "
         "(the pretraining bundle's `configs/train_demo.json`). Fine-tuning (the segmentation bundle's "
         f"`configs/train_demo.json`): {args.finetune_epochs} epochs of "
-        f"{args.num_samples} crop(s) per case centred on each organ in turn, UNETR feature size {args.feature_size}, "
+        f"{args.num_samples} crop(s) per case {crop_centres(_load(DEMO_RECIPE)['class_ratios'])}, UNETR feature size "
+        f"{args.feature_size}, "
         f"learning rate {args.learning_rate}, layer decay {args.layer_decay}, {args.warmup_epochs} warm-up "
         "epochs.\n\n"
         f"{verdict} Organs with validation Dice >= 0.6: {found}.\n\n## Validation Dice per organ\n\n{table}\n"

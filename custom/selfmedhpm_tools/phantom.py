@@ -22,6 +22,9 @@ sizes from ``shared/ANATOMY.md``) is scaled per case to the body size and jitter
   discs), neural arch, erector spinae and psoas muscles; air (-1000 HU) outside;
 * thorax: two diaphragm domes; lung bases (-850 HU) above them and the heart over the central tendon;
 * abdomen: visceral fat and bowel loops (a low-frequency wave field split into wall, fluid and anterior gas);
+* pelvis (every other case of a data set reaches down to the hips, as most abdominal CTs do): iliac wings,
+  sacrum, femoral heads in their acetabula, pubic and ischial rami, the urinary bladder, and the iliac arteries and
+  veins, unlabelled as in BTCV, whose aorta label ends at the bifurcation (L4) and IVC label at the confluence (L5);
 * the 13 BTCV organs as ellipsoids or tubes swept along one axis (ellipse cross-sections whose centre and
   semi-axes are interpolated between knots), deformed by a smooth random displacement of the surface and clipped
   to the abdominal cavity. Portal-venous phase HU: enhancing vessels, kidney cortex brighter than medulla, gas
@@ -30,7 +33,8 @@ sizes from ``shared/ANATOMY.md``) is scaled per case to the body size and jitter
 Organs are painted in a fixed order (liver first, vessels and adrenals last; later ones win where they touch),
 evaluated at the voxel centres of the sampled grid, i.e. through the affine, each in its own bounding box. The HU
 image is blurred once (partial volume, ~1 voxel) and gets Gaussian noise (sd 10-20 HU). Spacing, field of view,
-slice count and storage orientation (about a third LPS instead of RAS; diagonal affine) vary per case.
+slice count and storage orientation (about a third LPS instead of RAS; diagonal affine) vary per case: a z-extent
+of 20-28 cm (lung bases to below the kidneys) or 29-47 cm (down into the pelvis).
 """
 
 from __future__ import annotations
@@ -90,9 +94,18 @@ def _anatomy(rng: np.random.Generator) -> dict:
     return a
 
 
-def _grid(rng: np.random.Generator, a: dict, shape: Shape | None, size: str, orientation: str | None) -> Grid:
+def _grid(
+    rng: np.random.Generator,
+    a: dict,
+    shape: Shape | None,
+    size: str,
+    orientation: str | None,
+    pelvis: bool | None = None,
+) -> Grid:
     """Sample field of view, spacing and orientation; the body always fits in plane and the z-extent spans lungs to
-    the kidneys' lower poles. Native in-plane spacing is fov/512 (0.6-1 mm); smaller matrices resample the fov."""
+    the kidneys' lower poles, and reaches down into the pelvis when ``pelvis`` says so (None: for about half the
+    size-preset cases, never with an explicit ``shape``). Native in-plane spacing is fov/512 (0.6-1 mm); smaller
+    matrices resample the fov."""
     fov = min(2.24 * a["A"] + 30 + rng.uniform(10, 80), 512.0)
     thick, low, span = rng.uniform(1.5, 5.0), -100 * a["kz"], 220 * a["kz"]
     extent = rng.uniform(max(span, 205.0), 285.0)
@@ -100,6 +113,10 @@ def _grid(rng: np.random.Generator, a: dict, shape: Shape | None, size: str, ori
     lps, centre, table = rng.random() < 1 / 3, rng.uniform(-15, 15, 2), rng.uniform(-450, -150)
     if orientation is not None:
         lps = orientation.upper() == "LPS"
+    if shape is None or pelvis:  # down into the pelvis, as most abdominal CTs (BTCV: up to ~50 cm)
+        coin, extra = rng.random() < 0.5, rng.uniform(90, 180) * a["kz"]
+        if coin if pelvis is None else pelvis:
+            z_bot, extent = z_bot - extra, extent + extra
     if shape is None:
         dz = max(thick, MIN_SLICE_MM[size])
         shape = (SIZES[size], SIZES[size], int(np.ceil(extent / dz)))
@@ -266,6 +283,45 @@ def _bowel(rng: np.random.Generator, grid: Grid, a: dict, img: np.ndarray, free:
     np.copyto(sub, np.float32(-1000), where=lumen & (Y > rng.uniform(30, 60) * a["ky"]))
 
 
+def _segment_depth(X: np.ndarray, Y: np.ndarray, z: float, p0, p1, radius: float) -> np.ndarray:
+    """How far (mm) each point (X, Y, z) lies inside a rod of `radius` around the segment p0-p1 (negative: outside)."""
+    p0, d = np.asarray(p0, float), np.subtract(p1, p0)
+    t = np.clip(((X - p0[0]) * d[0] + (Y - p0[1]) * d[1] + (z - p0[2]) * d[2]) / max(d @ d, 1e-9), 0, 1)
+    return radius - np.sqrt((X - p0[0] - t * d[0]) ** 2 + (Y - p0[1] - t * d[1]) ** 2 + (z - p0[2] - t * d[2]) ** 2)
+
+
+def _pelvis(grid: Grid, a: dict, img: np.ndarray) -> None:
+    """Pelvic bones below the iliac crests (about L4), in the body: iliac wings (curved plates from the sacroiliac
+    joints to the anterior spines), the sacrum, the femoral heads in their acetabula with necks and shafts, the pubic
+    rami and the ischia; cancellous bone in a 2.5 mm cortical rim. Positions are those of a nominal adult, scaled."""
+    kx, ky, kz, hu = a["kx"], a["ky"], a["kz"], a["hu"]
+    X, Y = grid.x[:, None] / kx, grid.y[None, :] / ky  # nominal-adult mm
+    for k in np.flatnonzero(grid.z < -95 * kz):
+        z, depth = grid.z[k] / kz, np.full(X.shape[0:1] + Y.shape[1:], -np.inf, np.float32)
+        if z > -215:
+            top = np.clip((-95 - z) / 120, 0, 1)  # 0 at the crest, 1 at the acetabular roof
+            for s in (1, -1):  # wing: an arc of radius 68 about (35, 8), thicker and shorter anteriorly lower down
+                r, ang = np.hypot(X - s * 35, Y - 8), np.degrees(np.arctan2(Y - 8, s * (X - s * 35)))
+                wing = (5 + 6 * top) - np.abs(r - 68 + 20 * top)
+                depth = np.maximum(depth, np.where((ang > -82) & (ang < 18 - 50 * top), wing, -np.inf))
+        if -265 < z < -115:  # sacrum: narrower and more posterior caudally
+            f = (-115 - z) / 150
+            q = np.hypot(X / (52 - 30 * f), (Y + 52 + 30 * f) / 16)
+            depth = np.maximum(depth, 16 * (1 - q))
+        for s in (1, -1):
+            rods = [((s * 84, 2, -268), (s * 84, 2, -268), 24)]  # femoral head
+            rods += [((s * 84, 2, -268), (s * 112, -8, -300), 14), ((s * 112, -8, -300), (s * 106, 2, -420), 13)]
+            rods += [((s * 72, 14, -272), (s * 10, 48, -292), 9), ((s * 72, -12, -285), (s * 50, -20, -335), 13)]
+            rods += [((s * 50, -20, -335), (s * 12, 40, -310), 7)]  # pubic and ischial rami, ischial tuberosity
+            for p0, p1, radius in rods:
+                depth = np.maximum(depth, _segment_depth(X, Y, z, p0, p1, radius))
+            cup = 5 - np.abs(np.sqrt((X - s * 84) ** 2 + (Y - 2) ** 2 + (z + 268) ** 2) - 30)  # acetabulum
+            depth = np.maximum(depth, np.where(s * (X - s * 84) < 8, cup, -np.inf))
+        body, section = img[:, :, k] > -900, img[:, :, k]
+        section[body & (depth > 0)] = hu["cortical"]
+        section[body & (depth > 2.5)] = hu["cancellous"]
+
+
 def _organs(rng: np.random.Generator, grid: Grid, a: dict) -> list:
     """The 13 BTCV organs as (label, bbox slices, mask, HU scalar or array, q) in painting order."""
     S, g, hu, parts = np.array([a["kx"], a["ky"], a["kz"]]), a["size"], a["hu"], []
@@ -307,10 +363,12 @@ def _organs(rng: np.random.Generator, grid: Grid, a: dict) -> list:
                  (3, 3)], wob=0.1), hu["pancreas"])  # fmt: skip
     res, air = tube(2, [56, 72, 92, 400], [(-45, 10), (-30, 12), (-12, 12), (-5, 10)], (9, 7)), rng.random() < 0.5
     add(5, res, np.where(res[1] < 0.12, -900.0, hu["esophagus"]) if air and res else hu["esophagus"])
-    add(9, tube(2, [-400, 40, 75, 95, 100], [(22, -8), (24, -4), (20, 8), (12, 14), (12, 14)],
-                [(13, 9), (13, 9), (14, 12), (12, 10), (3, 3)]), hu["ivc"])  # fmt: skip
-    add(8, tube(2, [-400, -60, 60, 400], [(-15, -10), (-14, -10), (-14, -12), (-20, -20)], [(10, 10), (11, 11),
-                (12, 12), (12, 12)], wob=0.02), hu["aorta"])  # fmt: skip
+    ivc_shift = rng.normal(0, 3, 3)  # the IVC begins at the iliac veins' confluence (L5), the aorta ends at L4
+    add(9, tube(2, [-122, 40, 75, 95, 100], [(22, -7), (24, -4), (20, 8), (12, 14), (12, 14)],
+                [(12, 9), (13, 9), (14, 12), (12, 10), (3, 3)], ivc_shift), hu["ivc"])  # fmt: skip
+    aorta_shift = rng.normal(0, 3, 3)
+    add(8, tube(2, [-108, -60, 60, 400], [(-15, -10), (-14, -10), (-14, -12), (-20, -20)], [(9, 9), (11, 11),
+                (12, 12), (12, 12)], aorta_shift, wob=0.02), hu["aorta"])  # fmt: skip
     add(10, tube(2, [-8, -5, 15, 38, 42], [(8, 16), (8, 16), (22, 20), (45, 14), (48, 13)],
                  [(3, 3), (7, 7), (7, 7), (6, 6), (3, 3)]), hu["portal"])  # fmt: skip
     add(10, tube(0, [-88, -85, -50, -15, 8, 10], [(-22, 20), (-22, 20), (-8, 12), (6, 3), (14, -4), (14, -4)],
@@ -320,6 +378,13 @@ def _organs(rng: np.random.Generator, grid: Grid, a: dict) -> list:
         knots, radii = [zlo - 3, zlo, zhi, zhi + 3], [(2, 2), (5, 4.5), (5, 4.5), (2, 2)]
         for foot in ((side * 33, -20), (side * 49, -36)):
             add(label, tube(2, knots, [foot, foot, apex, apex], radii, shift), hu["adrenal"])
+    if grid.z[0] < -100 * a["kz"]:  # below the aorta's bifurcation: unlabelled pelvic vessels and the bladder
+        for side in (1, -1):  # common then external iliac artery and vein, to the groin
+            add(0, tube(2, [-330, -280, -230, -170, -108], [(side * 75, 18), (side * 68, 8), (side * 55, -12),
+                        (side * 32 - 8, -16), (-15, -10)], (6, 6), aorta_shift), hu["aorta"])  # fmt: skip
+            add(0, tube(2, [-330, -280, -230, -165, -122], [(side * 70, 4), (side * 62, -8), (side * 50, -26),
+                        (side * 30 + 10, -20), (22, -7)], (7, 6), ivc_shift), hu["ivc"])  # fmt: skip
+        add(0, ell((0, 28, -262), (42, 32, 30), wob=0.08)[2], hu["fluid"])  # urinary bladder
     return parts
 
 
@@ -343,6 +408,7 @@ def generate_case(
     shape: Shape | None = None,
     size: str = "medium",
     orientation: str | None = None,
+    pelvis: bool | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Generate one synthetic portal-venous abdominal CT with its 13-organ BTCV label map.
 
@@ -353,6 +419,9 @@ def generate_case(
         size: "small" (128 in plane, >= 5 mm slices), "medium" (256, >= 3 mm) or "full" (512, native
             0.6-1.0 mm pixels and 1.5-5 mm slices); ignored when `shape` is given.
         orientation: "RAS" or "LPS" storage; None draws LPS for about a third of the seeds.
+        pelvis: whether the scan reaches down into the pelvis (29-47 cm instead of 20-28 cm along z); None draws it
+            for about half the seeds of a size preset and never with an explicit `shape`. The organs are the same
+            either way.
 
     Returns:
         (image in HU int16 [X, Y, Z], label uint8 [X, Y, Z] with values 0..13, 4x4 voxel-to-world affine).
@@ -368,10 +437,11 @@ def generate_case(
         raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
     rng = np.random.default_rng(rng_or_seed)
     anatomy = _anatomy(rng)
-    grid = _grid(rng, anatomy, None if shape is None else tuple(int(n) for n in shape), size, orientation)
+    grid = _grid(rng, anatomy, None if shape is None else tuple(int(n) for n in shape), size, orientation, pelvis)
     img, cavity, free = _body(rng, grid, anatomy)
     _thorax(grid, anatomy, img, free)
     _bowel(rng, grid, anatomy, img, free)
+    _pelvis(grid, anatomy, img)
     lab = np.zeros(grid.shape, np.uint8)
     _paint(img, lab, _organs(rng, grid, anatomy), cavity)
     img = gaussian_filter(img, sigma=(0.7, 0.7, 0.5), truncate=3.0)
@@ -403,6 +473,8 @@ def generate_dataset(
     Args:
         out_dir: output directory (created if missing).
         cases: number of cases; case i uses the i-th child of SeedSequence(seed), so it does not depend on `cases`.
+            With a size preset, the odd-numbered cases reach down into the pelvis, so that training and validation
+            cases both have either field of view.
         seed: dataset seed.
         val_fraction: share of the (last) cases listed under "validation"; at least one when cases >= 2.
         shape, size: see `generate_case`.
@@ -433,7 +505,7 @@ def generate_dataset(
     entries = []
     for i, (name, child) in enumerate(zip(names, np.random.SeedSequence(seed).spawn(cases))):
         start = time.perf_counter()
-        img, lab, affine = generate_case(child, shape=shape, size=size)
+        img, lab, affine = generate_case(child, shape=shape, size=size, pelvis=None if shape else i % 2 == 1)
         entry = {"image": f"imagesTr/{name}.nii.gz", "label": f"labelsTr/{name}.nii.gz"}
         for key, array in (("image", img), ("label", lab)):
             _save(array, affine, out / entry[key])
