@@ -565,7 +565,9 @@ def test_best_model_saver_writes_only_better_models_and_its_best_survives_a_resu
     EpochCheckpointer(tmp_path / "ckpt", {"best_model": saver}).attach(trainer)
     trainer.run([0], max_epochs=3)
     # epoch 2 (0.4) did not replace epoch 1's model; epoch 3 (0.7) did
-    assert [w["weight"][0, 0].item() - written[0]["weight"][0, 0].item() for w in written] == pytest.approx([0.0, 0.0, 2.0])
+    assert [w["weight"][0, 0].item() - written[0]["weight"][0, 0].item() for w in written] == pytest.approx(
+        [0.0, 0.0, 2.0]
+    )
     assert saver.state_dict() == {"best": 0.7, "epoch": 3}
     assert torch.equal(written[-1]["weight"], net.weight) and not list(tmp_path.glob("*.tmp"))
 
