@@ -310,9 +310,10 @@ def crop_centres(ratios: list[float] | None) -> str:
         >>> crop_centres([1, 1, 1, 1, 2] + [1] * 9)
         'centred on each of the 14 classes in turn, gallbladder x2'
     """
-    text = "centred on each of the 14 classes in turn"
-    extra = [f"{BTCV_LABELS[c]} x{w / min(ratios):g}" for c, w in enumerate(ratios or []) if w != min(ratios)]
-    return ", ".join([text, *extra])
+    ratios = ratios or []
+    base = min(ratios, default=1)
+    extra = [f"{BTCV_LABELS[c]} x{w / base:g}" for c, w in enumerate(ratios) if w != base]
+    return ", ".join(["centred on each of the 14 classes in turn", *extra])
 
 
 def _report(summaries: dict, table: str, stages: Stages, args: argparse.Namespace, ranking: dict) -> str:
