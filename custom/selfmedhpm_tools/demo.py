@@ -12,9 +12,9 @@
 """The main job, end to end on built-in synthetic CT: generate data -> HPM pretraining -> UNETR fine-tuning from the
 pretrained encoder and from scratch -> evaluation -> report (tables, figures), every stage tracked in MLflow.
 
-Run ``make demo`` or ``python -m selfmedhpm_tools.demo --results_dir results/demo``; the defaults finish in about
-13 minutes on 2 CPU cores. Everything lands under ``--results_dir``; ``mlflow ui --backend-store-uri
-sqlite:///results/demo/mlflow.db`` shows the runs.
+Run ``make demo`` or ``python -m selfmedhpm_tools.demo --results_dir results/demo``; the defaults finish in 4 to
+13 minutes on 2 CPU cores, depending on the CPU. Everything lands under ``--results_dir``; ``mlflow ui
+--backend-store-uri sqlite:///results/demo/mlflow.db`` shows the runs.
 """
 
 from __future__ import annotations
@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         (results / "hpm_ranking.json").write_text(json.dumps(ranking, indent=2))
 
     _, _, table = reports.write_dice_table(summaries, results)
-    text = _report(summaries, table, stages, args, ranking)
+    text = _report(summaries, table, stages, args, ranking, recipe)
     (results / "report.md").write_text(text)
     print("\n" + text, flush=True)
     if tracking_uri:
@@ -316,7 +316,8 @@ def crop_centres(ratios: list[float] | None) -> str:
     return ", ".join(["centred on each of the 14 classes in turn", *extra])
 
 
-def _report(summaries: dict, table: str, stages: Stages, args: argparse.Namespace, ranking: dict) -> str:
+def _report(summaries: dict, table: str, stages: Stages, args: argparse.Namespace, ranking: dict, recipe: dict) -> str:
+    """The demo's report.md; ``recipe``: the segmentation bundle's ``train_demo.json`` the run fine-tuned with."""
     hpm, scratch = (summaries[k]["mean_dice"]["all_organs"] for k in ("HPM-initialised", "scratch"))
     if hpm is None or scratch is None:
         verdict = "The mean Dice is undefined for one of the runs: see the per-organ table."
@@ -338,7 +339,7 @@ def _report(summaries: dict, table: str, stages: Stages, args: argparse.Namespac
         f"targets {args.norm_pix_loss}, EMA teacher decay {ema['ema_decay_start']} -> {ema['ema_decay_end']} "
         "(the pretraining bundle's `configs/train_demo.json`). Fine-tuning (the segmentation bundle's "
         f"`configs/train_demo.json`): {args.finetune_epochs} epochs of "
-        f"{args.num_samples} crop(s) per case {crop_centres(_load(DEMO_RECIPE)['class_ratios'])}, UNETR feature size "
+        f"{args.num_samples} crop(s) per case {crop_centres(recipe['class_ratios'])}, UNETR feature size "
         f"{args.feature_size}, "
         f"learning rate {args.learning_rate}, layer decay {args.layer_decay}, {args.warmup_epochs} warm-up "
         "epochs.\n\n"

@@ -335,6 +335,7 @@ def collect(out: Path, protocol: Protocol) -> dict[str, Any]:
 
 RANKING_COLUMNS = {  # ranking.json key: column of the report
     "masked_tau_student": "masked pass, student",
+    "masked_tau_position_only": "masked pass, position alone",
     "tau_teacher": "full view, teacher",
     "tau_position_only": "full view, position alone",
     "position_share": "position share of the full view",
