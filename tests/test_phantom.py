@@ -175,8 +175,8 @@ def test_lps_and_ras_storage_agree_after_monai_orientation(tmp_path: Path, seed:
         img, lab, affine = generate_case(seed, shape=TINY, orientation=orientation)
         assert (np.diag(affine)[:2] < 0).all() == (orientation == "LPS") and affine[2, 2] > 0
         paths = {key: tmp_path / f"{key}_{orientation}.nii.gz" for key in ("image", "label")}
-        phantom._save(img, affine, paths["image"])
-        phantom._save(lab, affine, paths["label"])
+        phantom.save_nifti(img, affine, paths["image"])
+        phantom.save_nifti(lab, affine, paths["label"])
         data = load({k: str(v) for k, v in paths.items()})
         oriented = data["label"][0].numpy()
         xs = np.argwhere(oriented == 1)[:, 0].mean(), np.argwhere(oriented == 6)[:, 0].mean()

@@ -449,7 +449,7 @@ def generate_case(
     return np.clip(np.rint(img), -1024, 3071).astype(np.int16), lab, grid.affine
 
 
-def _save(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
+def save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
     """Write a NIfTI file with the affine as both qform and sform (scanner coordinates, mm)."""
     image = nib.Nifti1Image(array, affine)
     image.header.set_xyzt_units("mm")
@@ -508,7 +508,7 @@ def generate_dataset(
         img, lab, affine = generate_case(child, shape=shape, size=size, pelvis=None if shape else i % 2 == 1)
         entry = {"image": f"imagesTr/{name}.nii.gz", "label": f"labelsTr/{name}.nii.gz"}
         for key, array in (("image", img), ("label", lab)):
-            _save(array, affine, out / entry[key])
+            save_nifti(array, affine, out / entry[key])
         entries.append(entry)
         if verbose:
             spacing = ", ".join(f"{s:.2f}" for s in np.abs(np.diag(affine)[:3]))

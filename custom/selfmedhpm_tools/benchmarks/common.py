@@ -53,7 +53,7 @@ class Config:
     """
 
     quick: bool = True
-    reps: int = 3
+    reps: int = 5
     warmup: int = 1
     device: str | None = None
     workdir: str = "results/bench"

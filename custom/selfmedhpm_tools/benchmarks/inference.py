@@ -41,8 +41,7 @@ CPU_PRESET_KEYS = ("roi_size", "sw_batch_size", "feature_size", "hidden_size", "
 def make_volume(path: Path, shape: tuple[int, int, int], tiles: int = 1, crop: tuple[int, ...] | None = None) -> Path:
     """A synthetic CT as NIfTI: its central ``crop`` block if given (the phantom's spacing adapts to ``shape``, so the
     body fills it), stacked ``tiles`` times along z with the same spacing."""
-    import nibabel as nib
-    from selfmedhpm_tools.phantom import generate_case
+    from selfmedhpm_tools.phantom import generate_case, save_nifti
 
     if not path.is_file():
         image, _, affine = generate_case(0, shape=shape)
@@ -51,10 +50,7 @@ def make_volume(path: Path, shape: tuple[int, int, int], tiles: int = 1, crop: t
             image = image[tuple(slice(a, a + c) for a, c in zip(start, crop))]
             affine = affine.copy()
             affine[:3, 3] += affine[:3, :3] @ np.array(start, dtype=float)
-        nifti = nib.Nifti1Image(np.concatenate([image] * tiles, axis=2), affine)
-        nifti.set_qform(affine, code=1)
-        nifti.set_sform(affine, code=1)
-        nib.save(nifti, str(path))
+        save_nifti(np.concatenate([image] * tiles, axis=2), affine, path)
     return path
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from monai.data import DataLoader
 
-from .common import PRETRAIN_CONFIGS, Config, Results, bundle_parser, log, median, sync
+from .common import PRETRAIN_CONFIGS, Config, Results, bundle_parser, interleaved, log, median, sync
 from .step import BATCH
 
 
@@ -86,14 +86,10 @@ def run(cfg: Config, res: Results, peak: dict[str, float]) -> dict[str, Any]:
         loaders["persistent"] = DataLoader(
             dataset, batch_size=batch, shuffle=True, num_workers=workers, persistent_workers=True
         )
-    rates: dict[str, list[float]] = {name: [] for name in loaders}
-    for name in loaders:
-        crops_per_second(loaders[name])  # warm-up epoch
-    for r in range(epochs):  # interleaved, order rotated per round
-        for name in list(loaders)[r % len(loaders) :] + list(loaders)[: r % len(loaders)]:
-            rates[name].append(crops_per_second(loaders[name]))
+    rates: dict[str, list[float]] = {name: [] for name in loaders}  # a warm-up epoch each, then rounds of epochs
+    interleaved({n: lambda n=n: rates[n].append(crops_per_second(loaders[n])) for n in loaders}, reps=epochs)
     loaders.pop("persistent", None)  # ends its workers
-    cps = detail["crops_per_s"] = {k: median(v) for k, v in rates.items()}
+    cps = detail["crops_per_s"] = {k: median(v[1:]) for k, v in rates.items()}
     label = f"train.json loader, {workers} workers, batch {batch} x {per_item} crops of 96^3, CPU"
     res.add("loader_crops_per_s", cps["configured"], note=f"{unique} cached volumes", label=label)
     step = res.details.get("step", {}).get("cpu")

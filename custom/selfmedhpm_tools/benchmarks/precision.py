@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.bundle import ConfigWorkflow
 
 from .common import (
     PRETRAIN_CONFIGS,
@@ -45,19 +44,12 @@ from .common import (
 
 def train_pretraining(data: Path, out: Path, configs: Sequence[str] = ("train.json", "train_cpu.json"), **overrides):
     """Runs the pretraining bundle (``configs`` of its folder, plus ``overrides``) in-process on the data set
-    ``data``; returns its ``history.json``."""
-    workflow = ConfigWorkflow(
-        config_file=[str(PRETRAIN_CONFIGS / name) for name in configs],
-        meta_file=str(PRETRAIN_CONFIGS / "metadata.json"),
-        logging_file=str(PRETRAIN_CONFIGS / "logging.conf"),
-        workflow_type="train",
-        dataset_dir=str(data),
-        output_dir=str(out),
-        **{"log_interval": 10**6, "train#dataset#progress": False, **overrides},
-    )
-    workflow.initialize()
-    workflow.run()
-    workflow.finalize()
+    ``data``, as the demo does (:func:`selfmedhpm_tools.demo.run_bundle`, untracked); returns its ``history.json``."""
+    from selfmedhpm_tools.demo import run_bundle
+
+    settings = {"log_interval": 10**6, "train#dataset#progress": False, **overrides}
+    files = [str(PRETRAIN_CONFIGS / name) for name in configs]
+    run_bundle(files, None, "", dataset_dir=str(data), output_dir=str(out), **settings)
     return json.loads((out / "history.json").read_text())
 
 

@@ -145,6 +145,7 @@ def values(res: Results, info: dict[str, Any], mode: str, elapsed: float) -> dic
     v.update(
         mode=mode,
         minutes=f"{elapsed / 60:.1f}",
+        reps=str(info.get("reps", "n/a")),
         quick_mode=" Quick mode uses smaller settings where labelled." if mode == "quick" else "",
         machine=_table("item | this run", list(map(list, machine.items()))),
         contention=contention,

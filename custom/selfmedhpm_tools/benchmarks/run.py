@@ -46,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--quick", action="store_true", help="small settings, minutes on 2 CPU cores")
     parser.add_argument("--only", nargs="+", choices=list(SECTIONS), default=(), help="run only these sections")
-    parser.add_argument("--reps", type=int, default=None, help="timed repetitions (default 3 quick, 5 full)")
+    parser.add_argument("--reps", type=int, default=5, help="timed repetitions per measurement (medians reported)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs", help="folder of benchmarks.md / .json")
     parser.add_argument("--workdir", type=Path, default=ROOT / "results" / "bench", help="scratch folder")
     parser.add_argument("--no-gpu", action="store_true", help="measure the CPU column only")
@@ -74,14 +74,14 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the inference bundle's child process
     cfg = Config(
         quick=args.quick,
-        reps=args.reps or (3 if args.quick else 5),
+        reps=args.reps,
         workdir=str(args.workdir),
         device="cuda" if torch.cuda.is_available() and not args.no_gpu else None,
         only=tuple(args.only),
     )
     if args.all_precisions:
         cfg.precisions = ("fp32", "bf16", "int8")
-    info = machine_info() | {"precisions_measured": list(cfg.precisions)}
+    info = machine_info() | {"precisions_measured": list(cfg.precisions), "reps": cfg.reps}
     log(
         f"{cfg.mode} mode on {info['cpu_model']}, {info['cpu_cores_usable']} cores, precisions {cfg.precisions}, "
         f"GPU: {info['gpu'] or 'none'}"

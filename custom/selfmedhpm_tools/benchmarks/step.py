@@ -51,17 +51,7 @@ VIT_B, CPU_PRESET = network_sizes("train.json"), network_sizes("train.json", "tr
 MASK_RATIO, HARD_RATIO, BATCH = 0.75, 0.5, 2
 
 
-class _Unfused:
-    """``default_optimizer``: the step's AdamW as torch builds it by default (see :func:`unfused_like`)."""
-
-    optimizer: torch.optim.Optimizer
-
-    @functools.cached_property
-    def default_optimizer(self) -> torch.optim.AdamW:
-        return unfused_like(self.optimizer)
-
-
-class HPMStep(_Unfused):
+class HPMStep:
     """One training iteration of the pretraining bundle as ``train.json`` configures it, on one fixed batch, without
     handlers, at the last epoch (the hard-patch share at its highest), off the int8 teacher's re-quantisation
     schedule (timed apart).
@@ -84,6 +74,7 @@ class HPMStep(_Unfused):
         self.trainer = parser.get_parsed_content("train#trainer")
         self.network, self.teacher = unwrap(self.trainer.network), self.trainer.teacher
         self.optimizer = self.trainer.optimizer
+        self.default_optimizer = unfused_like(self.optimizer)
         self.trainer.state.epoch = self.trainer.state.max_epochs = 1
         self.trainer.state.iteration, self.trainer.state.epoch_length = 2, 1000  # int8 refresh at 1, 11, ...
         self.trainer.mask_ratio, self.trainer.final_hard_ratio = MASK_RATIO, HARD_RATIO
@@ -112,7 +103,7 @@ class HPMStep(_Unfused):
             self.teacher.module(self.images, torch.zeros(self.images.shape[0], self.network.num_patches, dtype=bool))
 
 
-class MAEStep(_Unfused):
+class MAEStep:
     """One iteration of MONAI's ``MaskedAutoEncoderViT`` with the bundle's AdamW config. ``dtype=torch.bfloat16``
     casts model and input: MONAI's MAE fails under autocast (its ``index_put`` mixes dtypes), so its bf16 figure has
     no master weights and no casts, a lower bound on an autocast step."""
@@ -125,6 +116,7 @@ class MAEStep(_Unfused):
         self.optimizer = bundle_parser(PRETRAIN_CONFIGS, ["train.json"], network=self.network).get_parsed_content(
             "optimizer"
         )
+        self.default_optimizer = unfused_like(self.optimizer)
         self.images, self.inputs = images.to(device), images.to(device, dtype)
 
     def step(self, monai_defaults: bool = False) -> None:
