@@ -34,7 +34,6 @@ __all__ = [
     "HistoryRecorder",
     "PretrainExporter",
     "CaseProgress",
-    "batch_images",
     "rank_handlers",
 ]
 
@@ -178,19 +177,6 @@ class HistoryRecorder:
         self.records.append(record)
         if is_rank0():
             write_json_atomic(self.records, self.path)
-
-
-def batch_images(engine: Engine, key: str = "image") -> list[tuple[str, torch.Tensor]]:
-    """``(file name, image [C, H, W, D])`` of each item of the engine's current batch, whether the batch is still
-    collated (a dict) or already decollated by MONAI's workflow (a list of dicts)."""
-    batch = engine.state.batch
-    items = batch if isinstance(batch, list) else [{key: image} for image in batch[key]]
-    found = []
-    for i, item in enumerate(items):
-        image = item[key]
-        name = getattr(image, "meta", {}).get("filename_or_obj", f"case{engine.state.iteration}_{i}")
-        found.append((str(name), image))
-    return found
 
 
 def _plain(value: object) -> object:

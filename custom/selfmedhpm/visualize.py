@@ -29,7 +29,6 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from ignite.engine import Engine, Events  # noqa: E402
 from selfmedhpm.ema import unwrap  # noqa: E402
-from selfmedhpm.handlers import batch_images  # noqa: E402
 from selfmedhpm.losses import per_patch_loss  # noqa: E402
 from selfmedhpm.masking import hard_patch_mask  # noqa: E402
 from selfmedhpm.networks import HPMMaskedAutoEncoder  # noqa: E402
@@ -42,6 +41,7 @@ __all__ = [
     "loss_when_masked",
     "masked_prediction_map",
     "hpm_views",
+    "batch_images",
     "plot_hpm_figure",
     "HPMFigureSaver",
 ]
@@ -229,6 +229,27 @@ def plot_hpm_figure(views: dict[str, np.ndarray], path: str | os.PathLike, title
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
+
+
+def batch_images(engine: Engine, key: str = "image") -> list[tuple[str, torch.Tensor]]:
+    """``(file name, image [C, H, W, D])`` of each item of the engine's current batch, whether the batch is still
+    collated (a dict) or already decollated by MONAI's workflow (a list of dicts).
+
+    Examples::
+
+        >>> engine = Engine(lambda e, b: None)
+        >>> engine.state.batch, engine.state.iteration = {"image": torch.zeros(2, 1, 4, 4, 4)}, 3
+        >>> [(name, tuple(image.shape)) for name, image in batch_images(engine)]
+        [('case3_0', (1, 4, 4, 4)), ('case3_1', (1, 4, 4, 4))]
+    """
+    batch = engine.state.batch
+    items = batch if isinstance(batch, list) else [{key: image} for image in batch[key]]
+    found = []
+    for i, item in enumerate(items):
+        image = item[key]
+        name = getattr(image, "meta", {}).get("filename_or_obj", f"case{engine.state.iteration}_{i}")
+        found.append((str(name), image))
+    return found
 
 
 class HPMFigureSaver:
