@@ -12,8 +12,8 @@
 """The main job, end to end on built-in synthetic CT: generate data -> HPM pretraining -> UNETR fine-tuning from the
 pretrained encoder and from scratch -> evaluation -> report (tables, figures), every stage tracked in MLflow.
 
-Run ``make demo`` or ``python -m selfmedhpm_tools.demo --results_dir results/demo``; the defaults finish in 4 to
-13 minutes on 2 CPU cores, depending on the CPU. Everything lands under ``--results_dir``; ``mlflow ui
+Run ``make demo`` or ``python -m selfmedhpm_tools.demo --results_dir results/demo``; the defaults finish in about 5 to
+15 minutes on 2 CPU cores, depending on the CPU. Everything lands under ``--results_dir``; ``mlflow ui
 --backend-store-uri sqlite:///results/demo/mlflow.db`` shows the runs.
 """
 
