@@ -102,6 +102,23 @@ def test_report_renders_the_committed_run_and_refuses_a_misspelt_name(tmp_path, 
         run.main(["--render-only", "--out", str(tmp_path)])
 
 
+def test_medians_are_of_five_repetitions_unless_told_and_the_report_says_how_many(capsys):
+    """Five timed repetitions by default in both modes (three left the ViT-B step ratio to chance on a noisy host);
+    fewer than one is refused on the command line; the committed report names the count its medians are of."""
+    import json
+
+    from conftest import ROOT
+    from selfmedhpm_tools.benchmarks import run
+
+    assert run.parse_args([]).reps == run.parse_args(["--quick"]).reps == 5
+    assert run.parse_args(["--reps", "2"]).reps == 2
+    with pytest.raises(SystemExit):
+        run.parse_args(["--reps", "0"])
+    assert "--reps must be at least 1, got 0" in capsys.readouterr().err
+    reps = json.loads((ROOT / "docs" / "benchmarks.json").read_text())["machine"]["reps"]
+    assert f"medians of {reps} timed repetitions" in (ROOT / "docs" / "benchmarks.md").read_text()
+
+
 def test_gpu_mode_bundle_and_finetuning_rows_run_eager_and_compiled_on_the_cpu_preset(tmp_path):
     """The GPU-only parts of ``make bench`` (the pretraining bundle end to end with gpu_cache.json and --compile True;
     the segmentation iteration eager vs compiled), run on the CPU presets so that a GPU run does not meet them

@@ -57,7 +57,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--render-only", action="store_true", help="rewrite benchmarks.md from benchmarks.json")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: one per core)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.reps < 1:
+        parser.error(f"--reps must be at least 1, got {args.reps}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
