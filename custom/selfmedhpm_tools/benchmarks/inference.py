@@ -213,7 +213,8 @@ def run(cfg: Config, res: Results, peak: dict[str, float]) -> dict[str, Any]:
 
     log(f"inference: end to end vs bare sliding window ({device}), interleaved; knobs; 1x/2x/4x voxels")
     jobs = [{"input": str(v), "warmup": int(i == 0), "bare": device != "cpu"} for i, v in enumerate(volumes)]
-    jobs[main].update(reps=cfg.reps if device != "cpu" and not cfg.quick else 2, bare=True, knobs=True)
+    detail["reps"] = cfg.reps if device != "cpu" and not cfg.quick else 2
+    jobs[main].update(reps=detail["reps"], bare=True, knobs=True)
     timing = detail["timing"] = child("timing", device, jobs)
     job = timing["jobs"][main]
     detail["knobs_s"], med = job["knobs_s"], job["median_s"]

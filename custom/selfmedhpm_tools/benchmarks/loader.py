@@ -71,7 +71,8 @@ def run(cfg: Config, res: Results, peak: dict[str, float]) -> dict[str, Any]:
     """The loader figures and knobs into ``res``."""
     log("loader: writing synthetic CTs")
     dataset_dir, datalist = make_dataset(Path(cfg.workdir), cfg.quick)
-    epochs, detail = (2 if cfg.quick else 3), {"data": str(datalist)}
+    epochs = 2 if cfg.quick else 3
+    detail = {"data": str(datalist), "epochs": epochs}
     parser = loader_parser(dataset_dir, datalist, device="cpu")
     start = time.perf_counter()
     dataset = parser.get_parsed_content("train#dataset")

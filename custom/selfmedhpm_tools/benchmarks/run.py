@@ -46,7 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--quick", action="store_true", help="small settings, minutes on 2 CPU cores")
     parser.add_argument("--only", nargs="+", choices=list(SECTIONS), default=(), help="run only these sections")
-    parser.add_argument("--reps", type=int, default=5, help="timed repetitions per measurement (medians reported)")
+    parser.add_argument(
+        "--reps", type=int, default=Config.reps, help="timed repetitions per measurement (medians reported)"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "docs", help="folder of benchmarks.md / .json")
     parser.add_argument("--workdir", type=Path, default=ROOT / "results" / "bench", help="scratch folder")
     parser.add_argument("--no-gpu", action="store_true", help="measure the CPU column only")
