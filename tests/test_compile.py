@@ -25,12 +25,13 @@ from selfmedhpm.inferers import AutocastInferer
 from selfmedhpm.losses import HPMLoss
 from selfmedhpm.masking import hard_patch_mask, num_masked
 from selfmedhpm.networks import HPMMaskedAutoEncoder
+from selfmedhpm.views import TEACHER_VIEWS, TeacherView
 
 SMALL = dict(hidden_size=48, mlp_dim=96, num_heads=4, decoder_hidden_size=24, decoder_mlp_dim=48,
              decoder_num_layers=1, decoder_num_heads=4)  # fmt: skip
 
 
-def _train(compile: bool, iterations: int = 3):
+def _train(compile: bool, iterations: int = 3, teacher_view: str = "full"):
     torch.manual_seed(0)
     net = HPMMaskedAutoEncoder(img_size=32, **SMALL)
     g = torch.Generator().manual_seed(3)
@@ -38,7 +39,7 @@ def _train(compile: bool, iterations: int = 3):
     trainer = HPMTrainer(
         device="cpu", max_epochs=1, train_data_loader=batches, network=net,
         optimizer=torch.optim.AdamW(net.parameters(), 1e-3), loss_function=HPMLoss(patch_size=16),
-        teacher=EMATeacher(net, 0.9, 0.9), final_hard_ratio=1.0, decollate=False,
+        teacher=EMATeacher(net, 0.9, 0.9), final_hard_ratio=1.0, decollate=False, teacher_view=teacher_view,
         compile=compile, compile_kwargs={"dynamic": False},
     )  # fmt: skip
     losses = []
@@ -47,9 +48,10 @@ def _train(compile: bool, iterations: int = 3):
     return trainer, net, losses
 
 
-def test_compiled_step_gives_the_eager_losses_and_weights():
-    eager, eager_net, eager_losses = _train(compile=False)
-    compiled, compiled_net, compiled_losses = _train(compile=True)
+@pytest.mark.parametrize("view", TEACHER_VIEWS)
+def test_compiled_step_gives_the_eager_losses_and_weights(view):
+    eager, eager_net, eager_losses = _train(compile=False, teacher_view=view)
+    compiled, compiled_net, compiled_losses = _train(compile=True, teacher_view=view)
     assert isinstance(compiled.network, torch._dynamo.eval_frame.OptimizedModule)  # MONAI compiled the student
     assert unwrap(compiled.network) is compiled_net
     assert compiled_losses == pytest.approx(eager_losses, rel=1e-4)
@@ -80,7 +82,11 @@ def test_step_parts_compile_to_one_graph_each_without_breaks(precision):
     student = torch._dynamo.explain(lambda x, m: inferer(x, net, m, k))(images, mask)
     reconstruction, predicted = inferer(images, net, mask, k)
     loss = torch._dynamo.explain(HPMLoss(16))(reconstruction, predicted, images, mask, k)
-    with torch.inference_mode():
-        teacher = torch._dynamo.explain(net.predict_patch_loss)(images)
-    for part in (student, loss, teacher):
+    teachers = []
+    for view in TEACHER_VIEWS:  # each teacher view's network pass, its masks drawn outside (as the trainer does)
+        scorer = TeacherView(view)
+        masks = scorer.draw(2, 27, torch.Generator().manual_seed(0))
+        with torch.inference_mode():
+            teachers.append(torch._dynamo.explain(lambda x, m: scorer.scores(net, x, m))(images, masks))
+    for part in (student, loss, *teachers):
         assert (part.graph_count, part.graph_break_count, part.break_reasons) == (1, 0, [])

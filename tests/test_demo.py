@@ -27,23 +27,23 @@ def test_demo_pipeline_writes_report_ranking_and_figures(tmp_path, one_thread):
             "--finetune_epochs", "1", "--val_interval", "1", "--no_mlflow"]  # fmt: skip
     assert demo.main(args) == 0
     report = (out / "report.md").read_text()
-    for section in ("## Validation Dice per organ", "## What the loss predictor ranks", "## Wall time", "| liver |"):
+    for section in ("## Validation Dice per organ", "## Does hard patches mining mine", "## Wall time", "| liver |"):
         assert section in report, section
     ranking = json.loads((out / "hpm_ranking.json").read_text())
     assert ranking["crops"] == 8 and ranking["crop_margin"] == 16  # one validation case, 8 crops
-    taus = (
-        "tau_teacher",
-        "tau_untrained",
-        "tau_position_only",
-        "masked_tau_student",
-        "masked_tau_teacher",
-        "masked_tau_position_only",
-        "hard_mask_loss_ratio_teacher",
-        "hard_mask_loss_ratio_untrained",
-        "hard_mask_loss_ratio_position_only",
+    figures = ("tau_untrained", "masked_tau_student", "masked_tau_teacher", "masked_tau_position_only",
+               "hard_mask_loss_ratio_untrained", "position_share")  # fmt: skip
+    assert all(math.isfinite(ranking[k]) for k in figures)
+    scorers = ranking["scorers"]
+    assert set(scorers) == {"full", "masked", "reconstruction", "position", "oracle"}
+    assert all(math.isfinite(row["tau"]) and math.isfinite(row["mask_loss_ratio"]) for row in scorers.values())
+    assert scorers["oracle"]["tau"] == pytest.approx(1.0) and scorers["oracle"]["oracle_share"] == pytest.approx(1.0)
+    assert scorers["full"]["tau"] != ranking["tau_untrained"]  # the pretrained teacher was loaded
+    section = report.split("## Does hard patches mining mine")[1]
+    assert (
+        f"| oracle: each patch's true loss when masked | 1.000 | {scorers['oracle']['mask_loss_ratio']:.3f} |"
+        in section
     )
-    assert all(math.isfinite(ranking[k]) for k in taus)
-    assert ranking["tau_teacher"] != ranking["tau_untrained"]  # the pretrained teacher was loaded
     for figure in ("dice_per_organ.png", "curves.png", "overlay.png"):
         assert (out / "figures" / figure).stat().st_size > 5_000, figure
     assert list((out / "figures").glob("*_hpm.png"))

@@ -119,7 +119,7 @@ def test_trained_teacher_ranks_held_out_patches_on_content(pretrained, held_out_
     cases). Patch position alone is printed beside it: after 50 CPU epochs it still ranks as well as the teacher
     (the loss predictor has learnt mostly where patches are hard), which the demo report states."""
     from monai.bundle import ConfigParser
-    from selfmedhpm_tools.metrics import teacher_ranking
+    from selfmedhpm_tools.metrics import mining_figures
     from selfmedhpm_tools.stats import paired_permutation_p
 
     out, _ = pretrained
@@ -130,10 +130,12 @@ def test_trained_teacher_ranks_held_out_patches_on_content(pretrained, held_out_
     untrained = parser.get_parsed_content("network_def", lazy=False)  # lazy=False: a new instance each time
     teacher = parser.get_parsed_content("network_def", lazy=False)
     teacher.load_state_dict(load_weights(out / "teacher.pt"))
-    trained = teacher_ranking(teacher, held_out_crops, norm_pix_loss=norm_pix_loss)
-    baseline = teacher_ranking(untrained, held_out_crops, norm_pix_loss=norm_pix_loss)
-    tau, untrained_tau, position_tau = (np.mean(x) for x in (trained["tau"], baseline["tau"], trained["position_tau"]))
-    p_value = paired_permutation_p(trained["tau"], baseline["tau"])
+    trained = mining_figures(teacher, held_out_crops, views=("full",), draws=1, norm_pix_loss=norm_pix_loss)
+    baseline = mining_figures(untrained, held_out_crops, views=("full",), draws=1, norm_pix_loss=norm_pix_loss)
+    trained_taus, untrained_taus = trained["per_crop"]["full"]["tau"], baseline["per_crop"]["full"]["tau"]
+    tau, untrained_tau = np.mean(trained_taus), np.mean(untrained_taus)
+    position_tau = trained["scorers"]["position"]["tau"]
+    p_value = paired_permutation_p(trained_taus, untrained_taus)
     print(f"tau trained {tau:.3f}, untrained {untrained_tau:.3f}, position alone {position_tau:.3f}, p {p_value:.4f}, "
           f"position share {trained['position_share']:.2f}")  # fmt: skip
     assert p_value < 0.01 and tau > untrained_tau + 0.1, (tau, untrained_tau, p_value)
@@ -290,19 +292,21 @@ def test_multiprocess_pretraining_under_torchrun(phantom_dir, tmp_path, python_e
     assert result.stdout.count("Epoch: 1/2, Iter: 1/2") + result.stderr.count("Epoch: 1/2, Iter: 1/2") == 1
 
 
-def test_demo_preset_loss_predictor_ranks_held_out_patches_better_than_position_alone(tmp_path_factory):
+def test_demo_preset_predictor_ranks_on_content_and_its_view_chooses_harder_masks_than_random(tmp_path_factory):
     """The CPU preset with the demo's pretraining recipe (``train_demo.json``: organs move against the patch grid by up
-    to ``crop_margin`` voxels, per-patch normalised targets), 60 epochs on 10 synthetic cases. On translated held-out
-    crops (16 crops of 4 unseen cases, 4 random masks each) the loss predictor ranks the masked patches by their
-    true reconstruction loss better than the mean true loss at each patch position over the other held-out crops
-    does, paired per crop and mask.
+    to ``crop_margin`` voxels, per-patch normalised targets, its teacher view), 60 epochs on 10 synthetic cases. On
+    translated held-out crops (16 crops of 4 unseen cases):
 
-    Measured (seven runs: three seeds, 60-150 epochs): tau 0.31-0.38 against 0.18-0.23 for position alone. The EMA
-    teacher's masked pass ranks as well as the student's (0.39-0.40 in three runs of the demo's EMA). The
-    full-view ranking (the teacher's mask choice, printed) is not asserted: at this scale it ranged from -0.09 to 0.31
-    over the same runs, see the pretraining bundle's README."""
+    - the loss predictor ranks the masked patches by their true reconstruction loss better than the mean true loss at
+      each patch position over the other held-out crops does, paired per crop and mask (4 random masks each);
+    - the masks that the recipe's teacher view chooses (alpha_T = 0.5 of 75% masked the top-scored) are harder than
+      random ones: their masked patches' reconstruction loss over that under random masks, per crop, is above 1 in a
+      paired test, where a view that scored at random would sit at 1.
+
+    Measured (seven runs: three seeds, 60-150 epochs): masked-pass tau 0.31-0.38 against 0.18-0.23 for position alone.
+    The EMA teacher's masked pass ranks as well as the student's (0.39-0.40 in three runs of the demo's EMA)."""
     from conftest import phantom_set
-    from selfmedhpm_tools.metrics import teacher_ranking
+    from selfmedhpm_tools.metrics import mining_figures
     from selfmedhpm_tools.stats import paired_permutation_p
 
     data = phantom_set(tmp_path_factory, "ranking", cases=12)
@@ -313,12 +317,13 @@ def test_demo_preset_loss_predictor_ranks_held_out_patches_better_than_position_
     settings = {k: workflow.parser.get_parsed_content(k) for k in ("pixdim", "roi_size", "crop_margin")}
     crops = held_out(tmp_path_factory.mktemp("held_out_demo"), **settings)
     norm_pix_loss = workflow.parser.get_parsed_content("norm_pix_loss")
+    view = workflow.parser.get_parsed_content("teacher_view")
     rankings = {}
     for name in ("model.pt", "teacher.pt"):
         net = workflow.parser.get_parsed_content("network_def", lazy=False)
         net.load_state_dict(load_weights(out / name))
-        rankings[name] = ranking = teacher_ranking(net, crops, norm_pix_loss=norm_pix_loss)
-        print(name, {k: round(float(np.mean(v)), 3) for k, v in ranking.items()})
+        rankings[name] = ranking = mining_figures(net, crops, views=(view,), trials=4, norm_pix_loss=norm_pix_loss)
+        print(name, ranking["scorers"], np.mean(ranking["masked_tau"]), np.mean(ranking["masked_position_tau"]))
     student = rankings["model.pt"]
     tau, position_tau = np.mean(student["masked_tau"]), np.mean(student["masked_position_tau"])
     p_value = paired_permutation_p(student["masked_tau"], student["masked_position_tau"])
@@ -326,8 +331,12 @@ def test_demo_preset_loss_predictor_ranks_held_out_patches_better_than_position_
     assert tau > position_tau + 0.05, (tau, position_tau)
     # the teacher, which chooses the masks, keeps up with the student: the demo's EMA (0.95 -> 0.99) averages over
     # about 100 of the run's 540 iterations; the CPU preset's 0.99 -> 0.999 (1000) left it at 0.25 against 0.36
-    teacher_tau = np.mean(rankings["teacher.pt"]["masked_tau"])
+    teacher = rankings["teacher.pt"]
+    teacher_tau = np.mean(teacher["masked_tau"])
     assert abs(teacher_tau - tau) < 0.05 and teacher_tau > position_tau + 0.05, (teacher_tau, tau, position_tau)
+    ratios = teacher["per_crop"][view]["mask_loss_ratio"]  # 16 crops
+    p_harder = paired_permutation_p(ratios, [1.0] * len(ratios))
+    assert np.mean(ratios) > 1.01 and p_harder < 0.01, (view, np.mean(ratios), p_harder)
 
 
 def test_demo_recipes_of_both_bundles_share_one_grid():

@@ -87,11 +87,13 @@ def test_quick_study_pipeline_runs_reports_and_resumes(tmp_path, one_thread):
         assert (out / "figures" / name).is_file(), name
     ranking = json.loads((out / "runs" / "pretrain" / "hpm_seed0" / "ranking.json").read_text())
     assert ranking["crops"] == 8  # 4 crops of each of the 2 test cases
-    taus = [ranking[k] for k in ("tau_teacher", "tau_position_only", "masked_tau_student")]
-    assert all(-1.0 <= t <= 1.0 for t in taus) and 0.0 <= ranking["position_share"] <= 1.0, ranking
-    section = report.split("## What the loss predictor ranks")[1]
-    cells = [f"{ranking[k]:.3f} +- 0.000" for k in ("masked_tau_student", "masked_tau_position_only", "tau_teacher")]
-    assert "| hpm | 1 | " + " | ".join(cells) + " |" in section
+    scorers = ranking["scorers"]
+    assert all(-1.0 <= row["tau"] <= 1.0 for row in scorers.values()) and 0.0 <= ranking["position_share"] <= 1.0
+    section = report.split("## Does the mining mine")[1]
+    assert "### hpm (1 seeds; chose its masks with the full view)" in section
+    full = scorers["full"]
+    row = f"| full view (HPM's paper and code) | {full['tau']:.3f} +- 0.000 | {full['mask_loss_ratio']:.3f} +- 0.000 |"
+    assert row in section, section
     runs = sorted(p.name for p in (out / "runs" / "finetune").iterdir())
     assert runs == ["hpm_n1_seed0", "scratch_n1_seed0"]
     summary = json.loads((out / "runs" / "finetune" / "hpm_n1_seed0" / "eval" / "summary.json").read_text())

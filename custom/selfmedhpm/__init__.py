@@ -15,7 +15,9 @@ The runtime package: what the bundles under ``bundles/`` reference from their co
 tooling around it (demo, study, benchmarks, release, verification, the synthetic CT generator) is the separate
 package :mod:`selfmedhpm_tools`, which imports this one and is never imported by it.
 
-- :mod:`selfmedhpm.masking`: easy-to-hard hard-patch masks and the hard-ratio schedule.
+- :mod:`selfmedhpm.masking`, :mod:`selfmedhpm.views`: easy-to-hard hard-patch masks and the hard-ratio schedule; the
+  teacher's view (what it sees when it scores patches: the full crop, complementary masked passes, or its real
+  reconstruction loss in one masked pass).
 - :mod:`selfmedhpm.patches`, :mod:`selfmedhpm.losses`: patch geometry; the masked reconstruction loss and the
   relative loss-prediction loss.
 - :mod:`selfmedhpm.networks`: the HPM masked autoencoder (ViT encoder in MONAI ``UNETR.vit`` layout + two heads).
@@ -63,6 +65,7 @@ _SUBMODULES = {
     "utils",
     "patches",
     "inferers",
+    "views",
 }
 
 install_excepthook()  # a run that fails on the user's input ends with one line naming the file and the problem

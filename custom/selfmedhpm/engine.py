@@ -27,6 +27,7 @@ from selfmedhpm.losses import HPMLoss
 from selfmedhpm.masking import hard_patch_mask, hard_ratio_at, num_masked
 from selfmedhpm.quant import Int8Teacher
 from selfmedhpm.utils import autocast, rank
+from selfmedhpm.views import TeacherView
 
 __all__ = ["NonFiniteLossError", "check_finite", "HPMTrainer"]
 
@@ -49,8 +50,10 @@ class HPMTrainer(SupervisedTrainer):
     """One HPM iteration per batch (Wang et al., CVPR 2023), on MONAI's ``SupervisedTrainer`` so that MONAI handlers
     (stats, checkpoints, lr schedules, MLflow) work unchanged.
 
-    Per iteration: (1) the EMA teacher's loss predictor scores all L patches of the full crop (inference mode,
-    no reconstructor, optionally in reduced precision); (2) :func:`hard_patch_mask` masks the ``int(K * alpha_e)``
+    Per iteration: (1) the EMA teacher scores all L patches in its view (inference mode, optionally in reduced
+    precision): its loss predictor on the full crop (``teacher_view="full"``, HPM's), in complementary masked passes
+    (``"masked"``) or its real reconstruction loss in one masked pass (``"reconstruction"``, AnatoMask's; see
+    :mod:`selfmedhpm.views`); (2) :func:`hard_patch_mask` masks the ``int(K * alpha_e)``
     highest-scored patches plus random others, ``alpha_e = final_hard_ratio * epoch / max_epochs``; (3) the student
     reconstructs and predicts losses, ``L = L_rec + lambda * L_pred``; (4) optimiser step. The EMA update runs after
     the iteration: the trainer attaches its :class:`~selfmedhpm.ema.EMATeacher` as a handler.
@@ -68,11 +71,15 @@ class HPMTrainer(SupervisedTrainer):
         teacher: the :class:`~selfmedhpm.ema.EMATeacher` of the student.
         mask_ratio: gamma. Defaults to 0.75.
         final_hard_ratio: alpha_T. Defaults to 0.5.
+        teacher_view: what the teacher scores patches in: ``"full"`` (HPM's paper and code), ``"masked"`` or
+            ``"reconstruction"`` (:class:`~selfmedhpm.views.TeacherView`). Defaults to "full".
+        teacher_passes: R, the masked passes of the ``"masked"`` view. Defaults to 4.
         teacher_precision: precision of the teacher pass: "fp32", "bf16"/"fp16" (autocast) where the hardware has
             it, or "int8" (a :class:`~selfmedhpm.quant.Int8Teacher` shadow of the EMA weights, for CPUs with int8
             dot products but no fast bf16; see :func:`~selfmedhpm.quant.default_teacher_precision`). Defaults to
             "fp32". The teacher only ranks patches, so its precision changes which patches are hard at the margin
-            only (``make bench`` reports the overlap of the hard sets against fp32).
+            only (``make bench`` reports the overlap of the hard sets against fp32). The int8 shadow has no
+            reconstructor, so it serves the ``"full"`` and ``"masked"`` views only.
         teacher_refresh_interval: with ``teacher_precision="int8"``, re-quantise from the EMA weights every this many
             iterations, counted from each epoch's start (so a run resumed from an epoch checkpoint re-quantises
             at the same iterations as an uninterrupted one).
@@ -108,6 +115,8 @@ class HPMTrainer(SupervisedTrainer):
         teacher: EMATeacher,
         mask_ratio: float = 0.75,
         final_hard_ratio: float = 0.5,
+        teacher_view: str = "full",
+        teacher_passes: int = 4,
         teacher_precision: str = "fp32",
         teacher_refresh_interval: int = 10,
         seed: int = 0,
@@ -128,6 +137,12 @@ class HPMTrainer(SupervisedTrainer):
         int8 = str(teacher_precision).lower() == "int8"
         if int8 and device.type != "cpu":
             raise ValueError(f"teacher_precision='int8' runs on CPU only; use 'bf16' on {device.type}.")
+        self.view = TeacherView(teacher_view, mask_ratio, teacher_passes, getattr(loss_function, "norm_pix_loss", True))
+        if int8 and teacher_view == "reconstruction":
+            raise ValueError(
+                "teacher_view='reconstruction' needs the teacher's reconstructor, which the int8 teacher "
+                "drops: use teacher_precision 'fp32' (or 'bf16'), or the 'full' or 'masked' view."
+            )
         autocast(device, "fp32" if int8 else teacher_precision)  # validate early
         self.teacher = teacher.to(device)
         self.mask_ratio, self.final_hard_ratio = mask_ratio, final_hard_ratio
@@ -157,25 +172,29 @@ class HPMTrainer(SupervisedTrainer):
         return hard_ratio_at(engine.state.epoch - 1, engine.state.max_epochs, self.final_hard_ratio)
 
     def teacher_scores(self, images: torch.Tensor) -> torch.Tensor:
-        """Teacher's predicted per-patch loss ``[N, L]`` for full crops, in inference mode."""
+        """The teacher's per-patch scores ``[N, L]`` (higher: harder) of the crops ``images`` in its view, in
+        inference mode. The view's random masks are drawn here, from the mask generator, outside the (compilable)
+        network passes; the full view draws nothing."""
+        masks = self.view.draw(images.shape[0], unwrap(self.teacher.module).num_patches, self.mask_generator,
+                               images.device)  # fmt: skip
         if str(self.teacher_precision).lower() == "int8":
-            return self._int8_scores(images)
+            return self.view.scores(self._int8_teacher(), images, masks).clone()
         with torch.inference_mode():
-            scores = self._teacher_pass(images)
+            scores = self._teacher_pass(images, masks)
         return scores.float().clone()  # a normal tensor, usable outside inference mode
 
-    def _predict_patch_loss(self, images: torch.Tensor) -> torch.Tensor:
+    def _predict_patch_loss(self, images: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
         with autocast(images.device, self.teacher_precision):
-            return self.teacher.module.predict_patch_loss(images)
+            return self.view.scores(self.teacher.module, images, masks)
 
-    def _int8_scores(self, images: torch.Tensor) -> torch.Tensor:
+    def _int8_teacher(self) -> Int8Teacher:
         if self.int8_teacher is None:
             self.int8_teacher = Int8Teacher(self.teacher.module, refresh_interval=None)
         else:
             steps = self.state.epoch_length or self.state.iteration or 1
             if (max(self.state.iteration, 1) - 1) % steps % self.teacher_refresh_interval == 0:
                 self.int8_teacher.refresh()
-        return self.int8_teacher.predict_patch_loss(images).clone()
+        return self.int8_teacher
 
     def iteration(self, batchdata: dict[str, torch.Tensor]) -> dict:
         """One HPM iteration on ``batchdata`` outside :meth:`run` (benchmarks, tests): teacher pass, mask, student

@@ -16,15 +16,10 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 from selfmedhpm.masking import mask_indices
-from selfmedhpm.patches import patch_targets, patchify, unpatchify
+from selfmedhpm.patches import patch_targets, patchify, per_patch_loss, unpatchify
 from selfmedhpm.utils import as_bool
 
 __all__ = ["patchify", "unpatchify", "patch_targets", "per_patch_loss", "relative_loss_prediction", "HPMLoss"]
-
-
-def per_patch_loss(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean squared error per patch: ``[N, L, P]`` x2 -> ``[N, L]``."""
-    return (reconstruction.float() - target).pow(2).mean(dim=-1)
 
 
 def relative_loss_prediction(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

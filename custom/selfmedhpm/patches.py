@@ -9,14 +9,14 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Patch geometry shared by the network and the losses: volumes cut into the ViT's patches in its token order, the
-inverse, and the reconstruction targets."""
+"""Patch geometry shared by the network, the losses and the teacher views: volumes cut into the ViT's patches in its
+token order, the inverse, the reconstruction targets and the per-patch reconstruction error."""
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["patchify", "unpatchify", "patch_targets"]
+__all__ = ["patchify", "unpatchify", "patch_targets", "per_patch_loss"]
 
 
 def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -79,3 +79,14 @@ def patch_targets(images: torch.Tensor, patch_size: int, normalize: bool = True,
         var = target.var(dim=-1, keepdim=True, unbiased=False)
         target = (target - mean) / (var + eps).sqrt()
     return target
+
+
+def per_patch_loss(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error per patch: ``[N, L, P]`` x2 -> ``[N, L]``.
+
+    Examples::
+
+        >>> per_patch_loss(torch.ones(1, 2, 4), torch.tensor([[[1.0] * 4, [3.0] * 4]])).tolist()
+        [[0.0, 4.0]]
+    """
+    return (reconstruction.float() - target).pow(2).mean(dim=-1)

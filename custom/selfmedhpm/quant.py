@@ -131,13 +131,16 @@ class Int8Teacher:
             if name in own and own[name].shape == value.shape and own[name].dtype == value.dtype:
                 own[name].copy_(value)
 
-    def predict_patch_loss(self, images: torch.Tensor) -> torch.Tensor:
-        """The teacher's predicted per-patch loss ``[N, L]`` (fp32), re-quantising first when due."""
+    def predict_patch_loss(
+        self, images: torch.Tensor, mask: torch.Tensor | None = None, num_masked: int | None = None
+    ) -> torch.Tensor:
+        """The teacher's predicted per-patch loss ``[N, L]`` (fp32), full view or masked pass as
+        :meth:`~selfmedhpm.networks.HPMMaskedAutoEncoder.predict_patch_loss`, re-quantising first when due."""
         if self.refresh_interval and self.calls and self.calls % self.refresh_interval == 0:
             self.refresh()
         self.calls += 1
         with torch.inference_mode():
-            return self.net.predict_patch_loss(images.float()).float()
+            return self.net.predict_patch_loss(images.float(), mask, num_masked).float()
 
 
 @functools.lru_cache(maxsize=1)

@@ -29,11 +29,11 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from ignite.engine import Engine, Events  # noqa: E402
 from selfmedhpm.ema import unwrap  # noqa: E402
-from selfmedhpm.losses import per_patch_loss  # noqa: E402
 from selfmedhpm.masking import hard_patch_mask  # noqa: E402
 from selfmedhpm.networks import HPMMaskedAutoEncoder  # noqa: E402
-from selfmedhpm.patches import patch_targets  # noqa: E402
+from selfmedhpm.patches import patch_targets, per_patch_loss  # noqa: E402
 from selfmedhpm.utils import as_bool  # noqa: E402
+from selfmedhpm.views import TeacherView, masked_mean, standardise_masked  # noqa: E402
 
 __all__ = [
     "center_crop",
@@ -65,17 +65,6 @@ def center_crop(volume: torch.Tensor, roi_size: Sequence[int]) -> torch.Tensor:
         starts[1] : starts[1] + roi_size[1],
         starts[2] : starts[2] + roi_size[2],
     ]
-
-
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``values`` ``[N, L]`` over the masked patches of each row: ``[N]`` (0 for a row with none masked).
-
-    Examples::
-
-        >>> masked_mean(torch.tensor([[1.0, 2.0, 9.0]]), torch.tensor([[True, True, False]]))
-        tensor([1.5000])
-    """
-    return torch.where(mask, values, 0.0).sum(1) / mask.sum(1).clamp(min=1)
 
 
 @torch.no_grad()
@@ -141,13 +130,9 @@ def masked_prediction_map(passes: Sequence[tuple[torch.Tensor, torch.Tensor, tor
         >>> masked_prediction_map([(mask, None, torch.tensor([[0.0, 0.0, 3.0, 9.0]]))])
         tensor([[-0.5774, -0.5774,  1.1547,     nan]])
     """
-    total = count = torch.zeros(passes[0][0].shape, device=passes[0][0].device)
-    for mask, _, predicted in passes:
-        n = mask.sum(1, keepdim=True)
-        mean = masked_mean(predicted, mask)[:, None]  # [N, 1]
-        std = (masked_mean((predicted - mean).pow(2), mask)[:, None] * n / (n - 1).clamp(min=1)).sqrt()
-        z = torch.where(std > 0, (predicted - mean) / std.clamp(min=1e-12), 0.0)
-        total, count = total + torch.where(mask, z, 0.0), count + mask.float()
+    masks = torch.stack([mask for mask, _, _ in passes])  # [R, N, L]
+    total = standardise_masked(torch.stack([predicted for _, _, predicted in passes]), masks).sum(0)
+    count = masks.sum(0)
     return torch.where(count > 0, total / count.clamp(min=1), torch.nan)
 
 
@@ -159,15 +144,19 @@ def hpm_views(
     hard_ratio: float = 0.5,
     seed: int = 0,
     norm_pix_loss: bool = True,
+    teacher_view: str = "full",
+    teacher_passes: int = 4,
 ) -> dict[str, np.ndarray]:
     """Volumes ``[H, W, D]`` of one crop ``[1, C, H, W, D]``: the image, the HPM mask (1 = masked), the
-    reconstruction (visible patches pasted), the per-patch loss predicted from the full view (``heatmap``: what
-    chooses the mask) and when masked (``masked_prediction``: :func:`masked_prediction_map`, what the ranking loss
-    trains) and, to judge them by, each patch's true loss when masked (``true_loss``); the last two over the same
-    :data:`TRUE_LOSS_MASKS` random masks (:func:`loss_when_masked`)."""
+    reconstruction (visible patches pasted), the scores of the teacher's view that choose the mask (``heatmap``; see
+    :class:`~selfmedhpm.views.TeacherView`), the loss predicted when masked (``masked_prediction``:
+    :func:`masked_prediction_map`, what the ranking loss trains) and, to judge them by, each patch's true loss when
+    masked (``true_loss``); the last two over the same :data:`TRUE_LOSS_MASKS` random masks
+    (:func:`loss_when_masked`)."""
     net = unwrap(net).eval()
-    scores = net.predict_patch_loss(crop).float()  # [1, L]
     generator = torch.Generator(device=crop.device).manual_seed(seed)
+    view = TeacherView(teacher_view, mask_ratio, teacher_passes, norm_pix_loss)
+    scores = view(net, crop, generator)  # [1, L]
     mask = hard_patch_mask(scores, mask_ratio, hard_ratio, generator)  # [1, L]
     recon = net.reconstruct_volume(crop, mask, norm_pix_loss=norm_pix_loss)
     true_loss, passes = loss_when_masked(net, crop, generator, mask_ratio, TRUE_LOSS_MASKS, norm_pix_loss)
@@ -187,9 +176,12 @@ def hpm_views(
     }
 
 
-def plot_hpm_figure(views: dict[str, np.ndarray], path: str | os.PathLike, title: str = "") -> Path:
-    """PNG with rows of axial and coronal slices (two of each) and columns CT | mask | reconstruction | predicted loss,
-    full view | predicted loss when masked | true loss when masked (the last two where ``views`` has them)."""
+def plot_hpm_figure(
+    views: dict[str, np.ndarray], path: str | os.PathLike, title: str = "", teacher_view: str = "full"
+) -> Path:
+    """PNG with rows of axial and coronal slices (two of each) and columns CT | mask | reconstruction | the scores of
+    the ``teacher_view`` that chose the mask | predicted loss when masked | true loss when masked (the last two where
+    ``views`` has them)."""
     image = views["image"]
     h, w, d = image.shape
     cuts = [("axial", 2, d // 3), ("axial", 2, 2 * d // 3), ("coronal", 1, w // 2), ("coronal", 1, w // 3)]
@@ -197,7 +189,7 @@ def plot_hpm_figure(views: dict[str, np.ndarray], path: str | os.PathLike, title
         ("CT (pre-processed)", "image", "gray"),
         ("HPM mask (hidden)", "mask", None),
         ("reconstruction", "reconstruction", "gray"),
-        ("predicted loss, full view", "heatmap", "inferno"),
+        (f"teacher's scores, {teacher_view} view", "heatmap", "inferno"),
         ("predicted loss when masked", "masked_prediction", "inferno"),
         ("true loss when masked", "true_loss", "inferno"),
     ]
@@ -263,6 +255,9 @@ class HPMFigureSaver:
         mask_ratio: gamma. Defaults to 0.75.
         hard_ratio: hard share of the shown mask (alpha_T, the last epoch's). Defaults to 0.5.
         norm_pix_loss: whether the network was pretrained on per-patch normalised targets. Defaults to True.
+        teacher_view: the view whose scores choose the shown mask (:class:`~selfmedhpm.views.TeacherView`).
+            Defaults to "full".
+        teacher_passes: masked passes of the ``"masked"`` view. Defaults to 4.
     """
 
     def __init__(
@@ -273,9 +268,12 @@ class HPMFigureSaver:
         mask_ratio: float = 0.75,
         hard_ratio: float = 0.5,
         norm_pix_loss: bool = True,
+        teacher_view: str = "full",
+        teacher_passes: int = 4,
     ) -> None:
         self.output_dir, self.net, self.roi_size = Path(output_dir), net, list(roi_size)
         self.mask_ratio, self.hard_ratio = mask_ratio, hard_ratio
+        self.teacher_view, self.teacher_passes = teacher_view, teacher_passes
         self.norm_pix_loss = as_bool(norm_pix_loss, "norm_pix_loss")
 
     def attach(self, engine: Engine) -> None:
@@ -285,7 +283,9 @@ class HPMFigureSaver:
         for name, image in batch_images(engine):
             volume = torch.as_tensor(image)[None].to(engine.state.device).float()  # [1, C, H, W, D]
             crop = center_crop(volume, self.roi_size)
-            views = hpm_views(self.net, crop, self.mask_ratio, self.hard_ratio, norm_pix_loss=self.norm_pix_loss)
+            views = hpm_views(self.net, crop, self.mask_ratio, self.hard_ratio, norm_pix_loss=self.norm_pix_loss,
+                              teacher_view=self.teacher_view, teacher_passes=self.teacher_passes)  # fmt: skip
             stem = Path(name).name.split(".")[0]
-            path = plot_hpm_figure(views, self.output_dir / f"{stem}_hpm.png", title=f"{stem}: hard-patch mining")
+            path = plot_hpm_figure(views, self.output_dir / f"{stem}_hpm.png", f"{stem}: hard-patch mining",
+                                   self.teacher_view)  # fmt: skip
             logger.info("wrote %s", path)

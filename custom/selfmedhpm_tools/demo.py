@@ -118,46 +118,45 @@ def ranking_figures(
     crops_per_case: int = 8,
     configs: tuple[str, ...] | list[str] = PRETRAIN_CONFIGS,
 ) -> dict:
-    """Kendall tau of predicted against true per-patch reconstruction loss on held-out crops (the validation cases,
-    never pretrained on, cropped as in pretraining: padded by ``crop_margin``, so that organs sit at other patches
-    from crop to crop): the teacher's full view and masked pass, the student's masked pass, an untrained network and
-    patch position alone (see :func:`~selfmedhpm_tools.metrics.teacher_ranking`), and the share of the teacher's
-    full-view predictions' variance that patch position alone explains; and what the mask choice buys: the
-    reconstruction loss under the HPM mask those full-view predictions choose over that under random masks. The
+    """Does the mining mine, on held-out crops (the ``cases``, never pretrained on, cropped as in pretraining: padded
+    by ``crop_margin``, so that organs sit at other patches from crop to crop): for the EMA teacher, each teacher view's
+    Kendall tau against the true per-patch loss, the mask loss ratio of the mask it chooses and its share of the
+    oracle's gain, beside patch position alone and the oracle (:func:`~selfmedhpm_tools.metrics.mining_figures`); the
+    masked-pass tau of the teacher, the student and an untrained network; and the full view's position share. The
     pretraining run of ``pre_dir`` used the pretraining bundle's ``configs`` with ``overrides``."""
     import torch
     from monai.bundle import ConfigParser
     from selfmedhpm.checkpoint import load_weights
-    from selfmedhpm_tools.metrics import held_out_crops, teacher_ranking
+    from selfmedhpm_tools.metrics import held_out_crops, mining_figures
 
     parser = ConfigParser()
     parser.read_config(_configs(PRETRAIN, *configs))
     parser.update({"dataset_dir": str(data), **overrides})
     crops = held_out_crops(parser, [data / case["image"] for case in cases], crops_per_case)
-    norm_pix_loss = parser.get_parsed_content("norm_pix_loss")
+    settings = {k: parser.get_parsed_content(k) for k in ("norm_pix_loss", "mask_ratio", "teacher_passes")}
+    nets = {}
     torch.manual_seed(0)
-    untrained = parser.get_parsed_content("network_def", lazy=False)
-    teacher = parser.get_parsed_content("network_def", lazy=False)
-    teacher.load_state_dict(load_weights(pre_dir / "teacher.pt"))
-    student = parser.get_parsed_content("network_def", lazy=False)
-    student.load_state_dict(load_weights(pre_dir / "model.pt"))
-    trained = teacher_ranking(teacher, crops, norm_pix_loss=norm_pix_loss)
-    fresh = teacher_ranking(untrained, crops, norm_pix_loss=norm_pix_loss)
-    learner = teacher_ranking(student, crops, norm_pix_loss=norm_pix_loss)
+    for name, weights in (("untrained", None), ("teacher", "teacher.pt"), ("student", "model.pt")):
+        nets[name] = parser.get_parsed_content("network_def", lazy=False)
+        if weights:
+            nets[name].load_state_dict(load_weights(pre_dir / weights))
+    common = {"norm_pix_loss": settings["norm_pix_loss"], "mask_ratio": settings["mask_ratio"],
+              "passes": settings["teacher_passes"]}  # fmt: skip
+    teacher = mining_figures(nets["teacher"], crops, **common)
+    untrained = mining_figures(nets["untrained"], crops, views=("full",), draws=1, **common)
+    student = mining_figures(nets["student"], crops, views=(), draws=1, **common)
     return {
         "crops": len(crops),
         "crop_margin": parser.get_parsed_content("crop_margin"),
-        "tau_teacher": float(np.mean(trained["tau"])),
-        "tau_untrained": float(np.mean(fresh["tau"])),
-        "tau_position_only": float(np.mean(trained["position_tau"])),
-        "position_share": trained["position_share"],
-        "masked_tau_student": float(np.mean(learner["masked_tau"])),
-        "masked_tau_teacher": float(np.mean(trained["masked_tau"])),
-        "masked_tau_untrained": float(np.mean(fresh["masked_tau"])),
-        "masked_tau_position_only": float(np.mean(learner["masked_position_tau"])),
-        "hard_mask_loss_ratio_teacher": trained["hard_mask_loss_ratio"],
-        "hard_mask_loss_ratio_untrained": fresh["hard_mask_loss_ratio"],
-        "hard_mask_loss_ratio_position_only": trained["position_mask_loss_ratio"],
+        "teacher_view": parser.get_parsed_content("teacher_view"),
+        "scorers": teacher["scorers"],
+        "tau_untrained": untrained["scorers"]["full"]["tau"],
+        "hard_mask_loss_ratio_untrained": untrained["scorers"]["full"]["mask_loss_ratio"],
+        "position_share": teacher["position_share"],
+        "masked_tau_student": float(np.mean(student["masked_tau"])),
+        "masked_tau_teacher": float(np.mean(teacher["masked_tau"])),
+        "masked_tau_untrained": float(np.mean(untrained["masked_tau"])),
+        "masked_tau_position_only": float(np.mean(teacher["masked_position_tau"])),
     }
 
 
@@ -318,6 +317,8 @@ def crop_centres(ratios: list[float] | None) -> str:
 
 def _report(summaries: dict, table: str, stages: Stages, args: argparse.Namespace, ranking: dict, recipe: dict) -> str:
     """The demo's report.md; ``recipe``: the segmentation bundle's ``train_demo.json`` the run fine-tuned with."""
+    from selfmedhpm_tools.metrics import mining_table
+
     hpm, scratch = (summaries[k]["mean_dice"]["all_organs"] for k in ("HPM-initialised", "scratch"))
     if hpm is None or scratch is None:
         verdict = "The mean Dice is undefined for one of the runs: see the per-organ table."
@@ -344,30 +345,27 @@ def _report(summaries: dict, table: str, stages: Stages, args: argparse.Namespac
         f"learning rate {args.learning_rate}, layer decay {args.layer_decay}, {args.warmup_epochs} warm-up "
         "epochs.\n\n"
         f"{verdict} Organs with validation Dice >= 0.6: {found}.\n\n## Validation Dice per organ\n\n{table}\n"
-        "## What the loss predictor ranks\n\n"
+        "## Does hard patches mining mine\n\n"
         f"On {ranking['crops']} held-out crops of the validation cases (never pretrained on; each volume padded by "
         f"{ranking['crop_margin']} voxels a side before cropping, as in pretraining, so that organs sit at other "
-        "patches from crop to crop), Kendall tau between predicted and true per-patch reconstruction loss:\n\n"
-        "| predictor | masked pass (what the ranking loss trains) | full view (the teacher's mask choice) |\n"
-        "| --- | --- | --- |\n"
-        f"| student | {ranking['masked_tau_student']:.3f} | |\n"
-        f"| EMA teacher | {ranking['masked_tau_teacher']:.3f} | {ranking['tau_teacher']:.3f} |\n"
-        f"| untrained network | {ranking['masked_tau_untrained']:.3f} | {ranking['tau_untrained']:.3f} |\n"
-        f"| patch position alone | {ranking['masked_tau_position_only']:.3f} | {ranking['tau_position_only']:.3f} |\n\n"
-        "Masked pass: under random masks, the predictions for the masked patches, made from the visible ones. Full "
-        "view: the predictions from the whole crop against each patch's loss when masked (4 masks). Share of the "
-        f"variance of the teacher's full-view predictions explained by patch position alone: "
-        f"{ranking['position_share']:.2f} (near 1: it learnt where patches are usually hard rather than what makes "
-        "them hard).\n\n"
-        "What the mask choice buys: the reconstruction loss of the masked patches under the HPM mask (75% masked, "
-        "half of them the top-scored, alpha_T) over that under random masks, same network, same crops: "
-        f"{ranking['hard_mask_loss_ratio_teacher']:.3f} with the teacher's full-view scores, "
-        f"{ranking['hard_mask_loss_ratio_untrained']:.3f} with an untrained network's, "
-        f"{ranking['hard_mask_loss_ratio_position_only']:.3f} with patch position alone (above 1: harder than "
-        "random, as HPM intends).\n\n"
+        "patches from crop to crop), the EMA teacher's scores in each view against each patch's true reconstruction "
+        "loss when masked (8 random masks): Kendall tau; the reconstruction loss of the masked patches under the HPM "
+        "mask those scores choose (75% masked, half of them the top-scored, alpha_T; 8 masks per crop) over that under "
+        "random masks, same network (above 1: harder than random, as HPM intends); and that gain as a share of the "
+        "oracle's, the same recipe fed each patch's true loss. This run's teacher chose its masks with the "
+        f"**{ranking['teacher_view']}** view.\n\n"
+        f"{mining_table(ranking['scorers'])}\n"
+        f"An untrained network's full view: tau {ranking['tau_untrained']:.3f}, mask loss ratio "
+        f"{ranking['hard_mask_loss_ratio_untrained']:.3f}. Share of the variance of the teacher's full-view scores "
+        f"explained by patch position alone: {ranking['position_share']:.2f} (near 1: it learnt where patches are "
+        "usually hard rather than what makes them hard).\n\n"
+        "What the ranking loss trains, the masked pass: under random masks, Kendall tau of the predictions for the "
+        "masked patches, made from the visible ones, against those patches' losses under the same mask: student "
+        f"{ranking['masked_tau_student']:.3f}, EMA teacher {ranking['masked_tau_teacher']:.3f}, untrained network "
+        f"{ranking['masked_tau_untrained']:.3f}, patch position alone {ranking['masked_tau_position_only']:.3f}.\n\n"
         "## Figures\n\n- `figures/dice_per_organ.png`\n- `figures/curves.png`\n- `figures/overlay.png`\n"
-        "- `figures/*_hpm.png` (the mask the HPM teacher chooses, the reconstruction, and the teacher's predicted loss "
-        "from the full view and when masked, beside each patch's true loss when masked)\n\n"
+        "- `figures/*_hpm.png` (the mask the HPM teacher chooses, the reconstruction, the teacher's scores in its view "
+        "and its predicted loss when masked, beside each patch's true loss when masked)\n\n"
         f"## Wall time\n\n| stage | seconds |\n| --- | --- |\n{times}\n| total | {total:.0f} |\n"
     )
 

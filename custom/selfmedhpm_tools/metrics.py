@@ -9,28 +9,39 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""How well the loss predictor ranks patches: Kendall's tau between predicted and true per-patch losses."""
+"""Does hard patches mining mine: how well each teacher view's scores rank patches by their true reconstruction loss
+(Kendall's tau), and how much harder than a random mask the mask they choose is, against patch position alone and an
+oracle that knows each patch's true loss."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
+import numpy as np
 import torch
 from monai.bundle import ConfigParser
+from scipy.stats import kendalltau
 from selfmedhpm.ema import unwrap
-from selfmedhpm.losses import per_patch_loss
 from selfmedhpm.masking import hard_patch_mask
-from selfmedhpm.patches import patch_targets
-from selfmedhpm.visualize import loss_when_masked, masked_mean
+from selfmedhpm.patches import patch_targets, per_patch_loss
+from selfmedhpm.views import TEACHER_VIEWS, VISIBLE_SCORE, TeacherView, masked_mean
+from selfmedhpm.visualize import loss_when_masked
 
-__all__ = ["kendall_tau", "held_out_crops", "teacher_ranking"]
+__all__ = ["kendall_tau", "held_out_crops", "mining_figures", "oracle_share", "mining_table", "HARD_RATIO", "SCORERS"]
 
-HARD_RATIO = 0.5  # alpha_T: the hard share of the last epoch's masks, that of the masks teacher_ranking assesses
+HARD_RATIO = 0.5  # alpha_T: the hard share of the last epoch's masks, that of the masks mining_figures assesses
+SCORERS = {  # what mining_figures judges, as the reports name them
+    "full": "full view (HPM's paper and code)",
+    "masked": "masked: complementary masked passes, predicted loss",
+    "reconstruction": "reconstruction: one masked pass, real loss (AnatoMask)",
+    "position": "patch position alone",
+    "oracle": "oracle: each patch's true loss when masked",
+}
 
 
 def kendall_tau(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Kendall's tau-a of two 1-D tensors (concordant minus discordant pairs over all pairs).
+    """Kendall's tau (tau-b, SciPy's) of two 1-D tensors; 0 when either is constant.
 
     Examples::
 
@@ -41,10 +52,20 @@ def kendall_tau(a: torch.Tensor, b: torch.Tensor) -> float:
     """
     if a.ndim != 1 or a.shape != b.shape or a.numel() < 2:
         raise ValueError(f"need two 1-D tensors of the same length >= 2, got {tuple(a.shape)} and {tuple(b.shape)}.")
-    da = torch.sign(a[:, None] - a[None, :])
-    db = torch.sign(b[:, None] - b[None, :])
-    n = a.numel()
-    return float((da * db).sum() / (n * (n - 1)))
+    tau = kendalltau(a.double().cpu().numpy(), b.double().cpu().numpy()).statistic
+    return 0.0 if np.isnan(tau) else float(tau)
+
+
+def oracle_share(ratio: float, oracle: float) -> float:
+    """A view's share of the oracle's gain, ``(ratio - 1) / (oracle - 1)``: the figure that stays comparable across
+    scales (the oracle's own gain shrinks with fewer tokens per crop). NaN when the oracle gains nothing.
+
+    Examples::
+
+        >>> round(oracle_share(1.046, 1.057), 2)
+        0.81
+    """
+    return (ratio - 1.0) / (oracle - 1.0) if oracle > 1.0 else float("nan")
 
 
 def held_out_crops(
@@ -78,89 +99,145 @@ def held_out_crops(
 
 
 @torch.no_grad()
-def teacher_ranking(
+def mining_figures(
     net: torch.nn.Module,
     images: torch.Tensor,
+    views: Sequence[str] = TEACHER_VIEWS,
     mask_ratio: float = 0.75,
-    trials: int = 4,
+    hard_ratio: float = HARD_RATIO,
+    trials: int = 8,
+    draws: int = 8,
+    passes: int = 4,
     seed: int = 0,
     norm_pix_loss: bool = True,
 ) -> dict[str, object]:
-    """How well a network's loss predictor ranks the patches of held-out crops by their true reconstruction loss,
-    against what patch position alone gives, in its two uses.
+    """What hard patches mining gets from a network on held-out crops, per teacher view and beside two baselines.
 
-    - Masked pass (what the ranking loss trains): under a random mask, the predictions for the masked patches, made
-      from the visible ones, against those patches' reconstruction losses under the same mask.
-    - Full view (what the HPM teacher does when it chooses the mask): the predictions from the whole crop against
-      each patch's true loss, its reconstruction loss when masked averaged over ``trials`` random masks.
+    Each patch's true difficulty is its reconstruction loss when masked, averaged over ``trials`` random masks
+    (:func:`~selfmedhpm.visualize.loss_when_masked`). Each scorer (the ``views`` of
+    :class:`~selfmedhpm.views.TeacherView`; ``"position"``, the mean true loss at each patch position over the *other*
+    crops; ``"oracle"``, each patch's true loss itself) is judged twice, over ``draws`` draws per crop (the masked and
+    reconstruction views draw new masks each time):
 
-    The position-only baseline predicts each patch's loss as the mean true loss at that position over the *other*
-    crops. Per crop (and per mask in the masked pass), Kendall tau over the patches concerned. ``position_share`` is
-    the share of the variance of the full-view predictions that patch position alone explains (R^2 of the
-    per-position mean): near 1, the predictor only learnt where patches usually are hard; low, it follows the content.
+    - ``tau``: Kendall tau between its scores and the true losses, per crop, over the patches it scores (the
+      reconstruction view scores the masked patches of its one pass), averaged;
+    - ``mask_loss_ratio``: the masked patches' reconstruction loss under the HPM mask its scores choose (``mask_ratio``
+      masked, ``hard_ratio`` of them the top-scored, the rest random) over that under random masks, same network,
+      per crop, averaged. Above 1: harder than random, as HPM intends;
+    - ``oracle_share``: :func:`oracle_share` of that ratio.
 
-    What the mask choice buys: ``hard_mask_loss_ratio`` is the mean reconstruction loss of the masked patches under
-    the HPM mask that the full-view predictions choose (:data:`HARD_RATIO` of them the top-scored, the rest random) over
-    that under random masks, per crop, averaged; ``position_mask_loss_ratio`` the same with the position-only
-    baseline's scores. Above 1: the mask makes the task harder than a random one, as HPM intends.
+    Also the masked pass (what the ranking loss trains): per crop and random mask, tau of the loss predictor's outputs
+    for the masked patches against their losses under that mask (``masked_tau``), and of position alone
+    (``masked_position_tau``); and ``position_share``, the share of the variance of the full-view predictions that
+    patch position explains (near 1: it learnt where patches are usually hard rather than what makes them hard).
 
     Args:
         net: an :class:`~selfmedhpm.networks.HPMMaskedAutoEncoder` (load the teacher's weights to assess the teacher).
         images: held-out crops ``[N, C, H, W, D]`` of the network's input size, N >= 2.
-        mask_ratio: gamma of the random masks.
-        trials: random masks per crop.
-        seed: seed of the masks.
+        views: teacher views to assess.
+        mask_ratio: gamma of every mask.
+        hard_ratio: alpha of the assessed HPM masks.
+        trials: random masks behind the true losses (and the random-mask reference).
+        draws: HPM masks per crop and scorer.
+        passes: R of the masked view.
+        seed: seed of every mask.
         norm_pix_loss: targets as in training.
 
     Returns:
-        ``{"tau", "position_tau"}`` (full view, per crop), ``{"masked_tau", "masked_position_tau"}`` (masked pass, per
-        crop and mask), ``"position_share"``, ``"hard_mask_loss_ratio"`` and ``"position_mask_loss_ratio"``
-        (floats).
+        ``{"scorers": {name: {"tau", "mask_loss_ratio", "oracle_share"}}`` for each view and baseline, the same
+        ``tau`` and ``mask_loss_ratio`` per crop in ``"per_crop"`` (for paired tests), ``"masked_tau"``,
+        ``"masked_position_tau"`` (lists) and ``"position_share"``.
 
     Examples::
 
         >>> from selfmedhpm.networks import HPMMaskedAutoEncoder
         >>> net = HPMMaskedAutoEncoder(img_size=32, hidden_size=48, mlp_dim=96, num_heads=4, decoder_hidden_size=24,
         ...                            decoder_mlp_dim=48, decoder_num_layers=1, decoder_num_heads=4)
-        >>> ranking = teacher_ranking(net, torch.rand(3, 1, 32, 32, 32), trials=2)
-        >>> len(ranking["tau"]), len(ranking["masked_tau"]), -1.0 <= ranking["masked_position_tau"][0] <= 1.0
-        (3, 6, True)
+        >>> figures = mining_figures(net, torch.rand(3, 1, 32, 32, 32), trials=4, draws=2)
+        >>> sorted(figures["scorers"]), round(figures["scorers"]["oracle"]["tau"], 6), len(figures["masked_tau"])
+        (['full', 'masked', 'oracle', 'position', 'reconstruction'], 1.0, 12)
     """
     net = unwrap(net)
     was_training = net.training
     net.eval()
     generator = torch.Generator(device=images.device).manual_seed(seed)
-    predicted = net.predict_patch_loss(images).float()  # [N, L], full view
-    true, passes = loss_when_masked(net, images, generator, mask_ratio, trials, norm_pix_loss)  # [N, L]
+    true, passes_ = loss_when_masked(net, images, generator, mask_ratio, trials, norm_pix_loss)  # [N, L]
     seen = ~true.isnan()
-    count = sum(mask.float() for mask, _, _ in passes)  # [N, L]: masks that hid each patch
+    count = sum(mask.float() for mask, _, _ in passes_)  # [N, L]: masks that hid each patch
     total = torch.where(seen, true, 0.0) * count  # [N, L], summed over those masks
-    taus, position_taus, masked_taus, masked_position_taus, baselines = [], [], [], [], []
-    for i in range(images.shape[0]):
-        others = torch.cat([torch.arange(i), torch.arange(i + 1, images.shape[0])])
-        baseline = total[others].sum(0) / count[others].sum(0).clamp(min=1)  # mean true loss per position
-        baselines.append(baseline)
-        taus.append(kendall_tau(predicted[i][seen[i]], true[i][seen[i]]))
-        position_taus.append(kendall_tau(baseline[seen[i]], true[i][seen[i]]))
-        for mask, loss, masked_prediction in passes:
-            masked_taus.append(kendall_tau(masked_prediction[i][mask[i]], loss[i][mask[i]]))
-            masked_position_taus.append(kendall_tau(baseline[mask[i]], loss[i][mask[i]]))
-    random_loss = torch.stack([masked_mean(loss, mask) for mask, loss, _ in passes]).mean(0)  # [N]
-    target, ratios = patch_targets(images, net.patch_size, norm_pix_loss), {}
-    for name, scores in (("hard", predicted), ("position", torch.stack(baselines))):
-        mask = hard_patch_mask(scores, mask_ratio, HARD_RATIO, generator)  # [N, L]
-        loss = per_patch_loss(net(images, mask)[0], target)
-        ratios[name] = float((masked_mean(loss, mask) / random_loss).mean())
+    n = images.shape[0]
+    position = torch.stack([
+        (total.sum(0) - total[i]) / (count.sum(0) - count[i]).clamp(min=1) for i in range(n)
+    ])  # [N, L]: the mean true loss at each position over the other crops  # fmt: skip
+    masked_taus, masked_position_taus = [], []
+    for i in range(n):
+        for mask, loss, predicted in passes_:
+            masked_taus.append(kendall_tau(predicted[i][mask[i]], loss[i][mask[i]]))
+            masked_position_taus.append(kendall_tau(position[i][mask[i]], loss[i][mask[i]]))
+    random_loss = torch.stack([masked_mean(loss, mask) for mask, loss, _ in passes_]).mean(0)  # [N]
+    oracle = torch.where(seen, true, true.nanmean(1, keepdim=True))  # [N, L]
+    scorers: dict[str, Callable[[], torch.Tensor]] = {
+        view: (lambda v=TeacherView(view, mask_ratio, passes, norm_pix_loss): v(net, images, generator))
+        for view in views
+    }
+    scorers.update(position=lambda: position, oracle=lambda: oracle)
+    target = patch_targets(images, net.patch_size, norm_pix_loss)
+    figures: dict[str, dict[str, float]] = {}
+    per_crop: dict[str, dict[str, list[float]]] = {}
+    for name, scorer in scorers.items():
+        taus, hard_losses = [], []
+        for draw in range(draws):
+            scores = scorer()  # [N, L]
+            scored = seen & (scores > VISIBLE_SCORE) if name == "reconstruction" else seen
+            if draw == 0 or name in ("masked", "reconstruction"):  # the others score alike in every draw
+                taus.append([kendall_tau(scores[i][scored[i]], true[i][scored[i]]) for i in range(n)])
+            mask = hard_patch_mask(scores, mask_ratio, hard_ratio, generator)  # [N, L]
+            hard_losses.append(masked_mean(per_patch_loss(net(images, mask)[0], target), mask))  # [N]
+        ratios = torch.stack(hard_losses).mean(0) / random_loss  # [N]
+        per_crop[name] = {"tau": np.mean(taus, axis=0).tolist(), "mask_loss_ratio": ratios.tolist()}
+        figures[name] = {"tau": float(np.mean(taus)), "mask_loss_ratio": float(ratios.mean())}
+    for name, row in figures.items():
+        row["oracle_share"] = oracle_share(row["mask_loss_ratio"], figures["oracle"]["mask_loss_ratio"])
+    share = float("nan")
+    if "full" in views:
+        predicted = net.predict_patch_loss(images).float()  # [N, L]
+        by_position = predicted.mean(0, keepdim=True).expand_as(predicted)
+        spread = (predicted - predicted.mean()).pow(2).sum().clamp(min=1e-12)
+        share = 1.0 - float((predicted - by_position).pow(2).sum() / spread)
     net.train(was_training)
-    by_position = predicted.mean(0, keepdim=True).expand_as(predicted)
-    spread = (predicted - predicted.mean()).pow(2).sum().clamp(min=1e-12)
-    share = 1.0 - float((predicted - by_position).pow(2).sum() / spread)
     return {
-        "tau": taus,
-        "position_tau": position_taus,
+        "scorers": figures,
+        "per_crop": per_crop,
         "masked_tau": masked_taus,
         "masked_position_tau": masked_position_taus,
         "position_share": share,
-        "hard_mask_loss_ratio": ratios["hard"],
-        "position_mask_loss_ratio": ratios["position"],
     }
+
+
+def mining_table(scorers: dict[str, dict[str, float]], spread: dict[str, dict[str, float]] | None = None) -> str:
+    """The Markdown table of :func:`mining_figures`' ``scorers`` (tau, mask loss ratio, share of the oracle's gain), in
+    the order of :data:`SCORERS`; with ``spread`` (the same keys, standard deviations over seeds) cells read
+    ``mean +- std``.
+
+    Examples::
+
+        >>> print(mining_table({"full": {"tau": 0.05, "mask_loss_ratio": 1.019, "oracle_share": 0.33}}))
+        | scores that choose the mask | Kendall tau | mask loss ratio | share of the oracle's gain |
+        | --- | --- | --- | --- |
+        | full view (HPM's paper and code) | 0.050 | 1.019 | 33% |
+        <BLANKLINE>
+    """
+    rows = []
+    for name, title in SCORERS.items():
+        if name not in scorers:
+            continue
+        row, std = scorers[name], (spread or {}).get(name, {})
+        cells = [title]
+        for key, fmt in (("tau", "{:.3f}"), ("mask_loss_ratio", "{:.3f}"), ("oracle_share", "{:.0%}")):
+            text = "n/a" if np.isnan(row[key]) else fmt.format(row[key])
+            if key in std and not np.isnan(std[key]):
+                text += " +- " + fmt.format(std[key])
+            cells.append(text)
+        rows.append("| " + " | ".join(cells) + " |")
+    header = "| scores that choose the mask | Kendall tau | mask loss ratio | share of the oracle's gain |\n"
+    return header + "| --- | --- | --- | --- |\n" + "\n".join(rows) + "\n"

@@ -241,21 +241,35 @@ class HPMMaskedAutoEncoder(nn.Module):
         """Loss-predictor head on decoder tokens: ``[N, 1 + L, Dd]`` -> ``[N, L]``."""
         return self._run_head(x, self.predictor_blocks, self.predictor_norm, self.predictor_head)[..., 0]
 
+    def tokens(self, x: torch.Tensor, mask: torch.Tensor | None = None, num_masked: int | None = None) -> torch.Tensor:
+        """Encoder and shared decoder stem: ``x`` ``[N, C, H, W, D]`` -> decoder tokens ``[N, 1 + L, Dd]``, which
+        both heads take. ``mask`` ``[N, L]`` with ``num_masked`` True in every row (passed, so that every shape is
+        known without reading the mask: no host synchronisation, and a compiled step has static shapes; None counts
+        the first row); ``mask=None`` encodes every patch (the full view)."""
+        if mask is None:
+            return self.decoder_tokens(self.encoder(x, None, self.cls_token), None)
+        visible, _, restore = mask_indices(mask, num_masked)
+        return self.decoder_tokens(self.encoder(x, visible, self.cls_token), restore)
+
     def forward(
         self, x: torch.Tensor, mask: torch.Tensor, num_masked: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Student pass. ``x`` ``[N, C, H, W, D]``, ``mask`` ``[N, L]`` with ``num_masked`` True in every row (the
-        trainer passes it, so that every shape is known without reading the mask: no host synchronisation, and a
-        compiled step has static shapes; None counts the first row). Returns the reconstruction ``[N, L, p^3 * C]``
-        and the predicted per-patch loss ``[N, L]``."""
-        visible, _, restore = mask_indices(mask, num_masked)
-        tokens = self.decoder_tokens(self.encoder(x, visible, self.cls_token), restore)
+        """Student pass. ``x`` ``[N, C, H, W, D]``, ``mask`` ``[N, L]`` with ``num_masked`` True in every row (see
+        :meth:`tokens`). Returns the reconstruction ``[N, L, p^3 * C]`` and the predicted per-patch loss ``[N, L]``."""
+        tokens = self.tokens(x, mask, num_masked)
         return self.reconstruct(tokens), self.predict_loss(tokens)
 
-    def predict_patch_loss(self, x: torch.Tensor) -> torch.Tensor:
-        """Teacher pass on the full, unmasked crop: encoder + stem + loss predictor, no reconstructor.
-        Returns ``[N, L]``."""
-        return self.predict_loss(self.decoder_tokens(self.encoder(x, None, self.cls_token), None))
+    def predict_patch_loss(
+        self, x: torch.Tensor, mask: torch.Tensor | None = None, num_masked: int | None = None
+    ) -> torch.Tensor:
+        """Teacher pass: encoder + stem + loss predictor, no reconstructor. Without ``mask``, on the full, unmasked
+        crop (HPM's teacher view); with one, on the visible patches, as the student sees them in training (the
+        outputs at the masked patches are the ones the ranking loss trains). Returns ``[N, L]``."""
+        return self.predict_loss(self.tokens(x, mask, num_masked))
+
+    def reconstruct_patches(self, x: torch.Tensor, mask: torch.Tensor, num_masked: int | None = None) -> torch.Tensor:
+        """Reconstructor alone on a masked pass (no loss predictor): ``[N, L, p^3 * C]``."""
+        return self.reconstruct(self.tokens(x, mask, num_masked))
 
     def reconstruct_volume(
         self, x: torch.Tensor, mask: torch.Tensor, paste_visible: bool = True, norm_pix_loss: bool = True
