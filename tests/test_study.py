@@ -13,8 +13,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -76,7 +79,7 @@ TINY = [
 @pytest.mark.slow
 def test_quick_study_pipeline_runs_reports_and_resumes(tmp_path, one_thread):
     out = tmp_path / "study"
-    assert study.main(["--quick", "--out", str(out), *TINY]) == 0
+    assert study.main(["--quick", "--out", str(out), "--no_estimate", *TINY]) == 0
     report = (out / "README.md").read_text()
     assert "| scratch | 1 | 1 |" in report and "| hpm | 1 | 1 |" in report
     assert "| 1 | hpm - scratch |" in report  # the paired difference with its interval
@@ -107,5 +110,56 @@ def test_quick_study_pipeline_runs_reports_and_resumes(tmp_path, one_thread):
     assert "selfmedhpm_study" in names and finished >= 5  # pretraining, 2 fine-tunings, 2 evaluations (+ figures)
 
     stamps = {p: p.stat().st_mtime for p in (out / "runs").rglob("done.json")}
-    assert study.main(["--quick", "--out", str(out), *TINY]) == 0  # started again: finished runs are not redone
+    assert study.main(["--quick", "--out", str(out), "--no_estimate", *TINY]) == 0  # again: finished runs not redone
     assert {p: p.stat().st_mtime for p in (out / "runs").rglob("done.json")} == stamps
+
+
+TINY_MODEL = TINY[6:]  # the --set values: tiny crops and iterations, whatever the data
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["btcv", "nnunet"])
+def test_study_runs_on_a_users_data_list_with_an_unseen_test_set(layout, tmp_path, python_env, one_thread, capsys):
+    """A user's data set as distributed (BTCV's RawData tree; an nnU-Net raw folder with its own label set), listed
+    by ``python -m selfmedhpm.datalist``, then the study on that list: a budget larger than the labelled pool is
+    refused by name before anything runs; the study prints its plan and a time estimate, runs end to end, and writes
+    the report and study.json (data list checksum, splits, configs); no test image is in any training, validation
+    or pretraining list of any run."""
+    from selfmedhpm_tools.phantom import generate_case
+    from test_datalist import btcv_tree, nnunet_tree
+
+    volumes = [generate_case(i, shape=(48, 48, 24), orientation="RAS") for i in range(4)]
+    src = (btcv_tree if layout == "btcv" else nnunet_tree)(tmp_path / layout, volumes)
+    lists = tmp_path / "lists"
+    built = subprocess.run([sys.executable, "-m", "selfmedhpm.datalist", "--src", str(src), "--out", str(lists)],
+                           capture_output=True, text=True, env=python_env)  # fmt: skip
+    assert built.returncode == 0, built.stdout + built.stderr
+    out = tmp_path / "study"
+    args = ["--dataset_dir", str(src), "--datalist", str(lists / "dataset_0.json"), "--out", str(out),
+            "--validation", "1", "--arms", "scratch", "hpm", "--seeds", "0", *TINY_MODEL]  # fmt: skip
+    assert study.main([*args, "--budgets", "1", "9"]) == 2
+    refused = capsys.readouterr().err
+    assert "label budget 9 exceeds the" in refused and str(lists / "dataset_0.json") in refused
+    assert not (out / "runs" / "pretrain").exists()  # refused before any run
+
+    assert study.main([*args, "--budgets", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "plan: 1 pretrainings (hpm x 1 seeds)" in printed and "estimated time of what is left" in printed
+    record = json.loads((out / "study.json").read_text())
+    assert record["datalist_sha256"] == hashlib.sha256((lists / "dataset_0.json").read_bytes()).hexdigest()
+    test_images = set(record["splits"]["test"])
+    assert len(test_images) == 1 and test_images.isdisjoint(record["splits"]["pretraining"])
+    for listed in (out / "runs").glob("*/*/datalist.json"):
+        used = json.loads(listed.read_text())
+        seen = {entry["image"] for split in ("training", "validation") for entry in used.get(split, [])}
+        assert seen and seen.isdisjoint(test_images), listed
+    report = (out / "README.md").read_text()
+    assert "| scratch | 1 | 1 |" in report and "| 1 | hpm - scratch |" in report
+    assert str(lists / "dataset_0.json") in report and record["datalist_sha256"][:16] in report
+    if layout == "nnunet":  # its own label set: liver and spleen, from labels.json beside the data list
+        assert record["class_names"] == ["background", "liver", "spleen"]
+        assert "2-organ mean Dice" in report and "8-organ" not in report
+        summary = json.loads((out / "runs" / "finetune" / "hpm_n1_seed0" / "eval" / "summary.json").read_text())
+        assert sorted(summary["organs"]) == ["liver", "spleen"]
+    else:
+        assert "13-organ mean Dice" in report and "8-organ mean Dice" in report

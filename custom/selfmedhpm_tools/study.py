@@ -9,34 +9,40 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""What HPM pretraining buys with few labels: scratch vs MAE vs HPM vs loss-prediction-only, over seeds and label
-budgets, on synthetic CT, with paired confidence intervals. ``make study`` / ``make study-quick``.
+"""Did self-pretraining help: scratch vs MAE vs HPM (each teacher view) vs loss-prediction-only, over seeds and label
+budgets, with paired confidence intervals, on synthetic CT (``make study``) or on your own data list.
 
-Protocol (one folder of synthetic CTs, case i drawn from seed ``data_seed``):
+Protocol, on one data list (BTCV's layout: ``training`` labelled, ``validation``, optional ``unlabeled``):
 
-- an unlabelled pool of ``pool`` cases (cases 0..pool-1) for self-pretraining, from which the labelled fine-tuning
-  sets of each budget are drawn (``budget`` cases, a different draw per seed); a validation pair (model selection,
-  never tested on) and a test set of ``test`` cases that neither stage ever sees;
+- the test set is the data list's ``validation`` split (``--test_split``): no run trains, pretrains or selects a
+  model on it;
+- a validation share for model selection (``--validation`` cases, a seeded draw from the labelled ``training``
+  cases) and the labelled pool the budgets are drawn from (the other training cases; ``budget`` cases per run, a
+  different draw per seed);
+- pretraining reads the ``unlabeled`` images and the images of the training cases, as the bundles do;
 - arms, identical but for the encoder's initialisation: ``scratch``; ``mae`` (the same pretraining code, uniform
-  random masks, no loss-prediction objective: ``final_hard_ratio 0``, ``pred_weight 0``); ``hpm`` (the method as
-  configured); ``lp_random`` (the loss predictor trained, masks random: ``final_hard_ratio 0``), the HPM paper's
-  ablation separating "predicting the loss" from "masking where it is hard";
+  random masks, no loss-prediction objective: ``final_hard_ratio 0``, ``pred_weight 0``); ``hpm`` (the method as the
+  paper and HPM's code run it: the teacher's full view chooses the mask); ``hpm_masked`` and ``hpm_reconstruction``
+  (the other teacher views of :mod:`selfmedhpm.views`); ``lp_random`` (the loss predictor trained, masks random), the
+  HPM paper's ablation separating "predicting the loss" from "masking where it is hard";
 - seed s pretrains with seed s and fine-tunes with seed s on draw s of the labelled cases; every arm of a budget
-  gets the same fine-tuning schedule (the same number of iterations whatever the budget);
-- each fine-tuned model is evaluated on the test set (per-case, per-organ Dice and HD95);
-- each pretraining with a loss predictor (``hpm``, ``lp_random``) is asked what it ranks on crops of the test set
-  (Kendall tau against the true per-patch loss, against patch position alone, and what the teacher's mask choice
-  buys: :func:`selfmedhpm_tools.demo.ranking_figures`), so the report says whether the mining mined content.
+  gets the same number of fine-tuning iterations whatever the budget;
+- each fine-tuned model is evaluated on the test set (per-case, per-organ Dice and HD95); each pretraining with a
+  loss predictor is asked whether its mining mines on crops of the test set
+  (:func:`selfmedhpm_tools.demo.ranking_figures`).
 
-Every run is tracked in MLflow (experiment ``selfmedhpm_study`` in ``<out>/mlflow.db``) and leaves ``done.json``
-when finished: a killed study started again skips finished runs. The report (``<out>/README.md`` and figures) is
-rebuilt from whatever runs are done.
+Before any run, the study prints what it will run and a time estimate from a short warm-up measured on this machine,
+and refuses a label budget larger than the labelled pool. Every run is tracked in MLflow (experiment
+``selfmedhpm_study`` in ``<out>/runs/mlflow.db``) and leaves ``done.json``: a killed study started again skips
+finished runs. The report (``<out>/README.md``, figures, and ``<out>/study.json`` with the data list's path and
+checksum, the splits and the exact configs) is rebuilt from whatever runs are done.
 
 Examples::
 
-    python -m selfmedhpm_tools.study --out docs/results            # the full study (CPU preset)
+    python -m selfmedhpm_tools.study --out docs/results            # synthetic CT, the CPU preset (make study)
     python -m selfmedhpm_tools.study --quick --out results/study_quick
-    python -m selfmedhpm_tools.study --preset gpu --out results/study_gpu
+    python -m selfmedhpm_tools.study --dataset_dir /data/btcv --datalist data/btcv/dataset_0.json --preset gpu \
+        --out results/study_btcv                                   # your data list (python -m selfmedhpm.datalist)
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ import csv
 import json
 import logging
 import math
+import os
 import platform
 import sys
 import time
@@ -56,7 +63,18 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ARMS", "PRESETS", "Protocol", "case_means", "paired_differences", "aggregate", "main"]
+__all__ = [
+    "ARMS",
+    "PRESETS",
+    "Protocol",
+    "StudyData",
+    "StudyError",
+    "load_data",
+    "case_means",
+    "paired_differences",
+    "aggregate",
+    "main",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -92,11 +110,9 @@ ORGANS_8 = ["spleen", "right kidney", "left kidney", "gallbladder", "liver", "st
 
 PRESETS: dict[str, dict[str, Any]] = {
     # the demo's recipes (both bundles' configs/train_demo.json) on an 8 mm grid, whose 48x32x32 crop holds the
-    # synthetic abdomen from the lung bases to below the kidneys at a third of the demo's voxels (half the cases reach
-    # on into the pelvis): 36 fine-tunings and 9 pretrainings in 30 min to 2 hours on 2 CPU cores. The
+    # synthetic abdomen from the lung bases to below the kidneys (half the cases reach on into the pelvis). The
     # pretraining recipe matters: without its crop margin every organ sits at the same patch of every crop, and the
-    # loss predictor learns patch position, not content (masked-pass Kendall tau on test crops -0.06 against 0.17 for
-    # position alone; with it 0.11 against 0.01)
+    # loss predictor learns patch position, not content
     "cpu": {
         "pretrain_configs": ["train.json", "train_cpu.json", "train_demo.json"],
         "finetune_configs": ["train.json", "train_cpu.json", "train_demo.json"],
@@ -105,6 +121,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "common": {"pixdim": [8.0, 8.0, 8.0], "roi_size": [48, 32, 32]},
         "finetune": {},
         "size": "small",
+        "unlabeled": 0,
     },
     "gpu": {
         "pretrain_configs": ["train.json"],
@@ -114,9 +131,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "common": {},
         "finetune": {},
         "size": "full",
+        "unlabeled": 0,
     },
 }
-"""Model presets: the bundles' CPU preset (2-core machines) and the paper-scale configs (GPUs)."""
+"""Model presets: the bundles' CPU preset (2-core machines) and the paper-scale configs (GPUs). ``unlabeled``: extra
+unlabelled synthetic cases for pretraining (synthetic study only)."""
 
 
 @dataclass
@@ -127,22 +146,23 @@ class Protocol:
         arms: arms to run (keys of :data:`ARMS`).
         budgets: labelled fine-tuning cases.
         seeds: pretraining and fine-tuning seeds.
-        pool: unlabelled pretraining cases (the labelled sets are drawn from them).
-        validation: labelled validation cases (model selection).
-        test: held-out test cases.
-        data_seed: seed of the synthetic data.
+        validation: labelled cases kept for model selection (a seeded draw from the labelled training cases).
         preset: key of :data:`PRESETS`.
+        overrides: preset values replaced (``--set``).
+        pool: synthetic study: labelled training cases (the budgets are drawn from them, less ``validation``).
+        test: synthetic study: test cases.
+        data_seed: synthetic study: seed of the synthetic CT.
     """
 
     arms: Sequence[str] = ("scratch", "mae", "hpm", "lp_random")
     budgets: Sequence[int] = (1, 3, 9)
     seeds: Sequence[int] = (0, 1, 2)
-    pool: int = 24
     validation: int = 2
-    test: int = 8
-    data_seed: int = 2026
     preset: str = "cpu"
     overrides: dict[str, Any] = field(default_factory=dict)
+    pool: int = 26
+    test: int = 8
+    data_seed: int = 2026
 
     def settings(self) -> dict[str, Any]:
         return {**PRESETS[self.preset], **self.overrides}
@@ -150,28 +170,152 @@ class Protocol:
 
 QUICK = {"arms": ("scratch", "hpm"), "budgets": (3,), "seeds": (0,)}
 """``--quick``: one seed, arms scratch and HPM, one label budget."""
+VALIDATION_SEED = 12345  # the draw of the model-selection cases, the same for every seed and arm
+
+
+@dataclass
+class StudyData:
+    """The cases of a study, every path absolute.
+
+    Args:
+        datalist: the data list file (a synthetic study writes its own).
+        checksum: SHA-256 of the data list file.
+        pool: labelled cases the label budgets are drawn from.
+        validation: labelled cases for model selection.
+        test: labelled cases no run trains, pretrains or selects on.
+        pretraining: images pretraining reads (``{"image": ...}``): the unlabelled ones and those of the training
+            cases.
+        labels: the segmentation bundle's label-set override (``labels.json``), None for BTCV's 13 organs.
+        class_names: the label set, background first.
+    """
+
+    datalist: Path
+    checksum: str
+    pool: list[dict]
+    validation: list[dict]
+    test: list[dict]
+    pretraining: list[dict]
+    labels: Path | None
+    class_names: list[str]
+
+    def describe(self) -> str:
+        return (f"{len(self.pool)} labelled cases to draw the budgets from, {len(self.validation)} for model "
+                f"selection, {len(self.test)} test cases (never trained, pretrained or selected on), "
+                f"{len(self.pretraining)} images for pretraining")  # fmt: skip
+
+
+class StudyError(ValueError):
+    """A study that cannot run as asked (a budget larger than the labelled pool, a test image among the training
+    ones, ...); the message says which and what to change."""
 
 
 # ----------------------------------------------------------------------------------------------------- the data
 
 
-def make_data(out: Path, protocol: Protocol) -> dict[str, list[dict]]:
-    """Writes the synthetic cases once (``out/data``) and returns the lists ``pool``, ``validation``, ``test``."""
+def synthetic_datalist(out: Path, protocol: Protocol) -> tuple[Path, Path]:
+    """Writes the synthetic cases once (``out/data``) and their study data list ``out/data/study.json``: the first
+    ``pool`` cases labelled (``training``), the next ``test`` the test set (``validation``), the rest of the preset's
+    ``unlabeled`` cases images only. Returns ``(dataset_dir, datalist)``."""
     from selfmedhpm_tools.phantom import generate_dataset
 
     data = out / "data"
-    total = protocol.pool + protocol.validation + protocol.test
-    if not (data / "dataset_0.json").is_file():
-        generate_dataset(data, cases=total, seed=protocol.data_seed, size=protocol.settings()["size"], verbose=False)
-    listed = json.loads((data / "dataset_0.json").read_text())
-    cases = listed["training"] + listed["validation"]
-    if len(cases) < total:
-        raise ValueError(f"{data} holds {len(cases)} cases, the protocol needs {total}: remove it to regenerate.")
-    return {
-        "pool": cases[: protocol.pool],
-        "validation": cases[protocol.pool : protocol.pool + protocol.validation],
-        "test": cases[protocol.pool + protocol.validation : total],
+    unlabeled = int(protocol.settings().get("unlabeled", 0))
+    total = protocol.pool + protocol.test + unlabeled
+    listed = data / "dataset_0.json"
+    found = json.loads(listed.read_text()) if listed.is_file() else {}
+    cases = found.get("training", []) + found.get("validation", [])
+    if len(cases) < total:  # case i depends on the seed only: regenerating adds cases, the others stay the same
+        generate_dataset(data, cases=total, seed=protocol.data_seed, size=protocol.settings()["size"],
+                         overwrite=bool(cases), verbose=False)  # fmt: skip
+        found = json.loads(listed.read_text())
+        cases = found["training"] + found["validation"]
+    study = {
+        "training": cases[: protocol.pool],
+        "validation": cases[protocol.pool : protocol.pool + protocol.test],
+        "unlabeled": [case["image"] for case in cases[protocol.pool + protocol.test : total]],
     }
+    path = data / "study.json"
+    if not path.is_file() or json.loads(path.read_text()) != study:
+        path.write_text(json.dumps(study, indent=1))
+    return data, path
+
+
+def load_data(
+    dataset_dir: Path, datalist: Path, validation: int, test_split: str = "validation", labels: Path | None = None
+) -> StudyData:
+    """The study's cases from a data list (BTCV's layout, paths relative to ``dataset_dir``).
+
+    Args:
+        dataset_dir: the folder the data list's paths are relative to.
+        datalist: the data list (``training`` labelled cases, ``test_split``, optional ``unlabeled``).
+        validation: labelled training cases kept for model selection.
+        test_split: the split that is the test set.
+        labels: a label-set override file for the segmentation bundle; None looks for ``labels.json`` beside the data
+            list (``python -m selfmedhpm.datalist`` writes one when the data's ``dataset.json`` names its labels).
+
+    Raises:
+        StudyError: too few labelled cases, a test image also among the training or unlabelled ones.
+        ValueError: the data list's own problems (:func:`selfmedhpm.bundle.datalist` names the file and each one).
+    """
+    import hashlib
+
+    from selfmedhpm.bundle import datalist as read_split
+    from selfmedhpm.bundle import pretraining_splits
+    from selfmedhpm.labels import BTCV_CLASSES, check_label_set
+
+    dataset_dir, datalist = Path(dataset_dir).resolve(), Path(datalist).resolve()
+    labelled = read_split(str(dataset_dir), str(datalist), "training", labels=True)
+    test = read_split(str(dataset_dir), str(datalist), test_split, labels=True)
+    extra = [s for s in pretraining_splits(str(dataset_dir), str(datalist)) if s != "training"]
+    unlabelled = read_split(str(dataset_dir), str(datalist), extra, labels=False) if extra else []
+    if len(labelled) < validation + 1:
+        raise StudyError(f"{datalist}: 'training' has {len(labelled)} labelled cases; the study needs the "
+                         f"{validation} for model selection (--validation) and at least one to train on.")  # fmt: skip
+    tested = {Path(case["image"]).resolve() for case in test}
+    leaked = sorted(str(p) for p in tested & {Path(c["image"]).resolve() for c in labelled + unlabelled})
+    if leaked:
+        raise StudyError(f"{datalist}: {len(leaked)} image(s) of the test split {test_split!r} are also training or "
+                         f"unlabelled images, e.g. {leaked[0]}: a test set must be unseen")  # fmt: skip
+    order = np.random.default_rng(VALIDATION_SEED).permutation(len(labelled))
+    chosen = set(order[:validation].tolist())
+    if labels is None and (datalist.parent / "labels.json").is_file():
+        labels = datalist.parent / "labels.json"
+    class_names = list(BTCV_CLASSES)
+    if labels is not None:
+        labels = Path(labels).resolve()
+        class_names = list(json.loads(labels.read_text())["class_names"])
+        check_label_set(class_names)
+    return StudyData(
+        datalist=datalist,
+        checksum=hashlib.sha256(datalist.read_bytes()).hexdigest(),
+        pool=[case for i, case in enumerate(labelled) if i not in chosen],
+        validation=[labelled[i] for i in sorted(chosen)],
+        test=test,
+        pretraining=[{"image": case["image"]} for case in labelled] + list(unlabelled),
+        labels=labels,
+        class_names=class_names,
+    )
+
+
+def check_budgets(data: StudyData, budgets: Sequence[int]) -> None:
+    """Refuses a label budget larger than the labelled pool, naming it.
+
+    Examples::
+
+        >>> data = StudyData(Path("d.json"), "", [{}] * 3, [{}], [{}], [], None, [])
+        >>> try:
+        ...     check_budgets(data, [1, 9])
+        ... except StudyError as e:
+        ...     print(str(e).split(";")[0])
+        label budget 9 exceeds the 3 labelled cases of d.json left after the 1 for model selection
+    """
+    too_large = [b for b in budgets if b > len(data.pool) or b < 1]
+    if too_large:
+        raise StudyError(
+            f"label budget {too_large[0]} exceeds the {len(data.pool)} labelled cases of {data.datalist} left after "
+            f"the {len(data.validation)} for model selection; use --budgets of 1 to {len(data.pool)} (or fewer "
+            "--validation cases)"
+        )
 
 
 def labelled_draw(pool: Sequence[dict], budget: int, seed: int) -> list[dict]:
@@ -198,32 +342,54 @@ def _finish(folder: Path, started: float, **facts: Any) -> None:
     (folder / "done.json").write_text(json.dumps({"seconds": time.perf_counter() - started, **facts}, indent=2))
 
 
-def _bundle(configs: Sequence[str], bundle: Path, tracking_uri: str, run_name: str, **overrides: Any) -> None:
+def _bundle(configs: Sequence[str], bundle: Path, tracking_uri: str | None, run_name: str, **overrides: Any) -> None:
     from selfmedhpm_tools.demo import run_bundle
 
-    files = [str(bundle / "configs" / name) for name in configs]
+    files = [str(c) if Path(c).is_absolute() else str(bundle / "configs" / c) for c in configs]
     run_bundle(files, tracking_uri, run_name, experiment_name="selfmedhpm_study", **overrides)
 
 
-def pretrain(out: Path, arm: str, seed: int, lists: Mapping, protocol: Protocol, tracking_uri: str) -> Path:
-    """Pretrains ``arm`` with ``seed`` on the pool (skipped when done); returns its folder (``encoder.pt``)."""
+def stage_settings(protocol: Protocol, data: StudyData) -> dict[str, dict[str, Any]]:
+    """The config files and overrides of each stage, as every run of the study uses them (recorded in
+    ``study.json``): ``pretrain`` and ``finetune``, each ``{"configs": [...], "overrides": {...}}``."""
+    settings = protocol.settings()
+    finetune_configs = list(settings["finetune_configs"])
+    finetune = {**settings["common"], **settings["finetune"]}
+    if data.labels is not None:
+        finetune_configs.append(str(data.labels))
+        if "train_demo.json" in finetune_configs and len(data.class_names) != 14:
+            finetune.setdefault("class_ratios", [1] * len(data.class_names))  # not the demo recipe's 14 BTCV ones
+    return {
+        "pretrain": {"configs": list(settings["pretrain_configs"]),
+                     "overrides": {**settings["common"], **settings["pretrain"], "train_splits": ["training"]}},
+        "finetune": {"configs": finetune_configs, "overrides": finetune},
+    }  # fmt: skip
+
+
+def finetune_epochs(protocol: Protocol, budget: int) -> int:
+    """Fine-tuning epochs of a run with ``budget`` labelled cases: the preset's iterations whatever the budget."""
+    batch = 1 if protocol.preset == "cpu" else 2
+    return max(1, math.ceil(protocol.settings()["finetune_iterations"] / math.ceil(budget / batch)))
+
+
+def pretrain(out: Path, arm: str, seed: int, data: StudyData, protocol: Protocol, tracking_uri: str | None) -> Path:
+    """Pretrains ``arm`` with ``seed`` on the pretraining images (skipped when done); returns its folder."""
     folder = out / "runs" / "pretrain" / f"{arm}_seed{seed}"
     if _done(folder):
         return folder
-    settings = protocol.settings()
+    stage = stage_settings(protocol, data)["pretrain"]
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "datalist.json").write_text(json.dumps({"training": lists["pool"]}, indent=1))
+    (folder / "datalist.json").write_text(json.dumps({"training": data.pretraining}, indent=1))
     started = time.perf_counter()
-    _bundle(settings["pretrain_configs"], PRETRAIN, tracking_uri, f"pretrain_{arm}_seed{seed}",
-            dataset_dir=str(out / "data"), datalist=str(folder / "datalist.json"), output_dir=str(folder), seed=seed,
-            snapshot_epochs=[1] if arm == "hpm" else [], **settings["common"], **settings["pretrain"],
-            **(ARMS[arm] or {}))  # fmt: skip
+    _bundle(stage["configs"], PRETRAIN, tracking_uri, f"pretrain_{arm}_seed{seed}", dataset_dir=str(out),
+            datalist=str(folder / "datalist.json"), output_dir=str(folder), seed=seed,
+            snapshot_epochs=[1] if arm == "hpm" else [], **stage["overrides"], **(ARMS[arm] or {}))  # fmt: skip
     _finish(folder, started, arm=arm, seed=seed)
     return folder
 
 
-def ranking(out: Path, arm: str, seed: int, lists: Mapping, protocol: Protocol) -> None:
-    """What the loss predictor of ``arm``'s pretraining with ``seed`` ranks on 4 crops of each test case (never
+def ranking(out: Path, arm: str, seed: int, data: StudyData, protocol: Protocol) -> None:
+    """Whether the mining of ``arm``'s pretraining with ``seed`` mines, on 4 crops of each test case (never
     pretrained on): :func:`selfmedhpm_tools.demo.ranking_figures`, written to its ``ranking.json`` (skipped when
     there, and for an arm without a trained loss predictor: ``scratch``, ``mae``)."""
     from selfmedhpm.utils import write_json_atomic
@@ -232,42 +398,114 @@ def ranking(out: Path, arm: str, seed: int, lists: Mapping, protocol: Protocol) 
     folder = out / "runs" / "pretrain" / f"{arm}_seed{seed}"
     if ARMS[arm] is None or ARMS[arm].get("pred_weight") == 0.0 or (folder / "ranking.json").is_file():
         return
-    settings = protocol.settings()
-    values = {**settings["common"], **settings["pretrain"]}
-    figures = ranking_figures(folder, out / "data", lists["test"], values, 4, settings["pretrain_configs"])
+    stage = stage_settings(protocol, data)["pretrain"]
+    values = {k: v for k, v in stage["overrides"].items() if k != "train_splits"}
+    figures = ranking_figures(folder, out, data.test, {**values, **ARMS[arm]}, 4, stage["configs"])
     write_json_atomic(figures, folder / "ranking.json")
 
 
 def finetune(
-    out: Path, arm: str, budget: int, seed: int, lists: Mapping, protocol: Protocol, tracking_uri: str
+    out: Path, arm: str, budget: int, seed: int, data: StudyData, protocol: Protocol, tracking_uri: str | None
 ) -> Path:
     """Fine-tunes (pretrained encoder of ``arm`` and ``seed``, or scratch) on draw ``seed`` of ``budget`` labelled
     cases, then evaluates on the test set; skipped when done. Returns its folder (``eval/summary.json``)."""
     folder = out / "runs" / "finetune" / f"{arm}_n{budget}_seed{seed}"
     if _done(folder):
         return folder
-    settings = protocol.settings()
+    stage = stage_settings(protocol, data)["finetune"]
     encoder = None if ARMS[arm] is None else out / "runs" / "pretrain" / f"{arm}_seed{seed}" / "encoder.pt"
     folder.mkdir(parents=True, exist_ok=True)
     datalist = folder / "datalist.json"
-    datalist.write_text(json.dumps({"training": labelled_draw(lists["pool"], budget, seed),
-                                    "validation": lists["validation"], "test": lists["test"]}, indent=1))  # fmt: skip
-    batch = 1 if protocol.preset == "cpu" else 2
-    epochs = max(1, math.ceil(settings["finetune_iterations"] / math.ceil(budget / batch)))
+    datalist.write_text(json.dumps({"training": labelled_draw(data.pool, budget, seed),
+                                    "validation": data.validation, "test": data.test}, indent=1))  # fmt: skip
+    epochs = finetune_epochs(protocol, budget)
     started = time.perf_counter()
-    common = {"dataset_dir": str(out / "data"), "datalist": str(datalist), **settings["common"],
-              **settings["finetune"]}  # fmt: skip
-    _bundle(settings["finetune_configs"], SEGMENT, tracking_uri, f"finetune_{arm}_n{budget}_seed{seed}",
+    common = {"dataset_dir": str(out), "datalist": str(datalist), **stage["overrides"]}
+    _bundle(stage["configs"], SEGMENT, tracking_uri, f"finetune_{arm}_n{budget}_seed{seed}",
             output_dir=str(folder), epochs=epochs, val_interval=max(1, epochs // 5), seed=seed,
             pretrained_encoder=str(encoder) if encoder else None, **common)  # fmt: skip
-    _bundle([*settings["finetune_configs"], "evaluate.json"], SEGMENT, tracking_uri,
+    _bundle([*stage["configs"], "evaluate.json"], SEGMENT, tracking_uri,
             f"evaluate_{arm}_n{budget}_seed{seed}", model_file=str(folder / "model.pt"),
             output_dir=str(folder / "eval"), eval_split="test", **common)  # fmt: skip
     _finish(folder, started, arm=arm, budget=budget, seed=seed, epochs=epochs)
     return folder
 
 
-# -------------------------------------------------------------------------------------------------- statistics
+def warm_up(out: Path, data: StudyData, protocol: Protocol) -> dict[str, float]:
+    """What one iteration and one evaluated case cost on this machine with the preset's configs: 2 short epochs of
+    each stage on a few cases (the second epoch's seconds per iteration, so caching and validation are left out; the
+    fine-tuning validates after a third), the rest of each
+    run's wall time as its start-up, and an evaluation of 2 test cases. Kept in ``out/runs/warmup/estimate.json``."""
+    folder = out / "runs" / "warmup"
+    saved = folder / "estimate.json"
+    if saved.is_file():
+        return json.loads(saved.read_text())
+    folder.mkdir(parents=True, exist_ok=True)
+    stages = stage_settings(protocol, data)
+    (folder / "pretrain.json").write_text(json.dumps({"training": data.pretraining[:4]}))
+    started = time.perf_counter()
+    _bundle(stages["pretrain"]["configs"], PRETRAIN, None, "warmup", dataset_dir=str(out),
+            datalist=str(folder / "pretrain.json"), output_dir=str(folder / "pretrain"), check_data=False,
+            **{**stages["pretrain"]["overrides"], "epochs": 2, "save_interval": 2, "snapshot_epochs": []})  # fmt: skip
+    pre_wall = time.perf_counter() - started
+    pre = json.loads((folder / "pretrain" / "history.json").read_text())
+    few = {"training": data.pool[:2], "validation": data.validation[:1], "test": data.test[:2]}
+    (folder / "finetune.json").write_text(json.dumps(few))
+    common = {"dataset_dir": str(out), "datalist": str(folder / "finetune.json"), "check_data": False,
+              **stages["finetune"]["overrides"]}  # fmt: skip
+    started = time.perf_counter()
+    _bundle(
+        stages["finetune"]["configs"],
+        SEGMENT,
+        None,
+        "warmup",
+        output_dir=str(folder / "finetune"),
+        epochs=3,
+        val_interval=3,
+        **common,
+    )  # fmt: skip: validates (and writes model.pt) after epoch 3 only
+    fine_wall = time.perf_counter() - started
+    fine = json.loads((folder / "finetune" / "history.json").read_text())
+    started = time.perf_counter()
+    _bundle([*stages["finetune"]["configs"], "evaluate.json"], SEGMENT, None, "warmup",
+            model_file=str(folder / "finetune" / "model.pt"), output_dir=str(folder / "eval"), eval_split="test",
+            **common)  # fmt: skip
+    estimate = {
+        "pretrain_iteration_s": pre[-1]["seconds"] / max(pre[-1]["iterations"], 1),
+        "pretrain_startup_s": max(pre_wall - sum(r["seconds"] for r in pre), 0.0),
+        "finetune_iteration_s": fine[1]["seconds"] / max(fine[1]["iterations"], 1),
+        "finetune_startup_s": max(fine_wall - sum(r["seconds"] for r in fine), 0.0),
+        "evaluated_case_s": (time.perf_counter() - started) / min(len(data.test), 2),
+    }
+    saved.write_text(json.dumps(estimate, indent=1))
+    return estimate
+
+
+def plan(out: Path, data: StudyData, protocol: Protocol, estimate: dict[str, float] | None) -> tuple[str, float]:
+    """What the study runs, in words, and the estimated seconds of the runs not finished yet (0 without an
+    ``estimate``)."""
+    settings = protocol.settings()
+    pretrained = [arm for arm in protocol.arms if ARMS[arm] is not None]
+    batch = 1 if protocol.preset == "cpu" else 2
+    iterations = int(settings["pretrain"].get("epochs", 1)) * math.ceil(len(data.pretraining) / batch)
+    runs = out / "runs"
+    todo_pre = [(a, s) for a in pretrained for s in protocol.seeds if not _done(runs / "pretrain" / f"{a}_seed{s}")]
+    todo_fine = [(a, b, s) for a in protocol.arms for b in protocol.budgets for s in protocol.seeds
+                 if not _done(runs / "finetune" / f"{a}_n{b}_seed{s}")]  # fmt: skip
+    text = (f"{len(pretrained) * len(protocol.seeds)} pretrainings ({', '.join(pretrained) or 'none'} x "
+            f"{len(protocol.seeds)} seeds) of about {iterations} iterations each on {len(data.pretraining)} images; "
+            f"{len(protocol.arms) * len(protocol.budgets) * len(protocol.seeds)} fine-tunings ({len(protocol.arms)} "
+            f"arms x budgets {list(protocol.budgets)} x {len(protocol.seeds)} seeds) of "
+            f"{settings['finetune_iterations']} iterations each with 5 validations on {len(data.validation)} cases, "
+            f"each evaluated on the {len(data.test)} test cases; {len(todo_pre)} pretrainings and {len(todo_fine)} "
+            "fine-tunings to run")  # fmt: skip
+    if estimate is None:
+        return text, 0.0
+    per_pretraining = estimate["pretrain_startup_s"] + iterations * estimate["pretrain_iteration_s"]
+    per_finetuning = (2 * estimate["finetune_startup_s"]
+                      + settings["finetune_iterations"] * estimate["finetune_iteration_s"]
+                      + (5 * len(data.validation) + len(data.test)) * estimate["evaluated_case_s"])  # fmt: skip
+    return text, len(todo_pre) * per_pretraining + len(todo_fine) * per_finetuning
 
 
 def case_means(rows: Sequence[Mapping[str, str]], organs: Sequence[str]) -> dict[str, float]:
@@ -392,36 +630,77 @@ def ranking_section(out: Path, protocol: Protocol) -> list[str]:
     ]
 
 
-def write_report(out: Path, protocol: Protocol, runs: Mapping, wall: float, command: str) -> Path:
-    """``out/README.md`` and ``out/figures/*.png`` from the finished runs."""
+SPLITS = ("pool", "validation", "test", "pretraining")
+
+
+def write_record(out: Path, protocol: Protocol, data: StudyData, source: str) -> Path:
+    """``out/study.json``: what two users need to compare their studies: the data list's path and checksum, the
+    cases of each split, the protocol and the exact config files (with their checksums) and overrides of each
+    stage."""
+    import hashlib
+
+    stages = stage_settings(protocol, data)
+    for stage, bundle in (("pretrain", PRETRAIN), ("finetune", SEGMENT)):
+        files = [Path(c) if Path(c).is_absolute() else bundle / "configs" / c for c in stages[stage]["configs"]]
+        stages[stage]["sha256"] = {str(f): hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+    record = {
+        "source": source,
+        "datalist": str(data.datalist),
+        "datalist_sha256": data.checksum,
+        "class_names": data.class_names,
+        "protocol": {k: v for k, v in vars(protocol).items()},
+        "validation_seed": VALIDATION_SEED,
+        "splits": {name: [c["image"] for c in getattr(data, name)] for name in SPLITS},
+        "stages": stages,
+        "arms": {arm: ARMS[arm] for arm in protocol.arms},
+    }  # fmt: skip
+    path = out / "study.json"
+    path.write_text(json.dumps(record, indent=1, default=list))
+    return path
+
+
+def write_report(
+    out: Path, protocol: Protocol, runs: Mapping, wall: float, command: str, data: StudyData, source: str
+) -> Path:
+    """``out/README.md`` and ``out/figures/*.png`` from the finished runs; ``source``: what the data are."""
     from selfmedhpm_tools import reports
     from selfmedhpm_tools.stats import paired_bootstrap_ci
 
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     settings = protocol.settings()
-    organs = list(next(iter(runs.values()))["summary"]["organs"]) if runs else []
+    organs = list(next(iter(runs.values()))["summary"]["organs"]) if runs else data.class_names[1:]
     per_case = {key: case_means(run["dice"], organs) for key, run in runs.items()}
+    stages = stage_settings(protocol, data)
     lines = [
-        "# What HPM pretraining buys with few labels (synthetic CT)",
+        f"# Did self-pretraining help with few labels ({source})",
         "",
         f"Generated by `{command}` in {wall / 60:.0f} min on {platform.node() or 'this machine'} "
-        f"({platform.processor() or platform.machine()}); preset `{protocol.preset}`; arms {list(protocol.arms)}; "
-        f"labelled cases {list(protocol.budgets)}; seeds {list(protocol.seeds)}; {protocol.pool} unlabelled "
-        f"pretraining cases, {protocol.validation} validation cases, {protocol.test} test cases never seen in "
-        f"training (synthetic data seed {protocol.data_seed}). {len(runs)} fine-tuning runs finished.",
+        f"({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs); preset `{protocol.preset}`; arms "
+        f"{list(protocol.arms)}; labelled cases {list(protocol.budgets)}; seeds {list(protocol.seeds)}. "
+        f"{len(runs)} fine-tuning runs finished.",
         "",
-        f"Settings of every run: {json.dumps(settings['common'])}; pretraining {json.dumps(settings['pretrain'])} "
-        f"with `{' + '.join(settings['pretrain_configs'])}`; fine-tuning {settings['finetune_iterations']} iterations "
-        f"whatever the label budget, with `{' + '.join(settings['finetune_configs'])}` "
-        f"{json.dumps(settings['finetune'])}.",
+        f"Data: `{data.datalist}` (SHA-256 `{data.checksum[:16]}...`): {data.describe()}. The test set is the data "
+        f"list's held-out split; the {len(data.validation)} model-selection cases are a seeded draw "
+        f"(seed {VALIDATION_SEED}) from its labelled training cases, the same for every run; pretraining reads the "
+        "unlabelled images and those of the training cases, never a test image. Label set: "
+        f"{len(data.class_names) - 1} classes{' (BTCV)' if data.labels is None else f' from `{data.labels}`'}. The "
+        "splits, the config files (with checksums) and every override are in `study.json`.",
+        "",
+        f"Pretraining: `{' + '.join(stages['pretrain']['configs'])}` with "
+        f"{json.dumps(stages['pretrain']['overrides'])}; fine-tuning: {settings['finetune_iterations']} iterations "
+        f"whatever the label budget, with `{' + '.join(Path(c).name for c in stages['finetune']['configs'])}` and "
+        f"{json.dumps(stages['finetune']['overrides'])}.",
         "",
         "![Dice against labelled cases](figures/dice_vs_labels.png)",
         "",
         "## Test Dice, mean +- std over seeds",
         "",
     ]
-    header = ["arm", "labelled cases", "runs", "13-organ mean Dice", "8-organ mean Dice", "mean HD95 (mm)"]
+    groups = [("all_organs", f"{len(organs)}-organ mean Dice")]
+    if any("transunet_8_organs" in run["summary"]["mean_dice"] for run in runs.values()):
+        groups.append(("transunet_8_organs", "8-organ mean Dice"))
+    header = ["arm", "labelled cases", "runs", *(title for _, title in groups), "mean HD95 (mm)"]
     rows = []
     for arm in protocol.arms:
         for budget in protocol.budgets:
@@ -429,11 +708,8 @@ def write_report(out: Path, protocol: Protocol, runs: Mapping, wall: float, comm
             if not found:
                 continue
             cells = [arm, budget, len(found)]
-            for getter in (
-                lambda r: r["summary"]["mean_dice"].get("all_organs"),
-                lambda r: r["summary"]["mean_dice"].get("transunet_8_organs"),
-                lambda r: r["summary"].get("mean_hd95_mm", {}).get("all_organs"),
-            ):
+            getters = [lambda r, g=group: r["summary"]["mean_dice"].get(g) for group, _ in groups]
+            for getter in (*getters, lambda r: r["summary"].get("mean_hd95_mm", {}).get("all_organs")):
                 mean, std = aggregate([float("nan") if getter(r) is None else getter(r) for r in found])
                 cells.append(f"{mean:.3f} +- {std:.3f}")
             rows.append(cells)
@@ -452,7 +728,7 @@ def write_report(out: Path, protocol: Protocol, runs: Mapping, wall: float, comm
                 continue
             mean, low, high = paired_bootstrap_ci(xs, ys)
             diff_rows.append([budget, f"{a} - {b}", f"{mean:+.3f}", f"[{low:+.3f}, {high:+.3f}]", seeds, len(xs)])
-    diff_header = ["labelled cases", "difference", "13-organ mean Dice", "95% CI", "seeds", "pairs"]
+    diff_header = ["labelled cases", "difference", f"{len(organs)}-organ mean Dice", "95% CI", "seeds", "pairs"]
     lines += [
         reports.markdown_table(diff_header, diff_rows),
         "A difference whose interval excludes 0 is a measured effect at this scale; one that includes 0 is not.",
@@ -475,7 +751,7 @@ def write_report(out: Path, protocol: Protocol, runs: Mapping, wall: float, comm
         lines += [f"### {title}", "", reports.markdown_table(["organ", *columns], organ_rows)]
     lines += ["n/a: the organ was predicted in no run of that arm and budget, so its HD95 is undefined.", ""]
     lines += ranking_section(out, protocol)
-    _figures(figures, protocol, runs)
+    _figures(figures, protocol, runs, len(organs))
     lines += [
         "## Figures",
         "",
@@ -493,7 +769,7 @@ def write_report(out: Path, protocol: Protocol, runs: Mapping, wall: float, comm
     return path
 
 
-def _figures(figures: Path, protocol: Protocol, runs: Mapping) -> None:
+def _figures(figures: Path, protocol: Protocol, runs: Mapping, organs: int) -> None:
     from selfmedhpm_tools import reports
     from selfmedhpm_tools.reports import plt
 
@@ -510,7 +786,7 @@ def _figures(figures: Path, protocol: Protocol, runs: Mapping) -> None:
     ax.set_xscale("log")
     ax.set_xticks(list(protocol.budgets), [str(b) for b in protocol.budgets])
     ax.set_xlabel("labelled training cases")
-    ax.set_ylabel("test mean Dice (13 organs)")
+    ax.set_ylabel(f"test mean Dice ({organs} organs)")
     ax.legend()
     ax.grid(alpha=0.3)
     reports._save(fig, figures / "dice_vs_labels.png")
@@ -523,7 +799,7 @@ def _figures(figures: Path, protocol: Protocol, runs: Mapping) -> None:
         reports.plot_curves(None, histories, figures / "learning_curves.png")
 
 
-def teacher_figures(out: Path, protocol: Protocol, lists: Mapping, tracking_uri: str) -> None:
+def teacher_figures(out: Path, protocol: Protocol, data: StudyData, tracking_uri: str | None) -> None:
     """The HPM teacher's heat map and reconstructions on one test case, after the first and the last epoch of the
     first seed's HPM pretraining (its first epoch's teacher is kept: ``snapshot_epochs``)."""
     import shutil
@@ -532,14 +808,13 @@ def teacher_figures(out: Path, protocol: Protocol, lists: Mapping, tracking_uri:
     first = folder / "teacher_epoch1.pt"
     if not first.is_file() or not (folder / "teacher.pt").is_file():
         return
-    settings = protocol.settings()
-    image = str(out / "data" / lists["test"][0]["image"])
+    stage = stage_settings(protocol, data)["pretrain"]
+    values = {k: v for k, v in stage["overrides"].items() if k != "train_splits"}
     for name, weights in (("teacher_first_epoch", first), ("teacher_last_epoch", folder / "teacher.pt")):
         target = out / "runs" / "figures" / name
-        configs = ["inference.json", *settings["pretrain_configs"][1:]]
-        values = {**settings["common"], **settings["pretrain"]}
-        _bundle(configs, PRETRAIN, tracking_uri, f"heatmap_{name}", input_files=[image], load_path=str(weights),
-                output_dir=str(target), **values)  # fmt: skip
+        configs = ["inference.json", *stage["configs"][1:]]
+        _bundle(configs, PRETRAIN, tracking_uri, f"heatmap_{name}", input_files=[data.test[0]["image"]],
+                load_path=str(weights), output_dir=str(target), **values, **ARMS["hpm"])  # fmt: skip
         (out / "figures").mkdir(exist_ok=True)
         for png in target.glob("*_hpm.png"):
             shutil.copyfile(png, out / "figures" / f"{name}_hpm.png")
@@ -547,48 +822,91 @@ def teacher_figures(out: Path, protocol: Protocol, lists: Mapping, tracking_uri:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m selfmedhpm_tools.study", description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("docs/results"), help="results (and runs/, data/)")
+    parser.add_argument("--out", type=Path, default=None, help="results (and runs/); default docs/results for the "
+                        "synthetic study; required with --datalist")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="one seed, arms scratch and hpm, one label budget")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     parser.add_argument("--arms", nargs="*", choices=sorted(ARMS), default=None)
-    parser.add_argument("--budgets", nargs="*", type=int, default=None)
+    parser.add_argument("--budgets", nargs="*", type=int, default=None, help="labelled cases per fine-tuning")
     parser.add_argument("--seeds", nargs="*", type=int, default=None)
-    parser.add_argument("--pool", type=int, default=24)
-    parser.add_argument("--test", type=int, default=8)
+    parser.add_argument("--validation", type=int, default=2, help="labelled cases kept for model selection")
+    parser.add_argument("--dataset_dir", type=Path, default=None, help="your data: the folder the data list's "
+                        "paths are relative to")  # fmt: skip
+    parser.add_argument("--datalist", type=Path, default=None, help="your data list (BTCV layout, e.g. from "
+                        "python -m selfmedhpm.datalist); default: synthetic CT")  # fmt: skip
+    parser.add_argument("--test_split", default="validation", help="the data list's split that is the test set")
+    parser.add_argument("--labels", type=Path, default=None, help="label-set override of the segmentation bundle "
+                        "(default: labels.json beside the data list, else BTCV's 13 organs)")  # fmt: skip
+    parser.add_argument("--pretrain_epochs", type=int, default=None, help="pretraining epochs (default: preset's)")
+    parser.add_argument("--finetune_iterations", type=int, default=None, help="fine-tuning iterations per run")
+    parser.add_argument("--pool", type=int, default=26, help="synthetic study: labelled training cases")
+    parser.add_argument("--test", type=int, default=8, help="synthetic study: test cases")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="preset values, e.g. "
                         "'finetune_iterations=40' or 'pretrain={\"epochs\": 2}'")  # fmt: skip
+    parser.add_argument("--dry_run", action="store_true", help="print the plan and the time estimate, run nothing")
+    parser.add_argument("--no_estimate", action="store_true", help="skip the warm-up that estimates the time")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if (args.datalist is None) != (args.dataset_dir is None):
+        parser.error("--dataset_dir and --datalist go together (your data), or neither (synthetic CT)")
+    if args.datalist is not None and args.out is None:
+        parser.error("--out is required with --datalist: name the folder for your study's runs and report")
     chosen = dict(QUICK) if args.quick else {}
     for key in ("arms", "budgets", "seeds"):
         if getattr(args, key):
             chosen[key] = tuple(getattr(args, key))
     overrides = {k: json.loads(v) for k, _, v in (item.partition("=") for item in args.set)}
-    protocol = Protocol(**chosen, pool=args.pool, test=args.test, preset=args.preset, overrides=overrides)
-    out = args.out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    tracking_uri = f"sqlite:///{out / 'runs' / 'mlflow.db'}"
-    (out / "runs").mkdir(exist_ok=True)
+    if args.pretrain_epochs is not None:
+        overrides["pretrain"] = {**PRESETS[args.preset]["pretrain"], **overrides.get("pretrain", {}),
+                                 "epochs": args.pretrain_epochs}  # fmt: skip
+    if args.finetune_iterations is not None:
+        overrides["finetune_iterations"] = args.finetune_iterations
+    protocol = Protocol(**chosen, validation=args.validation, pool=args.pool, test=args.test, preset=args.preset,
+                        overrides=overrides)  # fmt: skip
+    out = (args.out or Path("docs/results")).resolve()
+    (out / "runs").mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    lists = make_data(out, protocol)
-    plan = [(arm, seed) for seed in protocol.seeds for arm in protocol.arms if ARMS[arm] is not None]
-    total = len(plan) + len(protocol.arms) * len(protocol.budgets) * len(protocol.seeds)
+    if args.datalist is None:
+        dataset_dir, datalist = synthetic_datalist(out, protocol)
+        source = f"synthetic CT, seed {protocol.data_seed}"
+    else:
+        dataset_dir, datalist = args.dataset_dir, args.datalist
+        source = f"data list {Path(args.datalist).name}"
+    try:
+        data = load_data(dataset_dir, datalist, protocol.validation, args.test_split, args.labels)
+        check_budgets(data, protocol.budgets)
+    except ValueError as error:
+        print(f"ERROR {error}", file=sys.stderr)
+        return 2
+    write_record(out, protocol, data, source)
+    print(f"study of {source}: {data.describe()}", flush=True)
+    estimate = None if args.no_estimate else warm_up(out, data, protocol)
+    text, seconds = plan(out, data, protocol, estimate)
+    print(f"plan: {text}", flush=True)
+    if estimate is not None:
+        print(f"estimated time of what is left on this machine: {seconds / 3600:.1f} h ({seconds / 60:.0f} min), "
+              f"from a warm-up: {json.dumps({k: round(v, 3) for k, v in estimate.items()})}", flush=True)  # fmt: skip
+    if args.dry_run:
+        return 0
+    tracking_uri = f"sqlite:///{out / 'runs' / 'mlflow.db'}"
+    todo = [(arm, seed) for seed in protocol.seeds for arm in protocol.arms if ARMS[arm] is not None]
+    total = len(todo) + len(protocol.arms) * len(protocol.budgets) * len(protocol.seeds)
     done = 0
-    for arm, seed in plan:
+    for arm, seed in todo:
         done += 1
         print(f"=== [{done}/{total}] pretraining {arm}, seed {seed} ===", flush=True)
-        pretrain(out, arm, seed, lists, protocol, tracking_uri)
-        ranking(out, arm, seed, lists, protocol)
+        pretrain(out, arm, seed, data, protocol, tracking_uri)
+        ranking(out, arm, seed, data, protocol)
     for seed in protocol.seeds:
         for budget in protocol.budgets:
             for arm in protocol.arms:
                 done += 1
                 print(f"=== [{done}/{total}] fine-tuning {arm}, {budget} labelled, seed {seed} ===", flush=True)
-                finetune(out, arm, budget, seed, lists, protocol, tracking_uri)
+                finetune(out, arm, budget, seed, data, protocol, tracking_uri)
     if "hpm" in protocol.arms:
-        teacher_figures(out, protocol, lists, tracking_uri)
-    command = "make study-quick" if args.quick else "make study"
-    report = write_report(out, protocol, collect(out, protocol), time.perf_counter() - started, command)
+        teacher_figures(out, protocol, data, tracking_uri)
+    command = "python -m selfmedhpm_tools.study " + " ".join(argv if argv is not None else sys.argv[1:])
+    report = write_report(out, protocol, collect(out, protocol), time.perf_counter() - started, command, data, source)
     print(f"wrote {report}")
     return 0
 
