@@ -55,11 +55,12 @@ monailabel-app: $(STAMP) $(MLSTAMP)
 demo: $(STAMP)
 	$(PY) -m selfmedhpm_tools.demo --data_dir $(DATA) --results_dir $(RESULTS)
 
-# what HPM pretraining buys with few labels: scratch / MAE / HPM / loss-prediction-only, 1-3-9 labelled cases,
-# 3 seeds; resumable (finished runs are kept), report in docs/results/README.md. STUDY_ARGS: e.g. --preset gpu
+# did self-pretraining help with few labels: scratch / MAE / HPM (teacher views) / loss-prediction-only, 1-3-9
+# labelled cases, 3 seeds; resumable (finished runs are kept). Synthetic CT: report in docs/results/README.md. Your
+# data: STUDY_ARGS="--dataset_dir DIR --datalist LIST --out FOLDER [--preset gpu]" (FOLDER is required then)
 STUDY_ARGS ?=
 study: $(STAMP)
-	$(PY) -m selfmedhpm_tools.study --out docs/results $(STUDY_ARGS)
+	$(PY) -m selfmedhpm_tools.study $(if $(findstring --datalist,$(STUDY_ARGS)),,--out docs/results) $(STUDY_ARGS)
 
 study-quick: $(STAMP)
 	$(PY) -m selfmedhpm_tools.study --quick --out results/study_quick $(STUDY_ARGS)

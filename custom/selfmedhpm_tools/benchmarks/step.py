@@ -30,6 +30,7 @@ from selfmedhpm.ema import unwrap
 from selfmedhpm.losses import patch_targets, per_patch_loss
 from selfmedhpm.masking import num_masked
 from selfmedhpm.quant import default_teacher_precision
+from selfmedhpm.views import TeacherView
 
 from . import common
 from .common import PRETRAIN_CONFIGS, Config, Results, bundle_parser, interleaved, log, median, medians, phantom_crops
@@ -79,17 +80,26 @@ class HPMStep:
         self.trainer.state.iteration, self.trainer.state.epoch_length = 2, 1000  # int8 refresh at 1, 11, ...
         self.trainer.mask_ratio, self.trainer.final_hard_ratio = MASK_RATIO, HARD_RATIO
 
-    def step(self, precision: str = "fp32", teacher_precision: str = "fp32", monai_defaults: bool = False) -> None:
+    def step(
+        self,
+        precision: str = "fp32",
+        teacher_precision: str = "fp32",
+        monai_defaults: bool = False,
+        teacher_view: str = "full",
+    ) -> None:
         """``HPMTrainer.iteration`` then the EMA update; ``monai_defaults``: zero-filled gradients and a non-fused
-        AdamW instead of the configured ``optim_set_to_none=True`` and ``fused=True``."""
+        AdamW instead of the configured ``optim_set_to_none=True`` and ``fused=True``; ``teacher_view``: what the
+        teacher scores patches in (:class:`~selfmedhpm.views.TeacherView`, the config's passes)."""
         self.trainer.inferer.precision, self.trainer.teacher_precision = precision, teacher_precision
-        configured = self.trainer.optim_set_to_none, self.trainer.optimizer
+        configured = self.trainer.optim_set_to_none, self.trainer.optimizer, self.trainer.view
         if monai_defaults:
             self.trainer.optim_set_to_none, self.trainer.optimizer = False, self.default_optimizer
+        view = configured[2]
+        self.trainer.view = TeacherView(teacher_view, view.mask_ratio, view.passes, view.norm_pix_loss)
         try:
             self.trainer.iteration(self.batch)
         finally:
-            self.trainer.optim_set_to_none, self.trainer.optimizer = configured
+            self.trainer.optim_set_to_none, self.trainer.optimizer, self.trainer.view = configured
         self.teacher.update(self.network, self.teacher.decay_at(self.trainer.state.epoch - 1))
 
     def teacher_pass(self, precision: str, images: torch.Tensor | None = None) -> torch.Tensor:
@@ -216,6 +226,7 @@ def _iteration(cfg: Config, res: Results, peak: dict[str, float]) -> dict[str, A
         "hpm_fp32": hpm.step,
         "mae_fp32": mae.step,
         "mae_fp32_monai_defaults": functools.partial(mae.step, True),
+        **{f"hpm_fp32_view_{v}": functools.partial(hpm.step, teacher_view=v) for v in ("masked", "reconstruction")},
     }
     variants |= {f"hpm_teacher_{p}": functools.partial(hpm.step, "fp32", p) for p in reduced}
     variants |= {f"{_hpm_key(p)}_monai_defaults": functools.partial(hpm.step, "fp32", p, True) for p in {"fp32", pick}}
@@ -234,7 +245,11 @@ def _iteration(cfg: Config, res: Results, peak: dict[str, float]) -> dict[str, A
     optimizer_s = medians({"as configured": hpm.optimizer.step, "fused=False": hpm.default_optimizer.step}, cfg.reps)
     best = min(["fp32"] + [p for p in reduced if overlaps[p]["mean"] >= 0.9], key=lambda p: med[_hpm_key(p)])
     headline = med[_hpm_key(best)]
-    mfu = {k: flops[k[:3]] * 1e9 / v / peak[f"cpu_{k.split('_')[1]}"] for k, v in med.items() if "teacher" not in k}
+    mfu = {
+        k: flops[k[:3]] * 1e9 / v / peak[f"cpu_{k.split('_')[1]}"]
+        for k, v in med.items()
+        if "teacher" not in k and "view" not in k
+    }
     defaults = "MONAI/torch defaults: optim_set_to_none=False, AdamW fused=False (MAE: fused=False)"
     res.add_all(
         {
@@ -248,6 +263,13 @@ def _iteration(cfg: Config, res: Results, peak: dict[str, float]) -> dict[str, A
                 med[f"{_hpm_key(pick)}_monai_defaults"] / med["mae_fp32_monai_defaults"],
                 f"{pick} teacher; {defaults}",
             ),
+            **{
+                f"hpm_step_{v}_view_over_full": (
+                    med[f"hpm_fp32_view_{v}"] / med["hpm_fp32"],
+                    f"fp32 student and teacher; {hpm.trainer.view.passes} passes" if v == "masked" else "fp32",
+                )
+                for v in ("masked", "reconstruction")
+            },
             "pretrain_mfu": (mfu["hpm_fp32"], f"fp32; peak {peak['cpu_fp32'] / 1e9:.0f} GFLOP/s"),
             "mae_mfu": (mfu["mae_fp32"], "fp32"),
             "pretrain_mfu_monai_defaults": (mfu["hpm_fp32_monai_defaults"], defaults),

@@ -39,6 +39,8 @@ hpm_step_over_mae_step | x | <= 1.7 | <= 1.7 | HPM iteration / MONAI MAE iterati
 hpm_step_over_mae_step_flops | x | - | - | same, by FLOP count
 hpm_step_over_mae_step_bf16 | x | <= 1.7 | <= 1.7 | same, both sides bf16
 hpm_step_over_mae_step_monai_defaults | x | - | - | same, MONAI/torch defaults (zero-filled grads, non-fused AdamW)
+hpm_step_masked_view_over_full | x | - | - | HPM iteration with the masked teacher view (4 passes) / full view
+hpm_step_reconstruction_view_over_full | x | - | - | HPM iteration with the reconstruction teacher view / full view
 pretrain_mfu | of peak | >= 0.6 and >= mae_mfu | >= 0.4 | HPM iteration FLOP/s / dense matmul peak
 mae_mfu | of peak | - | - | MAE iteration FLOP/s / dense matmul peak
 pretrain_mfu_monai_defaults | of peak | - | - | HPM MFU, MONAI/torch defaults
