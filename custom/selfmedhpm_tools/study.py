@@ -232,7 +232,7 @@ def synthetic_datalist(out: Path, protocol: Protocol) -> tuple[Path, Path]:
     study = {
         "training": cases[: protocol.pool],
         "validation": cases[protocol.pool : protocol.pool + protocol.test],
-        "unlabeled": [case["image"] for case in cases[protocol.pool + protocol.test : total]],
+        "unlabeled": [{"image": case["image"]} for case in cases[protocol.pool + protocol.test : total]],
     }
     path = data / "study.json"
     if not path.is_file() or json.loads(path.read_text()) != study:
