@@ -70,7 +70,7 @@ def test_labelled_draws_differ_by_seed_and_stay_in_the_pool():
 TINY = [
     "--pool", "3", "--test", "2", "--budgets", "1",
     "--set", 'pretrain={"epochs": 2, "roi_size": [32, 32, 32], "num_samples": 1}',
-    "--set", "finetune_iterations=2",
+    "--set", "finetune_iterations=2", "--set", "unlabeled=1",
     "--set", 'common={"pixdim": [8.0, 8.0, 8.0]}',
     "--set", 'finetune={"roi_size": [32, 32, 32], "num_samples": 1, "feature_size": 8, "warmup_epochs": 1}',
 ]  # fmt: skip
@@ -97,6 +97,8 @@ def test_quick_study_pipeline_runs_reports_and_resumes(tmp_path, one_thread):
     full = scorers["full"]
     row = f"| full view (HPM's paper and code) | {full['tau']:.3f} +- 0.000 | {full['mask_loss_ratio']:.3f} +- 0.000 |"
     assert row in section, section
+    pretrained_on = json.loads((out / "runs" / "pretrain" / "hpm_seed0" / "datalist.json").read_text())["training"]
+    assert len(pretrained_on) == 4  # the 3 labelled training cases' images and the 1 unlabelled case, no test case
     runs = sorted(p.name for p in (out / "runs" / "finetune").iterdir())
     assert runs == ["hpm_n1_seed0", "scratch_n1_seed0"]
     summary = json.loads((out / "runs" / "finetune" / "hpm_n1_seed0" / "eval" / "summary.json").read_text())

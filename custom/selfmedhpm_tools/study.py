@@ -421,8 +421,9 @@ def finetune(
     epochs = finetune_epochs(protocol, budget)
     started = time.perf_counter()
     common = {"dataset_dir": str(out), "datalist": str(datalist), **stage["overrides"]}
+    # one checkpoint at the end: a study resumes whole runs (a 1-case budget has 150 epochs of one iteration)
     _bundle(stage["configs"], SEGMENT, tracking_uri, f"finetune_{arm}_n{budget}_seed{seed}",
-            output_dir=str(folder), epochs=epochs, val_interval=max(1, epochs // 5), seed=seed,
+            output_dir=str(folder), epochs=epochs, val_interval=max(1, epochs // 5), seed=seed, save_interval=epochs,
             pretrained_encoder=str(encoder) if encoder else None, **common)  # fmt: skip
     _bundle([*stage["configs"], "evaluate.json"], SEGMENT, tracking_uri,
             f"evaluate_{arm}_n{budget}_seed{seed}", model_file=str(folder / "model.pt"),
