@@ -111,9 +111,17 @@ def test_quick_study_pipeline_runs_reports_and_resumes(tmp_path, one_thread):
         finished = db.execute("select count(*) from runs where status = 'FINISHED'").fetchone()[0]
     assert "selfmedhpm_study" in names and finished >= 5  # pretraining, 2 fine-tunings, 2 evaluations (+ figures)
 
+    from selfmedhpm_tools import probes
+
+    entry = probes.add(out, out / "probes.json", "tiny")  # this study as a probe: its settings and differences
+    assert (entry["tokens_per_crop"], entry["pretraining_images"], entry["pretraining_iterations"]) == (8, 4, 8)
+    assert [(d["budget"], d["pair"], d["pairs"]) for d in entry["differences"]] == [(1, "hpm - scratch", 2)]
     stamps = {p: p.stat().st_mtime for p in (out / "runs").rglob("done.json")}
     assert study.main(["--quick", "--out", str(out), "--no_estimate", *TINY]) == 0  # again: finished runs not redone
     assert {p: p.stat().st_mtime for p in (out / "runs").rglob("done.json")} == stamps
+    section = (out / "README.md").read_text().split("## When does pretraining pay")[1]  # the report shows the probe
+    assert f"| tiny | 8 | 4 | 8 | 1 | hpm - scratch | {entry['differences'][0]['mean']:+.3f} |" in section
+    assert (out / "figures" / "pretraining_pays.png").stat().st_size > 5_000
 
 
 TINY_MODEL = TINY[6:]  # the --set values: tiny crops and iterations, whatever the data

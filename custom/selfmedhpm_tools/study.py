@@ -663,8 +663,9 @@ def write_record(out: Path, protocol: Protocol, data: StudyData, source: str) ->
 def write_report(
     out: Path, protocol: Protocol, runs: Mapping, wall: float, command: str, data: StudyData, source: str
 ) -> Path:
-    """``out/README.md`` and ``out/figures/*.png`` from the finished runs; ``source``: what the data are."""
-    from selfmedhpm_tools import reports
+    """``out/README.md`` and ``out/figures/*.png`` from the finished runs (and the probes of ``out/probes.json``:
+    :mod:`selfmedhpm_tools.probes`); ``source``: what the data are."""
+    from selfmedhpm_tools import probes, reports
     from selfmedhpm_tools.stats import paired_bootstrap_ci
 
     figures = out / "figures"
@@ -752,6 +753,7 @@ def write_report(
         lines += [f"### {title}", "", reports.markdown_table(["organ", *columns], organ_rows)]
     lines += ["n/a: the organ was predicted in no run of that arm and budget, so its HD95 is undefined.", ""]
     lines += ranking_section(out, protocol)
+    lines += probes.section(out / "probes.json", figures / "pretraining_pays.png")
     _figures(figures, protocol, runs, len(organs))
     lines += [
         "## Figures",
