@@ -87,7 +87,7 @@ def test_report_renders_the_committed_run_and_refuses_a_misspelt_name(tmp_path, 
     """``--render-only`` rewrites the committed ``docs/benchmarks.md`` from ``docs/benchmarks.json`` unchanged; a name
     in the template that no figure, target or detail fills (here a misspelt detail of a section that ran) stops the
     report instead of reading "n/a" like a precision this CPU did not measure."""
-    from conftest import ROOT
+    from helpers import ROOT
     from selfmedhpm_tools.benchmarks import report, run
 
     (tmp_path / "benchmarks.json").write_text((ROOT / "docs" / "benchmarks.json").read_text())
@@ -107,7 +107,7 @@ def test_medians_are_of_five_repetitions_unless_told_and_the_report_says_how_man
     fewer than one is refused on the command line; the committed report names the count its medians are of."""
     import json
 
-    from conftest import ROOT
+    from helpers import ROOT
     from selfmedhpm_tools.benchmarks import run
 
     assert run.parse_args([]).reps == run.parse_args(["--quick"]).reps == 5

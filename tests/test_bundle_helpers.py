@@ -15,7 +15,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import PRETRAIN, configs
+from helpers import PRETRAIN, configs
 from selfmedhpm.bundle import UnknownConfigKeyError, bundle_root, check_overrides
 from selfmedhpm.utils import as_bool
 

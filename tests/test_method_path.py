@@ -23,7 +23,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import PRETRAIN, SEG_TINY, SEGMENT, configs, run_workflow
+from helpers import PRETRAIN, SEG_TINY, SEGMENT, configs, run_workflow
 from ignite.engine import Events
 from monai.bundle import ConfigParser, ConfigWorkflow
 from selfmedhpm.checkpoint import load_weights, save_atomic

@@ -29,7 +29,7 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
-from conftest import PRETRAIN, SEG_TINY, SEGMENT, configs, run_workflow
+from helpers import PRETRAIN, SEG_TINY, SEGMENT, configs, run_workflow
 
 MlflowClient = mlflow.MlflowClient  # mlflow is a dependency: a broken install fails here instead of skipping
 

@@ -20,7 +20,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import PRETRAIN, SCHEMA, configs, run_workflow
+from helpers import PRETRAIN, SCHEMA, configs, run_workflow
 from selfmedhpm.checkpoint import load_weights
 
 pytestmark = pytest.mark.slow
@@ -305,7 +305,7 @@ def test_demo_preset_predictor_ranks_on_content_and_its_view_chooses_harder_mask
 
     Measured (seven runs: three seeds, 60-150 epochs): masked-pass tau 0.31-0.38 against 0.18-0.23 for position alone.
     The EMA teacher's masked pass ranks as well as the student's (0.39-0.40 in three runs of the demo's EMA)."""
-    from conftest import phantom_set
+    from helpers import phantom_set
     from selfmedhpm_tools.metrics import mining_figures
     from selfmedhpm_tools.stats import paired_permutation_p
 
@@ -343,7 +343,7 @@ def test_demo_recipes_of_both_bundles_share_one_grid():
     """The demo's encoder loads strictly into the demo's UNETR: both ``train_demo.json`` declare the same grid and crop
     (``make demo`` passes the segmentation file's values to both stages; this keeps the pretraining file, which a user
     may run alone, from drifting)."""
-    from conftest import SEGMENT
+    from helpers import SEGMENT
 
     pretraining, segmentation = (
         json.loads((b / "configs" / "train_demo.json").read_text()) for b in (PRETRAIN, SEGMENT)

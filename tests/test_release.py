@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import PRETRAIN, ROOT, SEGMENT
+from helpers import PRETRAIN, ROOT, SEGMENT
 from monai.bundle import ConfigParser
 from selfmedhpm.transfer import encoder_state_dict
 from selfmedhpm_tools import release

@@ -23,7 +23,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import PRETRAIN, SEGMENT, configs
+from helpers import PRETRAIN, SEGMENT, configs
 from monai.bundle import ConfigParser, ConfigWorkflow
 from selfmedhpm.check_data import DataCheckError
 from selfmedhpm.errors import FlagError, UserInputError, user_error

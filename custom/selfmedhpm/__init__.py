@@ -25,7 +25,7 @@ package :mod:`selfmedhpm_tools`, which imports this one and is never imported by
 - :mod:`selfmedhpm.inferers`: mixed precision, the same way in both bundles.
 - :mod:`selfmedhpm.transfer`, :mod:`selfmedhpm.checkpoint`: encoder export, strict loading into UNETR, atomic
   checkpoints (resumable epochs; the best model of the segmentation bundle).
-- :mod:`selfmedhpm.check_data`, :mod:`selfmedhpm.datalist`: data checks with clear messages; datalists of your data.
+- :mod:`selfmedhpm.check_data`: data checks with clear messages.
 - :mod:`selfmedhpm.labels`, :mod:`selfmedhpm.evaluation`, :mod:`selfmedhpm.seg_data`: the segmentation bundle's
   label sets, evaluation reports and inputs.
 - :mod:`selfmedhpm.bundle`, :mod:`selfmedhpm.handlers`, :mod:`selfmedhpm.tracking`, :mod:`selfmedhpm.visualize`:
@@ -51,7 +51,6 @@ _SUBMODULES = {
     "losses",
     "masking",
     "networks",
-    "datalist",
     "optim",
     "transfer",
     "visualize",
