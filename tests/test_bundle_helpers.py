@@ -15,7 +15,8 @@ import subprocess
 import sys
 
 import pytest
-from helpers import PRETRAIN, configs
+from helpers import PRETRAIN, SEGMENT, configs
+from monai.bundle import ConfigParser
 from selfmedhpm.bundle import UnknownConfigKeyError, bundle_root, check_overrides
 from selfmedhpm.utils import as_bool
 
@@ -61,3 +62,20 @@ def test_missing_dataset_dir_is_reported_before_work(tmp_path):
     assert result.returncode != 0
     assert f"{missing}: dataset directory does not exist" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("device,expected", [("cpu", "fp32"), ("cuda", "bf16")])
+@pytest.mark.parametrize("bundle", ["pretraining", "segmentation"])
+def test_precision_follows_the_device_alone_and_the_teacher_follows_the_student(bundle, device, expected):
+    """The same expression in both bundles, reading nothing but the device; the teacher's precision is the student's
+    (int8 only when asked: ``--teacher_precision int8``), so the masks do not follow the CPU's features."""
+    parser = ConfigParser()
+    parser.read_config(configs(PRETRAIN if bundle == "pretraining" else SEGMENT, "train.json"))
+    parser.update({"device": f"$torch.device('{device}')"})
+    assert parser.get_parsed_content("precision") == expected
+    if bundle == "pretraining":
+        assert (
+            parser["teacher_precision"] == "@precision" and parser.get_parsed_content("teacher_precision") == expected
+        )
+    pretraining, segmentation = (ConfigParser.load_config_files(configs(b, "train.json")) for b in (PRETRAIN, SEGMENT))
+    assert pretraining["precision"] == segmentation["precision"]

@@ -42,7 +42,7 @@ def hpm_run(phantom_dir, tmp_path_factory, one_thread) -> dict:
     parser = ConfigParser()
     parser.read_config(configs(PRETRAIN, "train.json", "train_cpu.json"))
     parser.update({"dataset_dir": str(phantom_dir), "output_dir": str(tmp_path_factory.mktemp("hpm")),
-                   "epochs": EPOCHS, "pixdim": [3.0, 3.0, 3.0], "teacher_precision": "fp32", "cache_rate": 0.0,
+                   "epochs": EPOCHS, "pixdim": [3.0, 3.0, 3.0], "cache_rate": 0.0,
                    "mask_ratio": MASK_RATIO, "final_hard_ratio": FINAL_HARD, **DECAY})  # fmt: skip
     torch.manual_seed(0)
     trainer = parser.get_parsed_content("train#trainer")

@@ -25,9 +25,9 @@ from selfmedhpm.checkpoint import load_weights
 
 pytestmark = pytest.mark.slow
 
-TINY = {"pixdim": [3.0, 3.0, 3.0], "num_samples": 2, "cache_rate": 1.0, "teacher_precision": "fp32"}
-"""``teacher_precision`` pinned: its default depends on the CPU (int8 with VNNI, bf16 with AMX), so unpinned tests would
-run another path on every machine. The resume test runs each teacher precision this machine can run."""
+TINY = {"pixdim": [3.0, 3.0, 3.0], "num_samples": 2, "cache_rate": 1.0}
+"""The teacher runs in the student's precision (fp32 on the CPU) unless a test names another; the resume test runs
+the int8 teacher too."""
 TEACHER_PRECISIONS = ["fp32", "int8"]  # int8 (torch._int_mm) runs on every x86 CPU, fast only with VNNI
 
 
