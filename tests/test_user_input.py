@@ -212,6 +212,37 @@ def test_override_typo_is_refused_in_both_bundles(bundle, phantom_dir, tmp_path,
     assert last.startswith("ERROR unknown config key 'epoch'") and "did you mean 'epochs'?" in last, last
 
 
+ALL_WORKFLOWS = {
+    **{k: v[:3] for k, v in WORKFLOWS.items()},
+    "segmentation inference": (SEGMENT, ("inference.json",), "infer"),
+}
+
+
+@pytest.mark.parametrize("workflow", list(ALL_WORKFLOWS))
+def test_every_workflow_installs_the_error_hook_before_anything_else(workflow):
+    """The one place a bundle run gets its last ``ERROR`` line from (importing the package installs nothing)."""
+    bundle, files, _ = ALL_WORKFLOWS[workflow]
+    parser = ConfigParser()
+    parser.read_config(configs(bundle, *files))
+    assert parser["initialize"][:2] == [
+        "$selfmedhpm.errors.install_excepthook()",
+        "$selfmedhpm.bundle.check_overrides()",
+    ]
+
+
+def test_importing_the_package_leaves_the_excepthook_alone(python_env):
+    """A host process (MONAI Label, a notebook, another program) that imports every runtime module keeps its own
+    excepthook."""
+    code = (
+        "import sys\nhook = sys.excepthook\nimport importlib, selfmedhpm\n"
+        "for name in sorted(selfmedhpm._SUBMODULES):\n    importlib.import_module('selfmedhpm.' + name)\n"
+        "print(sys.excepthook is hook, len(selfmedhpm._SUBMODULES))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], env=python_env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[0] == "True", result.stdout
+
+
 def test_user_errors_share_one_base():
     from selfmedhpm.bundle import UnknownConfigKeyError
     from selfmedhpm.checkpoint import CheckpointError

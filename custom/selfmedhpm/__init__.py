@@ -39,8 +39,6 @@ __version__ = "0.1.0"
 import importlib
 from typing import Any
 
-from selfmedhpm.errors import install_excepthook
-
 _SUBMODULES = {
     "bundle",
     "check_data",
@@ -66,8 +64,6 @@ _SUBMODULES = {
     "inferers",
     "views",
 }
-
-install_excepthook()  # a run that fails on the user's input ends with one line naming the file and the problem
 
 
 def __getattr__(name: str) -> Any:

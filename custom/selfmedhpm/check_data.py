@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import nibabel as nib
 import numpy as np
-from selfmedhpm.errors import UserInputError
+from selfmedhpm.errors import UserInputError, install_excepthook
 
 logger = logging.getLogger("selfmedhpm.check_data")
 
@@ -558,6 +558,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    install_excepthook()  # this process is the command: a user error ends it with one ERROR line
     sys.exit(main())
 
 

@@ -66,6 +66,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import selfmedhpm
+from selfmedhpm.errors import install_excepthook
 from selfmedhpm.transfer import encoder_settings_path
 from selfmedhpm.utils import atomic_write
 
@@ -854,4 +855,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    install_excepthook()  # this process is the command: a user error ends it with one ERROR line
     sys.exit(main())

@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from selfmedhpm.errors import install_excepthook
 
 __all__ = ["ARMS", "PRESETS", "Protocol", "case_means", "paired_differences", "aggregate", "main"]
 
@@ -594,4 +595,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    install_excepthook()  # this process is the command: a user error ends it with one ERROR line
     sys.exit(main())
