@@ -62,3 +62,16 @@ def phantom_set(tmp_path_factory, name: str, cases: int, val_fraction: float = 0
     out = tmp_path_factory.mktemp(name)
     generate_dataset(out, cases=cases, seed=0, val_fraction=val_fraction, shape=(96, 96, 48), verbose=False)
     return out
+
+
+def paired_p(a, b) -> float:
+    """One-sided p-value of ``mean(a - b) > 0``: a paired permutation test (the signs of the differences flipped at
+    random, exactly when there are few pairs), scipy's ``permutation_test``."""
+    import numpy as np
+    from scipy.stats import permutation_test
+
+    differences = np.subtract(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64))
+    test = permutation_test(
+        (differences,), np.mean, permutation_type="samples", alternative="greater", n_resamples=10_000, random_state=0
+    )
+    return float(test.pvalue)

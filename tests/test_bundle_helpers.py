@@ -92,6 +92,7 @@ def test_in_process_overrides_of_existing_keys_pass(tmp_path):
     assert isinstance(user_error(info.value), DataCheckError), repr(info.value)
 
 
+@pytest.mark.slow
 def test_override_typo_stops_bundle_run_before_training(tmp_path):
     config = str(configs(PRETRAIN, "train.json", "train_cpu.json"))
     command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config, "--dataset_dir", str(tmp_path),
@@ -102,6 +103,7 @@ def test_override_typo_stops_bundle_run_before_training(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_missing_dataset_dir_is_reported_before_work(tmp_path):
     config = str(configs(PRETRAIN, "train.json"))
     missing = tmp_path / "no_such_data"

@@ -31,6 +31,7 @@ from types import FrameType
 from typing import Any
 
 import torch
+from selfmedhpm.check_data import DataCheckError, Problem, datalist_path, load_datalist_checked
 from selfmedhpm.errors import UserInputError
 from selfmedhpm.utils import rank
 
@@ -109,8 +110,8 @@ def bundle_root(config_files: Sequence[str] | None = None) -> str:
 
 def datalist(dataset_dir: str, datalist_file: str | None, split: str | Sequence[str], labels: bool = True) -> list:
     """Entries of ``split`` (or several splits joined) of a BTCV-style data list, paths made absolute under
-    ``dataset_dir``. ``datalist_file`` defaults to ``dataset_dir/dataset_0.json``; a relative file name is looked
-    up under ``dataset_dir`` when it does not exist as given. With ``labels=False`` only the image is kept.
+    ``dataset_dir``. ``datalist_file`` as :func:`~selfmedhpm.check_data.datalist_path` finds it (default
+    ``dataset_dir/dataset_0.json``). With ``labels=False`` only the image is kept.
 
     The file is checked before anything else reads it: a missing, empty or malformed file, a missing split, an entry
     without an image (or label) and files that do not exist raise
@@ -128,9 +129,8 @@ def datalist(dataset_dir: str, datalist_file: str | None, split: str | Sequence[
         is not valid JSON: Expecting property name enclosed in double quotes at line 1 column 36
     """
     from monai.data import load_decathlon_datalist
-    from selfmedhpm.check_data import DataCheckError, Problem, load_datalist_checked
 
-    datalist_file = _datalist_path(dataset_dir, datalist_file)
+    datalist_file = datalist_path(dataset_dir, datalist_file)
     splits = [split] if isinstance(split, str) else list(split)
     if not os.path.isdir(dataset_dir):
         raise DataCheckError([Problem(str(dataset_dir), "dataset folder not found (--dataset_dir)")], datalist_file)
@@ -161,19 +161,11 @@ def datalist(dataset_dir: str, datalist_file: str | None, split: str | Sequence[
     return entries
 
 
-def _datalist_path(dataset_dir: str, datalist_file: str | None) -> str:
-    if not datalist_file:
-        return os.path.join(dataset_dir, "dataset_0.json")
-    if not os.path.isfile(datalist_file) and os.path.isfile(os.path.join(dataset_dir, datalist_file)):
-        return os.path.join(dataset_dir, datalist_file)
-    return datalist_file
-
-
 def _read_splits(dataset_dir: str, datalist_file: str | None) -> dict[str, int]:
     """Split name -> number of entries of each list of images in the data list ({} when it cannot be read: the
     data check reports why)."""
     try:
-        with open(_datalist_path(dataset_dir, datalist_file), encoding="utf-8") as f:
+        with open(datalist_path(dataset_dir, datalist_file), encoding="utf-8") as f:
             data = json.load(f)
     except (OSError, ValueError):
         return {}
