@@ -496,30 +496,6 @@ def datalist_path(dataset_dir: str, datalist: str | None = None) -> str:
     return datalist
 
 
-def _check_cases(
-    splits: Mapping[str, Sequence[Any]],
-    dataset_dir: str,
-    num_classes: int | None,
-    require_labels: bool,
-    keys: tuple[str, str],
-    check_intensity: bool,
-    max_workers: int,
-) -> tuple[list[Problem], int]:
-    """The problems of the entries of ``splits`` and the number of distinct cases checked."""
-    if not any(splits.values()):
-        return [Problem("(data list)", "no cases: the list of entries is empty")], 0
-    cases, problems = _cases(splits, list(splits), keys, require_labels)
-
-    def check_case(case: tuple[str, str | None]) -> list[Problem]:
-        image, label = case
-        found, vol = _check_image(os.path.join(dataset_dir, image), image, check_intensity)
-        if label is not None:
-            found += _check_label(os.path.join(dataset_dir, label), label, image, vol, num_classes)
-        return found
-
-    return problems + _run_all(check_case, cases, max_workers), len(cases)
-
-
 def check_entries(
     splits: Mapping[str, Sequence[Any]],
     dataset_dir: str = "",
@@ -548,34 +524,43 @@ def check_entries(
         >>> [str(p) for p in check_entries({"training": [{"image": "/no/img.nii.gz", "label": "/no/lab.nii.gz"}]})]
         ['ERROR  /no/img.nii.gz: file not found', 'ERROR  /no/lab.nii.gz: file not found']
     """
-    keys = (image_key, label_key)
-    return _check_cases(splits, dataset_dir, num_classes, require_labels, keys, check_intensity, max_workers)[0]
+    if not any(splits.values()):
+        return [Problem("(data list)", "no cases: the list of entries is empty")]
+    cases, problems = _cases(splits, list(splits), (image_key, label_key), require_labels)
+
+    def check_case(case: tuple[str, str | None]) -> list[Problem]:
+        image, label = case
+        found, vol = _check_image(os.path.join(dataset_dir, image), image, check_intensity)
+        if label is not None:
+            found += _check_label(os.path.join(dataset_dir, label), label, image, vol, num_classes)
+        return found
+
+    return problems + _run_all(check_case, cases, max_workers)
 
 
-def _check_dataset(dataset_dir: str, datalist: str | None, splits: Sequence[str] | str, **check_args: Any):
-    """:func:`check_dataset`'s problems and the number of cases checked."""
+def _check_dataset(
+    dataset_dir: str, datalist: str | None, splits: Sequence[str] | str, **check_args: Any
+) -> tuple[list[Problem], int]:
+    """:func:`check_dataset`'s problems and the number of cases it checked."""
     if not os.path.isdir(dataset_dir):
         what = "is not a directory" if os.path.exists(dataset_dir) else "does not exist"
         return [Problem(dataset_dir, f"dataset directory {what}")], 0
     splits = splits.split(",") if isinstance(splits, str) else list(splits)  # "training,validation"
-    path = datalist_path(dataset_dir, datalist)
+    keys = (check_args.get("image_key", "image"), check_args.get("label_key", "label"))
     try:
-        data = load_datalist_checked(path, splits, check_args["keys"][0])
+        data = load_datalist_checked(datalist_path(dataset_dir, datalist), splits, keys[0])
     except DataCheckError as e:
         return e.problems, 0
-    return _check_cases({s: data[s] for s in splits}, dataset_dir, **check_args)
+    chosen = {split: data[split] for split in splits}
+    cases = _cases(chosen, splits, keys, check_args.get("require_labels", True))[0]
+    return check_entries(chosen, dataset_dir, **check_args), len(cases)
 
 
 def check_dataset(
     dataset_dir: str,
     datalist: str | None = None,
     splits: Sequence[str] = ("training", "validation"),
-    num_classes: int | None = 14,
-    require_labels: bool = True,
-    image_key: str = "image",
-    label_key: str = "label",
-    check_intensity: bool = True,
-    max_workers: int = 1,
+    **check_args: Any,
 ) -> list[Problem]:
     """Check a BTCV-layout data set and return every problem found (errors and warnings); never raises for data.
 
@@ -583,20 +568,14 @@ def check_dataset(
         dataset_dir: folder holding the datalist and the images/labels its entries name (relative paths).
         datalist: datalist JSON; defaults to ``dataset_dir/dataset_0.json`` (see :func:`datalist_path`).
         splits: datalist splits to check; labels are never required in a split named ``"test"``.
-        num_classes: label values must lie in ``0..num_classes-1``; None skips the range check.
-        require_labels: whether entries (outside ``"test"``) must name a label file.
-        image_key: datalist key of the image path.
-        label_key: datalist key of the label path.
-        check_intensity: load the images to look for NaN/Inf voxels and non-HU intensities.
-        max_workers: threads checking cases in parallel.
+        check_args: the options of :func:`check_entries` (``num_classes`` 14, ``require_labels``,
+            ``check_intensity``, ``max_workers``, ...).
 
     Examples:
         >>> check_dataset("/no/such/dir")
         [Problem(path='/no/such/dir', message='dataset directory does not exist', severity='error')]
     """
-    keys = (image_key, label_key)
-    args = dict(num_classes=num_classes, require_labels=require_labels, keys=keys, check_intensity=check_intensity)
-    return _check_dataset(dataset_dir, datalist, splits, **args, max_workers=max_workers)[0]
+    return _check_dataset(dataset_dir, datalist, splits, **check_args)[0]
 
 
 def _raise_errors(problems: list[Problem], source: str) -> list[Problem]:
@@ -705,7 +684,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--splits must name at least one split and --num_classes must be >= 1")
     problems, n_cases = _check_dataset(
         args.dataset_dir, args.datalist, splits, num_classes=args.num_classes, require_labels=args.require_labels,
-        keys=("image", "label"), check_intensity=args.check_intensity, max_workers=args.max_workers,
+        check_intensity=args.check_intensity, max_workers=args.max_workers,
     )  # fmt: skip
     for p in problems:
         print(p)
