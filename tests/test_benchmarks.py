@@ -28,6 +28,7 @@ def _one_thread(one_thread):
     yield
 
 
+@pytest.mark.slow
 def test_batch_rows_measure_each_batch_and_write_them_as_they_come(tmp_path):
     rows_file = tmp_path / "gpu_batches.json"
     rows = batch_rows("cpu", 1e11, rows_file, batches=(1, 2), network=(CPU_PRESET, 32), reps=1)
@@ -119,6 +120,7 @@ def test_medians_are_of_five_repetitions_unless_told_and_the_report_says_how_man
     assert f"medians of {reps} timed repetitions" in (ROOT / "docs" / "benchmarks.md").read_text()
 
 
+@pytest.mark.slow
 def test_gpu_mode_bundle_and_finetuning_rows_run_eager_and_compiled_on_the_cpu_preset(tmp_path):
     """The GPU-only parts of ``make bench`` (the pretraining bundle end to end with gpu_cache.json and --compile True;
     the segmentation iteration eager vs compiled), run on the CPU presets so that a GPU run does not meet them

@@ -107,6 +107,7 @@ def test_atomic_save_keeps_previous_file_when_writing_fails(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_training_with_iteration(phantom_dir, tmp_path):
     from monai.bundle import ConfigWorkflow
     from selfmedhpm.engine import NonFiniteLossError
