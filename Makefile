@@ -22,7 +22,7 @@ MLPIP := $(MLVENV)/bin/pip
 MLSTAMP := $(MLVENV)/.installed
 APP ?= apps/selfmedhpm
 
-.PHONY: venv demo study study-quick test lint format verify bench bench-quick release index clean monailabel-env monailabel-app
+.PHONY: venv demo study study-quick test test-fast lint format verify bench bench-quick release index clean monailabel-env monailabel-app
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -69,6 +69,11 @@ study-quick: $(STAMP)
 test: $(STAMP) $(MLSTAMP)
 	SELFMEDHPM_REQUIRE_MONAILABEL=1 $(PY) -m pytest -q -ra --durations=15 --doctest-modules custom/selfmedhpm custom/selfmedhpm_tools tests
 	$(PY) -m selfmedhpm_tools.verify
+
+# the fast tier (about 2-3 minutes on 2 cores): unit, contract and config tests and the docstring examples, without
+# the tests marked slow (bundle runs end to end, subprocess runs, servers, compilation, release zips); CI runs `make test`
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -ra -m "not slow" --durations=10 --doctest-modules custom/selfmedhpm custom/selfmedhpm_tools tests
 
 verify: $(STAMP)
 	$(PY) -m selfmedhpm_tools.verify

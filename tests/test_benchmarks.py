@@ -28,6 +28,7 @@ def _one_thread(one_thread):
     yield
 
 
+@pytest.mark.slow
 def test_batch_rows_measure_each_batch_and_write_them_as_they_come(tmp_path):
     rows_file = tmp_path / "gpu_batches.json"
     rows = batch_rows("cpu", 1e11, rows_file, batches=(1, 2), network=(CPU_PRESET, 32), reps=1)
@@ -87,7 +88,7 @@ def test_report_renders_the_committed_run_and_refuses_a_misspelt_name(tmp_path, 
     """``--render-only`` rewrites the committed ``docs/benchmarks.md`` from ``docs/benchmarks.json`` unchanged; a name
     in the template that no figure, target or detail fills (here a misspelt detail of a section that ran) stops the
     report instead of reading "n/a" like a precision this CPU did not measure."""
-    from conftest import ROOT
+    from helpers import ROOT
     from selfmedhpm_tools.benchmarks import report, run
 
     (tmp_path / "benchmarks.json").write_text((ROOT / "docs" / "benchmarks.json").read_text())
@@ -107,7 +108,7 @@ def test_medians_are_of_five_repetitions_unless_told_and_the_report_says_how_man
     fewer than one is refused on the command line; the committed report names the count its medians are of."""
     import json
 
-    from conftest import ROOT
+    from helpers import ROOT
     from selfmedhpm_tools.benchmarks import run
 
     assert run.parse_args([]).reps == run.parse_args(["--quick"]).reps == 5
@@ -119,6 +120,7 @@ def test_medians_are_of_five_repetitions_unless_told_and_the_report_says_how_man
     assert f"medians of {reps} timed repetitions" in (ROOT / "docs" / "benchmarks.md").read_text()
 
 
+@pytest.mark.slow
 def test_gpu_mode_bundle_and_finetuning_rows_run_eager_and_compiled_on_the_cpu_preset(tmp_path):
     """The GPU-only parts of ``make bench`` (the pretraining bundle end to end with gpu_cache.json and --compile True;
     the segmentation iteration eager vs compiled), run on the CPU presets so that a GPU run does not meet them

@@ -30,9 +30,11 @@ from selfmedhpm.check_data import (
     DataCheckError,
     Problem,
     check_dataset,
+    check_entries,
     check_image_files,
     load_datalist_checked,
     validate_dataset,
+    validate_entries,
 )
 from selfmedhpm.transfer import describe_state_dict_mismatch
 
@@ -175,6 +177,68 @@ def test_reports_truncated_uncompressed_nifti(tmp_path: Path) -> None:
     path.write_bytes(path.read_bytes()[:1000])
     (problem,) = check_image_files([str(path)], check_intensity=False)
     assert problem.path == str(path) and "truncated" in problem.message
+
+
+def test_finds_a_cut_off_compressed_nifti_without_decompressing_its_voxels(tmp_path: Path, monkeypatch) -> None:
+    """The gzip trailer (uncompressed size) tells a whole ``.nii.gz`` from a cut-off one, so inference inputs are
+    decompressed once, by the loader."""
+    whole = Path(save(tmp_path / "whole.nii.gz", ct((64, 64, 32))))
+    cut = tmp_path / "cut.nii.gz"
+    cut.write_bytes(whole.read_bytes()[: len(whole.read_bytes()) * 2 // 3])
+    decompressed = []
+    read = gzip.GzipFile.read
+    monkeypatch.setattr(gzip.GzipFile, "read", lambda self, *a: decompressed.append(len(out := read(self, *a))) or out)
+    assert check_image_files([str(whole)], check_intensity=False) == []
+    assert 0 < sum(decompressed) < 64 * 64 * 32 * 2 / 10  # the header, not the voxels
+    (problem,) = check_image_files([str(cut)], check_intensity=False)
+    assert (
+        problem.path == str(cut)
+        and problem.message == "cannot be read: file is truncated (its compressed data ends early)"
+    )
+
+
+def test_nrrd_header_gives_the_grid_monai_reads(tmp_path: Path) -> None:
+    """A NRRD image (LPS or RAS space) and a NIfTI label of the same voxels in the same world grid: no grid problem
+    (the NRRD is read from its header, its affine turned into RAS as MONAI's reader does)."""
+    import nrrd
+
+    spacing, origin = np.array([1.5, 1.5, 2.5]), np.array([-10.0, -20.0, 30.0])
+    for space, flip in (("left-posterior-superior", [-1, -1, 1]), ("right-anterior-superior", [1, 1, 1])):
+        root = tmp_path / space
+        header = {"space": space, "space directions": np.diag(spacing * flip), "space origin": origin * flip}
+        (root / "imagesTr").mkdir(parents=True)
+        nrrd.write(str(root / "imagesTr" / "a.nrrd"), ct(), header)
+        save(root / "labelsTr" / "a.nii.gz", seg(), np.vstack([np.c_[np.diag(spacing), origin], [0, 0, 0, 1]]))
+        entries = [{"image": "imagesTr/a.nrrd", "label": "labelsTr/a.nii.gz"}]
+        write_datalist(root, {"training": entries, "validation": entries})
+        assert check_dataset(str(root)) == [Problem("imagesTr/a.nrrd", "is listed 2 times (training, validation); "
+                                                    "cases shared between splits leak data", "warning")]  # fmt: skip
+
+
+def test_refuses_a_nrrd_without_patient_orientation_naming_the_file(tmp_path: Path) -> None:
+    import nrrd
+
+    path = str(tmp_path / "scan.nrrd")
+    nrrd.write(path, ct(), {"space": "scanner-xyz", "space directions": np.eye(3), "space origin": np.zeros(3)})
+    (problem,) = check_image_files([path], check_intensity=False)
+    assert problem.path == path and "NRRD space 'scanner-xyz' has no patient orientation" in problem.message
+
+
+def test_entries_are_checked_as_the_data_list_that_holds_them(tmp_path: Path) -> None:
+    """check_entries is the primitive: the entries of a data list, checked directly, give the problems of
+    check_dataset on that data list (paths absolute here, as a workflow holds them)."""
+    make_dataset(tmp_path)
+    save(tmp_path / "labelsTr" / "tr1.nii.gz", seg() + 14)
+    data = json.loads((tmp_path / "dataset_0.json").read_text())
+    absolute = {s: [{k: str(tmp_path / v) for k, v in e.items()} for e in data[s]] for s in ("training", "validation")}
+    found = check_entries(absolute)
+    assert [(p.path, p.message.split(":")[0]) for p in found] == [
+        (str(tmp_path / "labelsTr" / "tr1.nii.gz"), "has values outside 0..13")
+    ]
+    assert [p.message for p in check_dataset(str(tmp_path))] == [p.message for p in found]
+    with pytest.raises(DataCheckError, match="in the data lists of this run"):
+        validate_entries(absolute)
+    assert check_entries({"training": []})[0].message == "no cases: the list of entries is empty"
 
 
 def test_reports_non_image_files(tmp_path: Path) -> None:

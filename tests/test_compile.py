@@ -27,6 +27,8 @@ from selfmedhpm.masking import hard_patch_mask, num_masked
 from selfmedhpm.networks import HPMMaskedAutoEncoder
 from selfmedhpm.views import TEACHER_VIEWS, TeacherView
 
+pytestmark = pytest.mark.slow  # torch.compile of the HPM step: minutes on a CPU
+
 SMALL = dict(hidden_size=48, mlp_dim=96, num_heads=4, decoder_hidden_size=24, decoder_mlp_dim=48,
              decoder_num_layers=1, decoder_num_heads=4)  # fmt: skip
 

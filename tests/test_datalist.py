@@ -26,9 +26,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import PRETRAIN, SEG_TINY, SEGMENT, configs, run_workflow
-from selfmedhpm.datalist import build_datalist, main
-from selfmedhpm.datalists import DatalistError, detect_layout
+from helpers import PRETRAIN, SEG_TINY, SEGMENT, configs, run_workflow
+from selfmedhpm_tools.datalist import build_datalist, main
+from selfmedhpm_tools.datalists import DatalistError, detect_layout
 
 SHAPE = (48, 48, 24)
 LIVER, SPLEEN = 6, 1  # BTCV label values of the phantom

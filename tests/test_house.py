@@ -10,30 +10,30 @@
 # limitations under the License.
 
 """House rules: the README's code map is the law of the runtime package (each module imports only modules of lower
-layers; nothing in ``selfmedhpm`` imports the tooling, ``selfmedhpm_tools``), and every Python file starts with the
-licence header."""
+layers; nothing in ``selfmedhpm`` imports the tooling, ``selfmedhpm_tools``, but the forwarders of the map's
+``command`` row, which import only the tooling), and every Python file starts with the licence header."""
 
 from __future__ import annotations
 
-import ast
 import re
 import subprocess
 
 import pytest
 import selfmedhpm
-from conftest import ROOT
+from helpers import ROOT
+from selfmedhpm_tools.release import imported_modules
 
 PACKAGE = ROOT / "custom" / "selfmedhpm"
 
 
-def code_map_layers(readme: str) -> dict[str, int]:
-    """``{module: layer}`` from the numbered rows of the README's "Code map" table."""
+def code_map_rows(readme: str) -> dict[str, str]:
+    """``{module: row}`` from the README's "Code map" table: the layer number, or ``command`` for the forwarders."""
     section = readme.split("## Code map", 1)[1].split("\n## ", 1)[0]
-    layers = {}
-    for number, modules in re.findall(r"^\| (\d+) \| ([^|]+) \|", section, flags=re.M):
+    rows = {}
+    for row, modules in re.findall(r"^\| (\d+|command) \| ([^|]+) \|", section, flags=re.M):
         for name in re.findall(r"`([a-z_]+)`", modules):
-            layers[name] = int(number)
-    return layers
+            rows[name] = row
+    return rows
 
 
 def unit(path) -> str:
@@ -42,45 +42,45 @@ def unit(path) -> str:
     return parts[0]
 
 
-def imported_units(source: str) -> set[str]:
+def imported_units(source: str, module: str = "") -> set[str]:
     """First components below ``selfmedhpm`` of every import in ``source`` (module level and inside functions);
     ``selfmedhpm_tools`` stands for any import of the tooling."""
     found = set()
-    for node in ast.walk(ast.parse(source)):
-        names = []
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names = [node.module] + (
-                [f"{node.module}.{alias.name}" for alias in node.names] if node.module == "selfmedhpm" else []
-            )
-        for name in names:
-            head, _, rest = name.partition(".")
-            if head == "selfmedhpm_tools":
-                found.add(head)
-            elif head == "selfmedhpm" and rest:
-                found.add(rest.split(".")[0])
+    for name in imported_modules(source, module):
+        head, _, rest = name.partition(".")
+        if head == "selfmedhpm_tools":
+            found.add(head)
+        elif head == "selfmedhpm" and rest:
+            found.add(rest.split(".")[0])
     return found
 
 
-LAYERS = code_map_layers((ROOT / "README.md").read_text())
+ROWS = code_map_rows((ROOT / "README.md").read_text())
+LAYERS = {name: int(row) for name, row in ROWS.items() if row.isdigit()}
+FORWARDERS = {name for name, row in ROWS.items() if row == "command"}
 FILES = sorted(p for p in PACKAGE.rglob("*.py") if p.name != "__init__.py" or p.parent != PACKAGE)
+
+
+def module_name(path) -> str:
+    return ".".join(("selfmedhpm",) + path.relative_to(PACKAGE).with_suffix("").parts)
 
 
 def test_code_map_lists_every_runtime_module_once():
     units = {unit(p) for p in FILES}
-    assert units == set(
-        LAYERS
-    ), f"in the package, not in the map: {units - set(LAYERS)}; the reverse: {set(LAYERS) - units}"
-    assert set(LAYERS) <= selfmedhpm._SUBMODULES | {"datalists"}  # each is reachable as selfmedhpm.<name> from configs
+    assert units == set(ROWS), f"in the package, not in the map: {units - set(ROWS)}; the reverse: {set(ROWS) - units}"
+    assert set(LAYERS) <= selfmedhpm._SUBMODULES  # each is reachable as selfmedhpm.<name> from configs
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_runtime_module_imports_only_lower_layers(path):
     own = unit(path)
-    imported = imported_units(path.read_text()) - {own}
+    imported = imported_units(path.read_text(), module_name(path)) - {own}
+    if own in FORWARDERS:
+        assert imported == {"selfmedhpm_tools"}, f"{path.name} forwards to the tooling and imports nothing else"
+        assert len(path.read_text().splitlines()) < 25, f"{path.name} is a forwarder: a few lines"
+        return
     assert "selfmedhpm_tools" not in imported, f"{path.name} imports the tooling"
-    upward = {name: LAYERS.get(name) for name in imported if LAYERS.get(name, 99) >= LAYERS[own]}
+    upward = {name: ROWS.get(name) for name in imported if LAYERS.get(name, 99) >= LAYERS[own]}
     assert not upward, f"{own} (layer {LAYERS[own]}) imports {upward}"
 
 
@@ -88,8 +88,10 @@ def test_imported_units_finds_every_import_form():
     source = (
         "import selfmedhpm.utils\nfrom selfmedhpm import losses, masking\nfrom selfmedhpm.networks.hpm_vit import x\n"
     )
-    source += "def f():\n    from selfmedhpm_tools.phantom import generate_dataset\n"
-    assert imported_units(source) == {"utils", "losses", "masking", "networks", "selfmedhpm_tools"}
+    source += "def f():\n    from selfmedhpm_tools.phantom import generate_dataset\n    return selfmedhpm.views\n"
+    source += "from . import patches\n"
+    found = imported_units(source, "selfmedhpm.ema")
+    assert found == {"utils", "losses", "masking", "networks", "selfmedhpm_tools", "views", "patches"}
 
 
 def test_every_python_file_starts_with_the_licence_header():

@@ -23,12 +23,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import PRETRAIN, SEG_TINY, SEGMENT, configs, run_workflow
+from helpers import PRETRAIN, SEG_TINY, SEGMENT, configs, run_workflow
 from ignite.engine import Events
 from monai.bundle import ConfigParser, ConfigWorkflow
 from selfmedhpm.checkpoint import load_weights, save_atomic
 from selfmedhpm.ema import ema_decay_at
 from selfmedhpm.transfer import interpolate_pos_embed
+
+pytestmark = pytest.mark.slow  # the method through the parsed bundle configs: trainer runs and inference runs
 
 EPOCHS, MASK_RATIO, FINAL_HARD = 2, 0.75, 0.5
 DECAY = {"ema_decay_start": 0.5, "ema_decay_end": 0.7, "ema_ramp_epochs": 1}  # far from 1: every update shows
@@ -42,7 +44,7 @@ def hpm_run(phantom_dir, tmp_path_factory, one_thread) -> dict:
     parser = ConfigParser()
     parser.read_config(configs(PRETRAIN, "train.json", "train_cpu.json"))
     parser.update({"dataset_dir": str(phantom_dir), "output_dir": str(tmp_path_factory.mktemp("hpm")),
-                   "epochs": EPOCHS, "pixdim": [3.0, 3.0, 3.0], "teacher_precision": "fp32", "cache_rate": 0.0,
+                   "epochs": EPOCHS, "pixdim": [3.0, 3.0, 3.0], "cache_rate": 0.0,
                    "mask_ratio": MASK_RATIO, "final_hard_ratio": FINAL_HARD, **DECAY})  # fmt: skip
     torch.manual_seed(0)
     trainer = parser.get_parsed_content("train#trainer")
@@ -159,8 +161,8 @@ LABEL = 6
 
 
 def _inputs(phantom_dir: Path, folder: Path) -> dict[str, tuple[Path, np.ndarray, list[float]]]:
-    """The same phantom volume as RAS NIfTI, LPS NIfTI, LPS NRRD and an axial DICOM series: ``{kind: (input, its
-    voxels in the file's own index order, spacing)}``."""
+    """The same phantom volume as RAS NIfTI, LPS NIfTI, NRRD in LPS, RAS and LAS space and an axial DICOM series:
+    ``{kind: (input, its voxels in the file's own index order, spacing)}``."""
     import nrrd
     from test_segmentation_bundle import dicom_series
 
@@ -173,15 +175,18 @@ def _inputs(phantom_dir: Path, folder: Path) -> dict[str, tuple[Path, np.ndarray
         affine[:3, 3] = [sign * -90.0, sign * -70.0, -40.0]
         nib.save(nib.Nifti1Image(volume, affine), folder / f"{name}.nii.gz")
         found[name] = (folder / f"{name}.nii.gz", volume, [3.0, 2.5, 6.0])
-    header = {"space": "left-posterior-superior", "space directions": np.diag([4.0, 3.0, 5.0]),
-              "space origin": np.array([-100.0, -90.0, 10.0])}  # fmt: skip
-    nrrd.write(str(folder / "scan.nrrd"), volume, header)
-    found["nrrd"] = (folder / "scan.nrrd", volume, [4.0, 3.0, 5.0])
+    for name, space, flip in (("nrrd", "left-posterior-superior", [1.0, 1.0, 1.0]),
+                              ("nrrd_ras", "right-anterior-superior", [-1.0, 1.0, 1.0]),
+                              ("nrrd_las", "left-anterior-superior", [1.0, -1.0, 1.0])):  # fmt: skip
+        header = {"space": space, "space directions": np.diag(np.multiply([4.0, 3.0, 5.0], flip)),
+                  "space origin": np.array([-100.0, -90.0, 10.0])}  # fmt: skip
+        nrrd.write(str(folder / f"{name}.nrrd"), volume, header)
+        found[name] = (folder / f"{name}.nrrd", volume, [4.0, 3.0, 5.0])
     found["dicom"] = (dicom_series(volume, folder / "series", spacing=(4.0, 3.5, 5.0)), volume, [4.0, 3.5, 5.0])
     return found
 
 
-@pytest.mark.parametrize("kind", ["ras", "lps", "nrrd", "dicom"])
+@pytest.mark.parametrize("kind", ["ras", "lps", "nrrd", "nrrd_ras", "nrrd_las", "dicom"])
 def test_inference_output_is_the_networks_answer_in_the_input_grid(kind, phantom_dir, tmp_path):
     """With the network replaced by a fixed threshold, the written labels equal the thresholded input voxel by voxel
     in the input's own grid: a label flipped (left-right or otherwise) but saved with the right affine fails."""
@@ -199,3 +204,41 @@ def test_inference_output_is_the_networks_answer_in_the_input_grid(kind, phantom
     assert 0.05 < (expected > 0).mean() < 0.6  # the threshold splits the volume
     assert np.array_equal(labels, expected), f"{(labels != expected).sum()} voxels differ"
     assert not np.array_equal(labels[::-1], expected)  # the check would see a left-right flip
+
+
+def test_inference_reads_each_input_once_and_skips_a_bad_one_by_name(phantom_dir, tmp_path, monkeypatch, capsys):
+    """A folder of three inputs: each volume is decompressed once (the header check before the loader reads no
+    voxels; the intensities are checked on the loaded volume), the one with NaN voxels and a NRRD without patient
+    orientation are skipped with one line naming the file, and the others are segmented."""
+    import nibabel.arrayproxy
+    import nrrd
+
+    folder = tmp_path / "inputs"
+    path, voxels, spacing = _inputs(phantom_dir, tmp_path / "made")["ras"]
+    image = nib.load(path)
+    for name in ("a", "b"):
+        folder.mkdir(exist_ok=True)
+        nib.save(nib.Nifti1Image(voxels, image.affine), folder / f"{name}.nii.gz")
+    broken = voxels.astype(np.float32)
+    broken[:4, :4, :2] = np.nan
+    nib.save(nib.Nifti1Image(broken, image.affine), folder / "c_nan.nii.gz")
+    nrrd.write(str(folder / "d_scanner.nrrd"), voxels, {"space": "scanner-xyz", "space directions": np.eye(3),
+                                                        "space origin": np.zeros(3)})  # fmt: skip
+    reads: list[str] = []
+    unscaled = nibabel.arrayproxy.ArrayProxy._get_unscaled
+
+    def counted(self, *args, **kwargs):
+        reads.append(Path(self.file_like).name)
+        return unscaled(self, *args, **kwargs)
+
+    monkeypatch.setattr(nibabel.arrayproxy.ArrayProxy, "_get_unscaled", counted)
+    model = save_atomic({}, tmp_path / "model.pt")
+    network = {"_target_": "stubs.ThresholdNet", "threshold": 0.5, "label": LABEL, "num_classes": 14}
+    run_workflow(configs(SEGMENT, "inference.json", "train_cpu.json"), workflow_type="infer", dataset_dir=str(folder),
+                 output_dir=str(tmp_path / "out"), model_file=str(model), network_def=network, pixdim=spacing,
+                 roi_size=[32, 32, 32], num_workers=0)  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_seg.nii.gz", "b_seg.nii.gz"]
+    assert sorted(reads) == ["a.nii.gz", "b.nii.gz", "c_nan.nii.gz"]  # one decompression each
+    skipped = [line for line in capsys.readouterr().err.splitlines() if line.startswith("skipping ERROR")]
+    assert [line.split(": ", 1)[0].rsplit("/", 1)[-1] for line in skipped] == ["d_scanner.nrrd", "c_nan.nii.gz"]
+    assert "contains 32 NaN and 0 Inf voxels" in skipped[1] and "NRRD space 'scanner-xyz'" in skipped[0]

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import PRETRAIN, SEGMENT, configs, phantom_set, run_workflow
+from helpers import PRETRAIN, SEGMENT, configs, phantom_set, run_workflow
 from selfmedhpm.checkpoint import load_weights
 from selfmedhpm.networks import HPMMaskedAutoEncoder
 from selfmedhpm.quant import Int8Linear, Int8Teacher

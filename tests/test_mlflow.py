@@ -29,7 +29,7 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
-from conftest import PRETRAIN, SEG_TINY, SEGMENT, configs, run_workflow
+from helpers import PRETRAIN, SEG_TINY, SEGMENT, configs, run_workflow
 
 MlflowClient = mlflow.MlflowClient  # mlflow is a dependency: a broken install fails here instead of skipping
 
@@ -405,6 +405,6 @@ def test_tracking_settings_keys_are_known_overrides():
 
     assert {"tracking_uri", "experiment_name", "run_name"} <= tracking_config_ids(["run", "--tracking", "mlflow"])
     assert {"tracking_uri", "is_not_rank0"} <= tracking_config_ids(["--tracking", PRE_SETTINGS])
-    config = configs(PRETRAIN, "train.json")[0]
-    argv = ["run", "--config_file", config, "--tracking", PRE_SETTINGS, "--tracking_uri", "http://x", "--run_name", "r"]
-    assert check_overrides(argv)
+    overrides = {"tracking": PRE_SETTINGS, "tracking_uri": "http://x", "run_name": "r"}
+    assert check_overrides(configs(PRETRAIN, "train.json"), overrides)
+    assert check_overrides(configs(PRETRAIN, "train.json"), {"tracking": "mlflow", "experiment_name": "e"})

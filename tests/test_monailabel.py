@@ -31,7 +31,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, SEGMENT, configs, run_workflow
+from helpers import ROOT, SEGMENT, configs, run_workflow
 from monai.bundle import ConfigParser
 from selfmedhpm.labels import BTCV_CLASSES
 from selfmedhpm_tools import label_app, release

@@ -20,14 +20,14 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import PRETRAIN, SCHEMA, configs, run_workflow
+from helpers import PRETRAIN, SCHEMA, configs, paired_p, run_workflow
 from selfmedhpm.checkpoint import load_weights
 
 pytestmark = pytest.mark.slow
 
-TINY = {"pixdim": [3.0, 3.0, 3.0], "num_samples": 2, "cache_rate": 1.0, "teacher_precision": "fp32"}
-"""``teacher_precision`` pinned: its default depends on the CPU (int8 with VNNI, bf16 with AMX), so unpinned tests would
-run another path on every machine. The resume test runs each teacher precision this machine can run."""
+TINY = {"pixdim": [3.0, 3.0, 3.0], "num_samples": 2, "cache_rate": 1.0}
+"""The teacher runs in the student's precision (fp32 on the CPU) unless a test names another; the resume test runs
+the int8 teacher too."""
 TEACHER_PRECISIONS = ["fp32", "int8"]  # int8 (torch._int_mm) runs on every x86 CPU, fast only with VNNI
 
 
@@ -120,7 +120,6 @@ def test_trained_teacher_ranks_held_out_patches_on_content(pretrained, held_out_
     (the loss predictor has learnt mostly where patches are hard), which the demo report states."""
     from monai.bundle import ConfigParser
     from selfmedhpm_tools.metrics import mining_figures
-    from selfmedhpm_tools.stats import paired_permutation_p
 
     out, _ = pretrained
     parser = ConfigParser()
@@ -135,7 +134,7 @@ def test_trained_teacher_ranks_held_out_patches_on_content(pretrained, held_out_
     trained_taus, untrained_taus = trained["per_crop"]["full"]["tau"], baseline["per_crop"]["full"]["tau"]
     tau, untrained_tau = np.mean(trained_taus), np.mean(untrained_taus)
     position_tau = trained["scorers"]["position"]["tau"]
-    p_value = paired_permutation_p(trained_taus, untrained_taus)
+    p_value = paired_p(trained_taus, untrained_taus)
     print(f"tau trained {tau:.3f}, untrained {untrained_tau:.3f}, position alone {position_tau:.3f}, p {p_value:.4f}, "
           f"position share {trained['position_share']:.2f}")  # fmt: skip
     assert p_value < 0.01 and tau > untrained_tau + 0.1, (tau, untrained_tau, p_value)
@@ -305,15 +304,13 @@ def test_demo_preset_predictor_ranks_on_content_and_its_view_chooses_harder_mask
 
     Measured (seven runs: three seeds, 60-150 epochs): masked-pass tau 0.31-0.38 against 0.18-0.23 for position alone.
     The EMA teacher's masked pass ranks as well as the student's (0.39-0.40 in three runs of the demo's EMA)."""
-    from conftest import phantom_set
+    from helpers import phantom_set
     from selfmedhpm_tools.metrics import mining_figures
-    from selfmedhpm_tools.stats import paired_permutation_p
 
     data = phantom_set(tmp_path_factory, "ranking", cases=12)
     out = tmp_path_factory.mktemp("pretrain_demo")
     demo = configs(PRETRAIN, "train.json", "train_cpu.json", "train_demo.json")
-    workflow = run_workflow(demo, dataset_dir=str(data), output_dir=str(out), epochs=60, save_interval=60,
-                            teacher_precision="fp32")  # fmt: skip
+    workflow = run_workflow(demo, dataset_dir=str(data), output_dir=str(out), epochs=60, save_interval=60)
     settings = {k: workflow.parser.get_parsed_content(k) for k in ("pixdim", "roi_size", "crop_margin")}
     crops = held_out(tmp_path_factory.mktemp("held_out_demo"), **settings)
     norm_pix_loss = workflow.parser.get_parsed_content("norm_pix_loss")
@@ -326,7 +323,7 @@ def test_demo_preset_predictor_ranks_on_content_and_its_view_chooses_harder_mask
         print(name, ranking["scorers"], np.mean(ranking["masked_tau"]), np.mean(ranking["masked_position_tau"]))
     student = rankings["model.pt"]
     tau, position_tau = np.mean(student["masked_tau"]), np.mean(student["masked_position_tau"])
-    p_value = paired_permutation_p(student["masked_tau"], student["masked_position_tau"])
+    p_value = paired_p(student["masked_tau"], student["masked_position_tau"])
     assert len(student["masked_tau"]) == 64 and p_value < 0.01, (tau, position_tau, p_value)
     assert tau > position_tau + 0.05, (tau, position_tau)
     # the teacher, which chooses the masks, keeps up with the student: the demo's EMA (0.95 -> 0.99) averages over
@@ -335,7 +332,7 @@ def test_demo_preset_predictor_ranks_on_content_and_its_view_chooses_harder_mask
     teacher_tau = np.mean(teacher["masked_tau"])
     assert abs(teacher_tau - tau) < 0.05 and teacher_tau > position_tau + 0.05, (teacher_tau, tau, position_tau)
     ratios = teacher["per_crop"][view]["mask_loss_ratio"]  # 16 crops
-    p_harder = paired_permutation_p(ratios, [1.0] * len(ratios))
+    p_harder = paired_p(ratios, [1.0] * len(ratios))
     assert np.mean(ratios) > 1.01 and p_harder < 0.01, (view, np.mean(ratios), p_harder)
 
 
@@ -343,7 +340,7 @@ def test_demo_recipes_of_both_bundles_share_one_grid():
     """The demo's encoder loads strictly into the demo's UNETR: both ``train_demo.json`` declare the same grid and crop
     (``make demo`` passes the segmentation file's values to both stages; this keeps the pretraining file, which a user
     may run alone, from drifting)."""
-    from conftest import SEGMENT
+    from helpers import SEGMENT
 
     pretraining, segmentation = (
         json.loads((b / "configs" / "train_demo.json").read_text()) for b in (PRETRAIN, SEGMENT)

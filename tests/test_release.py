@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import PRETRAIN, ROOT, SEGMENT
+from helpers import PRETRAIN, ROOT, SEGMENT
 from monai.bundle import ConfigParser
 from selfmedhpm.transfer import encoder_state_dict
 from selfmedhpm_tools import release
@@ -87,6 +87,7 @@ def released(bundles_dir, tmp_path_factory) -> dict[str, Path]:
 # ------------------------------------------------------------------------------------------------------ the zips
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_zip_layout_is_self_contained(released, name):
     with zipfile.ZipFile(released[name]) as archive:
@@ -104,6 +105,7 @@ def test_zip_layout_is_self_contained(released, name):
     assert {stat.S_IMODE(i.external_attr >> 16) for i in infos} == {0o644}
 
 
+@pytest.mark.slow
 def test_two_builds_have_the_same_sha1(bundles_dir, released, tmp_path):
     for path in (bundles_dir / PRETRAIN.name).rglob("*"):
         os.utime(path, (1_900_000_000, 1_900_000_000))  # other timestamps must not matter
@@ -119,6 +121,7 @@ def test_carried_modules_are_what_the_configs_import():
     assert "visualize.py" not in segmentation and not (pretraining | segmentation) & NOT_CARRIED
 
 
+@pytest.mark.slow
 def test_release_refuses_missing_weights_unless_allowed(tmp_path, capsys):
     bundles = tmp_path / "bundles"
     copy_bundle(SEGMENT, bundles)
@@ -132,6 +135,7 @@ def test_release_refuses_missing_weights_unless_allowed(tmp_path, capsys):
         assert not [n for n in archive.namelist() if "/models/" in n]
 
 
+@pytest.mark.slow
 def test_weights_can_come_from_a_training_output_folder(bundles_dir, released, tmp_path):
     bundle = copy_bundle(SEGMENT, tmp_path / "bundles")
     weights = tmp_path / "results" / "finetune_hpm"
@@ -142,6 +146,7 @@ def test_weights_can_come_from_a_training_output_folder(bundles_dir, released, t
     assert not (bundle / "models").exists()
 
 
+@pytest.mark.slow
 def test_weights_trained_with_other_values_are_released_with_them(tmp_path):
     """The demo's weights (CPU preset, 48^3 crops at 3 mm): the preset and the values are merged into the released
     inference.json and train.json, which then build the network the weights fit, with no override file."""
@@ -177,6 +182,7 @@ def test_weights_trained_with_other_values_are_released_with_them(tmp_path):
     assert release.main(argv + ["--set", "other_bundle:roi_size=[1]"]) == 1
 
 
+@pytest.mark.slow
 def test_values_recorded_beside_the_weights_are_released_with_them_and_set_wins(tmp_path, capsys):
     """What make release does after make demo: the values come from the trained_with.json the demo writes beside the
     weights, with no --set; a --set value wins over the file's; a broken record is refused naming it."""
@@ -198,6 +204,7 @@ def test_values_recorded_beside_the_weights_are_released_with_them_and_set_wins(
     assert f"{weights / release.TRAINED_WITH}: expected an object of config values" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_pretraining_release_needs_the_teacher_its_inference_loads(tmp_path):
     bundle = add_tiny_weights(copy_bundle(PRETRAIN, tmp_path / "bundles"))
     assert release.required_weights(bundle) == ["models/model.pt", "models/teacher.pt"]
@@ -206,6 +213,7 @@ def test_pretraining_release_needs_the_teacher_its_inference_loads(tmp_path):
         build(bundle, tmp_path / "dist")
 
 
+@pytest.mark.slow
 def test_release_refuses_weights_that_do_not_fit_or_are_not_plain_tensors(tmp_path):
     bundle = add_tiny_weights(copy_bundle(SEGMENT, tmp_path / "bundles"))
     torch.save({"out.conv.conv.weight": torch.zeros(3)}, bundle / "models" / "model.pt")
@@ -219,6 +227,7 @@ def test_release_refuses_weights_that_do_not_fit_or_are_not_plain_tensors(tmp_pa
 # ----------------------------------------------------------------------------------------------------- the index
 
 
+@pytest.mark.slow
 def test_release_index_lists_what_was_built_and_takes_a_rebuild(bundles_dir, released, tmp_path, capsys):
     """``make release`` writes ``dist/bundle_index.json`` next to the zips; building again after training again (other
     weights, same version) replaces the entry of the earlier build with no --force; a published entry (a URL) of the
@@ -313,6 +322,7 @@ def downloaded(released, tmp_path_factory) -> Path:
     return target
 
 
+@pytest.mark.slow
 def test_unpacked_bundle_imports_its_own_copy_of_the_package(downloaded, tmp_path):
     bundle = downloaded / SEGMENT.name
     code = ["-c", "import selfmedhpm, sys; print(selfmedhpm.__file__)"]
@@ -323,6 +333,7 @@ def test_unpacked_bundle_imports_its_own_copy_of_the_package(downloaded, tmp_pat
     assert Path(found.stdout.strip()) == bundle / "selfmedhpm" / "__init__.py"
 
 
+@pytest.mark.slow
 def test_unpacked_segmentation_bundle_infers_from_any_folder(downloaded, phantom_dir, tmp_path):
     bundle = downloaded / SEGMENT.name
     image = phantom_dir / json.loads((phantom_dir / "dataset_0.json").read_text())["validation"][0]["image"]
@@ -335,6 +346,7 @@ def test_unpacked_segmentation_bundle_infers_from_any_folder(downloaded, phantom
     assert str(ROOT / "custom") not in result.stdout + result.stderr  # nothing ran from this repository
 
 
+@pytest.mark.slow
 def test_unpacked_pretraining_bundle_infers_from_its_own_folder(downloaded, phantom_dir, tmp_path):
     bundle = downloaded / PRETRAIN.name
     args = ["-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
@@ -387,6 +399,7 @@ def test_safe_extract_refuses_the_whole_archive(tmp_path, entries, links):
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*.txt"))  # nothing written
 
 
+@pytest.mark.slow
 def test_safe_extract_unpacks_a_release(released, tmp_path):
     files = safe_extract(released[SEGMENT.name], tmp_path)
     with zipfile.ZipFile(released[SEGMENT.name]) as archive:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import PRETRAIN, configs
+from helpers import PRETRAIN, configs
 from selfmedhpm.checkpoint import CheckpointError, ResumeFromCheckpoint, load_weights, save_atomic
 
 
@@ -107,6 +107,7 @@ def test_atomic_save_keeps_previous_file_when_writing_fails(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_training_with_iteration(phantom_dir, tmp_path):
     from monai.bundle import ConfigWorkflow
     from selfmedhpm.engine import NonFiniteLossError
@@ -219,7 +220,7 @@ def _segmentation_inference(folder: Path, out: Path, model: Path, env: dict) -> 
     """Runs the segmentation inference bundle (CPU preset) on a folder in a child process; returns its exit code,
     its resident memory in MB after each case (measured by the child when it logs the case, after a garbage
     collection and ``malloc_trim``, so that what the allocator caches does not count) and its stderr."""
-    from conftest import SEGMENT
+    from helpers import SEGMENT
 
     config = str(configs(SEGMENT, "inference.json", "train_cpu.json"))
     script = (
@@ -249,7 +250,7 @@ def test_folder_inference_memory_does_not_grow_per_volume_and_a_bad_case_is_skip
     the next (keeping one case's image and prediction, a few MB here, would show); a truncated file is reported and
     skipped."""
     import nibabel as nib
-    from conftest import SEGMENT
+    from helpers import SEGMENT
     from monai.bundle import ConfigParser
     from selfmedhpm_tools.phantom import generate_case
 

@@ -25,14 +25,16 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import SCHEMA, SEG_TINY, SEGMENT, configs, phantom_set, run_workflow
+from helpers import SCHEMA, SEG_TINY, SEGMENT, configs, phantom_set, run_workflow
 from monai.bundle import ConfigParser, ConfigWorkflow
 from selfmedhpm.checkpoint import BestModelSaver, EpochCheckpointer, ResumeFromCheckpoint, save_atomic
 from selfmedhpm.evaluation import SpacingHausdorffDistanceMetric, summarize, write_reports
-from selfmedhpm.labels import BTCV_CLASSES, TRANSUNET_8_ORGANS, LabelSetError, channel_def, check_label_set
+from selfmedhpm.labels import BTCV_CLASSES, TRANSUNET_8_ORGANS, LabelSetError, check_label_set
 from selfmedhpm.networks import HPMMaskedAutoEncoder
 from selfmedhpm.seg_data import find_images
 from selfmedhpm.transfer import EncoderMismatchError, encoder_state_dict
+from selfmedhpm_tools import label_metadata
+from selfmedhpm_tools.label_metadata import channel_def
 
 CONFIGS = SEGMENT / "configs"
 ORGANS = list(BTCV_CLASSES[1:])
@@ -121,6 +123,17 @@ def test_whole_body_override_and_its_metadata_agree():
     )
     pred = meta["network_data_format"]["outputs"]["pred"]
     assert pred["num_channels"] == len(names) and pred["channel_def"] == channel_def(names)
+
+
+def test_label_metadata_command_writes_the_label_set_of_a_config(tmp_path):
+    out = tmp_path / "metadata.json"
+    argv = ["--config", str(CONFIGS / "whole_body_example.json"), "--metadata", str(CONFIGS / "metadata.json")]
+    assert label_metadata.main(argv + ["--out", str(out)]) == 0
+    written = json.loads(out.read_text())["network_data_format"]["outputs"]["pred"]
+    shipped = ConfigParser.load_config_files(
+        [str(CONFIGS / "metadata.json"), str(CONFIGS / "whole_body_example_metadata.json")]
+    )["network_data_format"]["outputs"]["pred"]
+    assert (written["num_channels"], written["channel_def"]) == (shipped["num_channels"], shipped["channel_def"])
 
 
 def test_summary_ignores_undefined_values_and_reports_both_means(tmp_path):

@@ -22,7 +22,7 @@ import sys
 import numpy as np
 import pytest
 from selfmedhpm_tools import study
-from selfmedhpm_tools.stats import paired_bootstrap_ci, paired_permutation_p
+from selfmedhpm_tools.stats import paired_bootstrap_ci
 
 
 def test_paired_bootstrap_ci_on_fixed_numbers():
@@ -34,7 +34,6 @@ def test_paired_bootstrap_ci_on_fixed_numbers():
     assert paired_bootstrap_ci(a, b, rounds=20_000) == (mean, low, high)  # seeded
     mean, low, high = paired_bootstrap_ci(b, a)
     assert high < 0  # the order of the arms is the sign
-    assert paired_permutation_p(a, b) < 0.05 and paired_permutation_p(b, a) > 0.9
     with pytest.raises(ValueError):
         paired_bootstrap_ci([], [])
 

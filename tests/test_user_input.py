@@ -23,7 +23,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import PRETRAIN, SEGMENT, configs
+from helpers import PRETRAIN, SEGMENT, configs
 from monai.bundle import ConfigParser, ConfigWorkflow
 from selfmedhpm.check_data import DataCheckError
 from selfmedhpm.errors import FlagError, UserInputError, user_error
@@ -176,17 +176,21 @@ def test_check_data_flag_given_as_text(workflow, value, rejected_set, tmp_path):
 
 @pytest.mark.parametrize("value,runs_check", [("false", False), ("0", False), ("True", True), ("1", True)])
 def test_check_data_flag_of_segmentation_inference(value, runs_check, rejected_set, tmp_path):
+    """The header check passes a volume with NaN voxels (it reads no voxels); the voxels are checked once loaded,
+    unless ``check_data`` is false."""
     entry = json.loads((rejected_set / "dataset_0.json").read_text())["training"][0]
     bad = str(rejected_set / entry["image"])
     parser = ConfigParser()
     parser.read_config(configs(SEGMENT, "inference.json", "train_cpu.json"))
     parser.update({"input_file": bad, "check_data": value, "output_dir": str(tmp_path)})
+    assert parser.get_parsed_content("inputs") == [bad]
+    preprocessing = parser.get_parsed_content("preprocessing")
     if runs_check:
         with pytest.raises(Exception) as info:
-            parser.get_parsed_content("inputs")
-        assert "NaN" in str(user_error(info.value))
+            preprocessing({"image": bad})
+        assert isinstance(user_error(info.value), DataCheckError) and "NaN" in str(user_error(info.value))
     else:
-        assert parser.get_parsed_content("inputs") == [bad]
+        assert preprocessing({"image": bad})["image"].ndim == 4
 
 
 @pytest.mark.parametrize("key", ["check_data", "resume"])
@@ -202,6 +206,7 @@ def test_a_flag_that_is_not_a_boolean_is_refused_by_name(key, phantom_dir, tmp_p
     assert isinstance(found, FlagError) and f"--{key} must be true or false" in str(found) and "'maybe'" in str(found)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bundle", [PRETRAIN, SEGMENT])
 def test_override_typo_is_refused_in_both_bundles(bundle, phantom_dir, tmp_path, python_env):
     command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(configs(bundle, "train.json")),
@@ -210,6 +215,37 @@ def test_override_typo_is_refused_in_both_bundles(bundle, phantom_dir, tmp_path,
     assert result.returncode != 0
     last = _last_line(result.stderr)
     assert last.startswith("ERROR unknown config key 'epoch'") and "did you mean 'epochs'?" in last, last
+
+
+ALL_WORKFLOWS = {
+    **{k: v[:3] for k, v in WORKFLOWS.items()},
+    "segmentation inference": (SEGMENT, ("inference.json",), "infer"),
+}
+
+
+@pytest.mark.parametrize("workflow", list(ALL_WORKFLOWS))
+def test_every_workflow_installs_the_error_hook_before_anything_else(workflow):
+    """The one place a bundle run gets its last ``ERROR`` line from (importing the package installs nothing)."""
+    bundle, files, _ = ALL_WORKFLOWS[workflow]
+    parser = ConfigParser()
+    parser.read_config(configs(bundle, *files))
+    assert parser["initialize"][:2] == [
+        "$selfmedhpm.errors.install_excepthook()",
+        "$selfmedhpm.bundle.check_overrides()",
+    ]
+
+
+def test_importing_the_package_leaves_the_excepthook_alone(python_env):
+    """A host process (MONAI Label, a notebook, another program) that imports every runtime module keeps its own
+    excepthook."""
+    code = (
+        "import sys\nhook = sys.excepthook\nimport importlib, selfmedhpm\n"
+        "for name in sorted(selfmedhpm._SUBMODULES):\n    importlib.import_module('selfmedhpm.' + name)\n"
+        "print(sys.excepthook is hook, len(selfmedhpm._SUBMODULES))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], env=python_env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[0] == "True", result.stdout
 
 
 def test_user_errors_share_one_base():

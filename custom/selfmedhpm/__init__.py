@@ -25,7 +25,7 @@ package :mod:`selfmedhpm_tools`, which imports this one and is never imported by
 - :mod:`selfmedhpm.inferers`: mixed precision, the same way in both bundles.
 - :mod:`selfmedhpm.transfer`, :mod:`selfmedhpm.checkpoint`: encoder export, strict loading into UNETR, atomic
   checkpoints (resumable epochs; the best model of the segmentation bundle).
-- :mod:`selfmedhpm.check_data`, :mod:`selfmedhpm.datalist`: data checks with clear messages; datalists of your data.
+- :mod:`selfmedhpm.check_data`: data checks with clear messages.
 - :mod:`selfmedhpm.labels`, :mod:`selfmedhpm.evaluation`, :mod:`selfmedhpm.seg_data`: the segmentation bundle's
   label sets, evaluation reports and inputs.
 - :mod:`selfmedhpm.bundle`, :mod:`selfmedhpm.handlers`, :mod:`selfmedhpm.tracking`, :mod:`selfmedhpm.visualize`:
@@ -39,8 +39,6 @@ __version__ = "0.1.0"
 import importlib
 from typing import Any
 
-from selfmedhpm.errors import install_excepthook
-
 _SUBMODULES = {
     "bundle",
     "check_data",
@@ -51,7 +49,6 @@ _SUBMODULES = {
     "losses",
     "masking",
     "networks",
-    "datalist",
     "optim",
     "transfer",
     "visualize",
@@ -67,8 +64,6 @@ _SUBMODULES = {
     "inferers",
     "views",
 }
-
-install_excepthook()  # a run that fails on the user's input ends with one line naming the file and the problem
 
 
 def __getattr__(name: str) -> Any:

@@ -10,7 +10,13 @@
 # limitations under the License.
 
 """Small helpers that the bundles' configs call: where the bundle lives, the data list, the default device, unknown
-override keys. The rank and config flags are :mod:`selfmedhpm.utils`'s."""
+override keys. The rank and config flags are :mod:`selfmedhpm.utils`'s.
+
+Where the bundle lives and which overrides a run was given are read from the ``monai.bundle`` workflow being run,
+found on the call stack, whether it was started on the command line (``python -m monai.bundle run``, ``torchrun -m
+monai.bundle run``) or from Python (``monai.bundle.run(...)``, as the demo, the study and MONAI Label do), not from
+``sys.argv``.
+"""
 
 from __future__ import annotations
 
@@ -19,58 +25,93 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import torch
+from selfmedhpm.check_data import DataCheckError, Problem, datalist_path, load_datalist_checked
 from selfmedhpm.errors import UserInputError
 from selfmedhpm.utils import rank
 
 __all__ = [
-    "bundle_root", "datalist", "pretraining_splits", "log_pretraining_splits", "default_device", "check_overrides",
-    "UnknownConfigKeyError",
+    "bundle_root", "running_workflow", "datalist", "pretraining_splits", "log_pretraining_splits", "default_device",
+    "check_overrides", "UnknownConfigKeyError",
 ]  # fmt: skip
 
 logger = logging.getLogger("selfmedhpm.bundle")
 
 
-def _config_files(argv: Sequence[str]) -> list[str]:
-    for i, arg in enumerate(argv):
-        value = None
-        if arg == "--config_file" and i + 1 < len(argv):
-            value = argv[i + 1]
-        elif arg.startswith("--config_file="):
-            value = arg.split("=", 1)[1]
-        if value is not None:
-            if value.strip().startswith("["):
-                return [str(v) for v in ast.literal_eval(value)]
-            return [v for v in value.split(",") if v]
-    return []
+def _as_files(value: object) -> list[str]:
+    """``config_file`` as MONAI takes it: a path, a list of paths, ``"['a.json','b.json']"`` or ``"a.json,b.json"``."""
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value]
+    text = str(value).strip()
+    if text.startswith("["):
+        return [str(v) for v in ast.literal_eval(text)]
+    return [v for v in text.split(",") if v] if not os.path.isfile(text) else [text]
 
 
-def bundle_root(argv: Sequence[str] | None = None) -> str:
-    """The bundle folder of the running config: the parent of the ``configs/`` folder of the first
-    ``--config_file`` on the command line, else the current folder (the model zoo's ``"."``).
+def _calling_frame(found: Callable[[FrameType], bool]) -> FrameType | None:
+    """The innermost frame of this call's stack for which ``found`` is true."""
+    frame = sys._getframe(2)
+    while frame is not None and not found(frame):
+        frame = frame.f_back
+    return frame
 
-    So ``python -m monai.bundle run --config_file bundles/X/configs/train.json`` writes to ``bundles/X/models`` from
-    any working folder; ``--bundle_root`` overrides it, as MONAI Label does.
+
+def running_workflow() -> tuple[list[str], dict[str, Any]] | None:
+    """The config files and the other arguments (run options and ``key: value`` overrides) of the ``monai.bundle``
+    run that this process is initialising, or None outside ``initialize`` or outside such a run (a ``ConfigWorkflow``
+    built directly).
+
+    Read from the frame of MONAI's ``create_workflow``, which creates and initialises the workflow of
+    ``python -m monai.bundle run``, ``monai.bundle.run(...)`` and ``run_workflow``, so overrides given in Python are
+    seen as those given on the command line or in an ``--args_file``.
+    """
+    from monai.bundle import scripts
+
+    frame = _calling_frame(lambda f: f.f_code is scripts.create_workflow.__code__)
+    if frame is None:
+        return None
+    return _as_files(frame.f_locals.get("config_file")), dict(frame.f_locals.get("_args") or {})
+
+
+def bundle_root(config_files: Sequence[str] | None = None) -> str:
+    """The bundle folder of the running config: the parent of the ``configs/`` folder of its first config file (the
+    folder MONAI's ``ConfigWorkflow`` puts on ``sys.path``), else the current folder (the model zoo's ``"."``).
+
+    So ``python -m monai.bundle run --config_file bundles/X/configs/train.json`` and ``monai.bundle.run`` (or a
+    ``ConfigWorkflow``) with the same file write to ``bundles/X/models`` from any working folder; ``--bundle_root``
+    overrides it, as MONAI Label does.
+
+    Args:
+        config_files: the config files; by default those of the ``ConfigWorkflow`` whose expressions are being
+            evaluated (found on the call stack).
 
     Examples::
 
-        >>> bundle_root(["run", "--config_file", "['b/configs/train.json', 'b/configs/x.json']"]).endswith("b")
+        >>> bundle_root(["b/configs/train.json", "b/configs/x.json"]).endswith("b")
         True
     """
-    files = _config_files(sys.argv if argv is None else argv)
-    if files:
-        config_dir = Path(files[0]).resolve().parent
+    if config_files is None:
+        from monai.bundle import ConfigWorkflow
+
+        frame = _calling_frame(lambda f: isinstance(f.f_locals.get("self"), ConfigWorkflow))
+        config_files = [] if frame is None else [str(Path(frame.f_locals["self"].config_root_path) / "_")]
+    if config_files:
+        config_dir = Path(config_files[0]).resolve().parent
         return str(config_dir.parent if config_dir.name == "configs" else config_dir)
     return os.path.abspath(".")
 
 
 def datalist(dataset_dir: str, datalist_file: str | None, split: str | Sequence[str], labels: bool = True) -> list:
     """Entries of ``split`` (or several splits joined) of a BTCV-style data list, paths made absolute under
-    ``dataset_dir``. ``datalist_file`` defaults to ``dataset_dir/dataset_0.json``; a relative file name is looked
-    up under ``dataset_dir`` when it does not exist as given. With ``labels=False`` only the image is kept.
+    ``dataset_dir``. ``datalist_file`` as :func:`~selfmedhpm.check_data.datalist_path` finds it (default
+    ``dataset_dir/dataset_0.json``). With ``labels=False`` only the image is kept.
 
     The file is checked before anything else reads it: a missing, empty or malformed file, a missing split, an entry
     without an image (or label) and files that do not exist raise
@@ -88,9 +129,8 @@ def datalist(dataset_dir: str, datalist_file: str | None, split: str | Sequence[
         is not valid JSON: Expecting property name enclosed in double quotes at line 1 column 36
     """
     from monai.data import load_decathlon_datalist
-    from selfmedhpm.check_data import DataCheckError, Problem, load_datalist_checked
 
-    datalist_file = _datalist_path(dataset_dir, datalist_file)
+    datalist_file = datalist_path(dataset_dir, datalist_file)
     splits = [split] if isinstance(split, str) else list(split)
     if not os.path.isdir(dataset_dir):
         raise DataCheckError([Problem(str(dataset_dir), "dataset folder not found (--dataset_dir)")], datalist_file)
@@ -121,19 +161,11 @@ def datalist(dataset_dir: str, datalist_file: str | None, split: str | Sequence[
     return entries
 
 
-def _datalist_path(dataset_dir: str, datalist_file: str | None) -> str:
-    if not datalist_file:
-        return os.path.join(dataset_dir, "dataset_0.json")
-    if not os.path.isfile(datalist_file) and os.path.isfile(os.path.join(dataset_dir, datalist_file)):
-        return os.path.join(dataset_dir, datalist_file)
-    return datalist_file
-
-
 def _read_splits(dataset_dir: str, datalist_file: str | None) -> dict[str, int]:
     """Split name -> number of entries of each list of images in the data list ({} when it cannot be read: the
     data check reports why)."""
     try:
-        with open(_datalist_path(dataset_dir, datalist_file), encoding="utf-8") as f:
+        with open(datalist_path(dataset_dir, datalist_file), encoding="utf-8") as f:
             data = json.load(f)
     except (OSError, ValueError):
         return {}
@@ -200,6 +232,7 @@ _RUN_ARGS = {
     "workflow_type", "workflow_name", "properties_path", "bundle_root", "net_id", "filepath", "ckpt_file",
     "key_in_ckpt",
 }  # fmt: skip
+"""Arguments of ``monai.bundle`` commands that are not config keys."""
 
 
 class UnknownConfigKeyError(UserInputError, KeyError):
@@ -222,9 +255,24 @@ def _config_ids(config: object, prefix: str = "") -> set[str]:
     return ids
 
 
-def check_overrides(argv: Sequence[str] | None = None) -> bool:
-    """Refuses ``--key value`` overrides of ``monai.bundle run`` that name no key of its config files: MONAI
-    silently adds such a key, so a typo (``--epoch 5``) would otherwise be ignored. Call it from ``initialize``.
+def _tracking_ids(tracking: object) -> set[str]:
+    """Top-level ids that ``tracking`` (a name such as "mlflow", a settings file or a settings dict) adds."""
+    from selfmedhpm.tracking import tracking_config_ids
+
+    if isinstance(tracking, dict):
+        return {str(k) for k in tracking.get("configs", {}) if k not in tracking.get("handlers_id", {})}
+    return tracking_config_ids(["--tracking", str(tracking)]) if tracking else set()
+
+
+def check_overrides(config_files: Sequence[str] | None = None, overrides: Mapping[str, Any] | None = None) -> bool:
+    """Refuses overrides of a ``monai.bundle`` run that name no key of its config files: MONAI silently adds such a
+    key, so a typo (``--epoch 5``, or ``monai.bundle.run(..., epoch=5)``) would otherwise be ignored. The bundles call
+    it from ``initialize``.
+
+    Args:
+        config_files: the run's config files; by default those of the running workflow (:func:`running_workflow`).
+        overrides: ``{key: value}`` overrides and run options; by default those of the running workflow. Nothing is
+            checked when neither is given and no workflow is running.
 
     Raises:
         UnknownConfigKeyError: naming the key, the config files and the closest existing keys.
@@ -234,31 +282,33 @@ def check_overrides(argv: Sequence[str] | None = None) -> bool:
         >>> import json, tempfile
         >>> path = tempfile.mktemp(suffix=".json")
         >>> _ = open(path, "w").write(json.dumps({"epochs": 1}))
-        >>> check_overrides(["run", "--config_file", path, "--epochs", "3"])
+        >>> check_overrides([path], {"epochs": 3})
         True
         >>> try:
-        ...     check_overrides(["run", "--config_file", path, "--epoch", "3"])
+        ...     check_overrides([path], {"epoch": 3})
         ... except KeyError as e:
         ...     print(str(e).split(" in ")[0], str(e).split("; ")[-1])
-        unknown config key 'epoch' (from --epoch) did you mean 'epochs'?
+        unknown config key 'epoch' did you mean 'epochs'?
     """
     import difflib
 
     from monai.bundle import ConfigParser
-    from selfmedhpm.tracking import tracking_config_ids
 
-    argv = list(sys.argv if argv is None else argv)
-    files = _config_files(argv)
+    if config_files is None or overrides is None:
+        running = running_workflow()
+        if running is None:
+            return True
+        config_files = running[0] if config_files is None else config_files
+        overrides = running[1] if overrides is None else overrides
+    files = [str(f) for f in config_files]
     if not files:
         return True
-    known = _config_ids(ConfigParser.load_config_files(files)) | {"_meta_"} | tracking_config_ids(argv)
-    for arg in argv:
-        if not arg.startswith("--"):
-            continue
-        key = arg[2:].split("=", 1)[0].replace("::", "#")
+    known = _config_ids(ConfigParser.load_config_files(files)) | {"_meta_"} | _tracking_ids(overrides.get("tracking"))
+    for name in overrides:
+        key = str(name).replace("::", "#")
         if key in _RUN_ARGS or key.startswith("_meta_") or key in known:
             continue
         close = difflib.get_close_matches(key, sorted(known), n=3)
         hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-        raise UnknownConfigKeyError(f"unknown config key {key!r} (from --{key}) in {', '.join(files)}{hint}")
+        raise UnknownConfigKeyError(f"unknown config key {key!r} in {', '.join(files)}{hint}")
     return True

@@ -13,8 +13,8 @@
 
 Every problem found is reported, not only the first, each naming the file as the user (or the datalist) wrote it,
 what is wrong and what is expected. Headers are read first; voxel data is loaded only for labels (values) and,
-with ``check_intensity``, for images (NaN/Inf and Hounsfield-unit checks), one volume at a time.
-With ``check_intensity=False`` a truncated ``.nii.gz`` image may pass, since its voxels are never decompressed.
+with ``check_intensity``, for images (NaN/Inf and Hounsfield-unit checks), one volume at a time. Without it an image
+is not decompressed: a cut-off ``.nii.gz`` is found from its gzip trailer, a NRRD from its header.
 
 Usage::
 
@@ -31,11 +31,11 @@ import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import nibabel as nib
 import numpy as np
-from selfmedhpm.errors import UserInputError
+from selfmedhpm.errors import UserInputError, install_excepthook
 
 logger = logging.getLogger("selfmedhpm.check_data")
 
@@ -234,11 +234,72 @@ def _open_nifti(path: str) -> _Volume:
         raise _ReadError(reason)
     img = nib.load(path)
     shape = tuple(int(s) for s in img.shape)
-    if path.lower().endswith(".nii"):
-        need = int(img.header.get_data_offset()) + int(np.prod(shape)) * img.get_data_dtype().itemsize
-        if os.path.getsize(path) < need:
-            raise _ReadError(f"cannot be read: file is truncated ({os.path.getsize(path)} of {need} bytes)")
+    need = int(img.dataobj.offset) + int(np.prod(shape)) * img.get_data_dtype().itemsize  # header + voxels
+    if path.lower().endswith(".nii") and os.path.getsize(path) < need:
+        raise _ReadError(f"cannot be read: file is truncated ({os.path.getsize(path)} of {need} bytes)")
+    if path.lower().endswith(".gz") and not _gzip_holds(path, need):
+        raise _ReadError("cannot be read: file is truncated (its compressed data ends early)")
     return _Volume(shape, np.asarray(img.affine, dtype=float), lambda: np.asanyarray(img.dataobj))
+
+
+def _gzip_holds(path: str, size: int) -> bool:
+    """Whether a gzip file decompresses to at least ``size`` bytes, without decompressing it when its trailer (the
+    uncompressed size modulo 2**32, the last 4 bytes) already says so; a cut-off file ends in other bytes."""
+    with open(path, "rb") as f:
+        f.seek(-4, os.SEEK_END)
+        if int.from_bytes(f.read(4), "little") == size % 2**32:
+            return True
+    try:  # a trailer that does not match (several gzip members, padding): read the stream through once
+        with gzip.open(path, "rb") as g:
+            total = sum(len(chunk) for chunk in iter(lambda: g.read(1 << 20), b""))
+    except (OSError, EOFError):
+        return False
+    return total >= size
+
+
+NRRD_TO_RAS: dict[str, tuple[float, float, float]] = {
+    "right-anterior-superior": (1.0, 1.0, 1.0),
+    "left-anterior-superior": (-1.0, 1.0, 1.0),
+    "left-posterior-superior": (-1.0, -1.0, 1.0),
+}
+"""NRRD patient spaces -> the signs that turn their world axes into RAS (``-time`` variants and the abbreviations
+``RAS``, ``LAS``, ``LPS`` alike); a NRRD without ``space`` is read as LPS, as MONAI does."""
+
+
+def nrrd_space_flip(space: str | None) -> tuple[float, float, float] | None:
+    """The RAS signs of a NRRD ``space`` field, None for a space with no patient orientation (``scanner-xyz``,
+    ``3D-right-handed``, ...), which the bundles cannot orient.
+
+    Examples:
+        >>> nrrd_space_flip("right-anterior-superior"), nrrd_space_flip("LPS"), nrrd_space_flip("scanner-xyz")
+        ((1.0, 1.0, 1.0), (-1.0, -1.0, 1.0), None)
+    """
+    name = str(space or "left-posterior-superior").strip().lower().removesuffix("-time")
+    words = {"r": "right", "l": "left", "a": "anterior", "p": "posterior", "s": "superior"}
+    if len(name) == 3 and all(c in words for c in name):
+        name = "-".join(words[c] for c in name)
+    return NRRD_TO_RAS.get(name)
+
+
+def _open_nrrd(path: str) -> _Volume:
+    """A NRRD's header only (``nrrd.read_header``): shape, and the affine in RAS as MONAI's reader gives it."""
+    import nrrd
+
+    header = nrrd.read_header(path)
+    flip = nrrd_space_flip(header.get("space"))
+    if flip is None:
+        raise _ReadError(
+            f"NRRD space {header.get('space')!r} has no patient orientation; expected one of "
+            f"{', '.join(NRRD_TO_RAS)} (re-save the volume in one of them)"
+        )
+    shape = tuple(int(s) for s in header["sizes"])
+    affine = np.eye(4)
+    directions = header.get("space directions")
+    if directions is not None and len(shape) == 3:
+        affine[:3, :3] = np.asarray(directions, dtype=float).T
+        affine[:3, 3] = np.asarray(header.get("space origin", np.zeros(3)), dtype=float)
+    affine = np.diag([*flip, 1.0]) @ affine
+    return _Volume(shape, affine, lambda: nrrd.read(path)[0])
 
 
 def _open_with_monai(path: str) -> _Volume:
@@ -261,7 +322,9 @@ def _open_volume(path: str, shown: str) -> _Volume:
         suffix = os.path.splitext(name)[1] or "none"
         raise _ReadError(f"is not a medical image file (suffix {suffix!r}); {EXPECTED_FORMATS}")
     try:
-        return _open_nifti(path) if is_nifti else _open_with_monai(path)
+        if is_nifti:
+            return _open_nifti(path)
+        return _open_nrrd(path) if name.endswith(".nrrd") else _open_with_monai(path)
     except _ReadError:
         raise
     except Exception as e:  # any reader failure is a data problem, reported without a traceback
@@ -350,8 +413,18 @@ def _label_problems(data: np.ndarray, num_classes: int | None) -> list[tuple[str
     return found
 
 
+def intensity_problems(data: np.ndarray, shown: str) -> list[Problem]:
+    """NaN/Inf voxels (errors) and intensities that do not look like CT Hounsfield units (warnings) of the voxels of
+    ``shown``: what the data check reads images for, also run on the volume a pipeline has already loaded.
+
+    Examples:
+        >>> [str(p) for p in intensity_problems(np.array([0.0, np.nan, 1.0]), "ct.nii.gz")][0]
+        'ERROR  ct.nii.gz: contains 1 NaN and 0 Inf voxels; expected finite intensities'
+    """
+    return [Problem(shown, msg, severity) for severity, msg in _intensity_problems(np.asarray(data))]
+
+
 def _intensity_problems(data: np.ndarray) -> list[tuple[str, str]]:
-    """NaN/Inf voxels (errors) and intensities that do not look like CT Hounsfield units (warnings)."""
     found = []
     if data.dtype.kind == "f":
         n_nan, n_inf = int(np.count_nonzero(np.isnan(data))), int(np.count_nonzero(np.isinf(data)))
@@ -375,10 +448,9 @@ def _check_image(path: str, shown: str, check_intensity: bool) -> tuple[list[Pro
         reason = _dims_problem(vol.shape)
         if reason:
             return [Problem(shown, reason)], None
-        found = _intensity_problems(_load(vol)) if check_intensity else []
+        return (intensity_problems(_load(vol), shown) if check_intensity else []), vol
     except _ReadError as e:
         return [Problem(shown, str(e))], None
-    return [Problem(shown, msg, sev) for sev, msg in found], vol
 
 
 def _check_label(path: str, shown: str, image: str, img: _Volume | None, num_classes: int | None) -> list[Problem]:
@@ -408,53 +480,25 @@ def _run_all(fn: Callable[[Any], list[Problem]], items: Sequence[Any], max_worke
 # ----------------------------------------------------------------------------------------------- public API
 
 
-@dataclass(frozen=True)
-class _DatasetCheck:
-    """The options of one check_dataset run; ``run`` returns (problems, cases checked, datalist path used)."""
+def datalist_path(dataset_dir: str, datalist: str | None = None) -> str:
+    """The data list a run or a check reads: ``dataset_dir/dataset_0.json`` by default; a relative name that is not a
+    file as given but is one under ``dataset_dir`` is taken from there; else the path as given (a missing file is
+    then named as the user wrote it).
 
-    splits: Sequence[str]
-    num_classes: int | None
-    require_labels: bool
-    keys: tuple[str, str]
-    check_intensity: bool
-    max_workers: int
-
-    def run(self, dataset_dir: str, datalist: str | None) -> tuple[list[Problem], int, str]:
-        if not os.path.isdir(dataset_dir):
-            what = "is not a directory" if os.path.exists(dataset_dir) else "does not exist"
-            return [Problem(dataset_dir, f"dataset directory {what}")], 0, dataset_dir
-        datalist = _datalist_file(dataset_dir, datalist)
-        splits = self.splits.split(",") if isinstance(self.splits, str) else self.splits  # "training,validation"
-        try:
-            data = load_datalist_checked(datalist, splits, self.keys[0])
-        except DataCheckError as e:
-            return e.problems, 0, datalist
-        cases, problems = _cases(data, splits, self.keys, self.require_labels)
-        problems += _run_all(lambda case: self.check_case(dataset_dir, case), cases, self.max_workers)
-        return problems, len(cases), datalist
-
-    def check_case(self, root: str, case: tuple[str, str | None]) -> list[Problem]:
-        image, label = case
-        problems, vol = _check_image(os.path.join(root, image), image, self.check_intensity)
-        if label is not None:
-            problems += _check_label(os.path.join(root, label), label, image, vol, self.num_classes)
-        return problems
-
-
-def _datalist_file(dataset_dir: str, datalist: str | None) -> str:
-    """The datalist a check reads: ``dataset_dir/dataset_0.json`` by default; a relative path that does not exist
-    as given is taken relative to ``dataset_dir``."""
-    if datalist is None:
+    Examples:
+        >>> datalist_path("/data/btcv"), datalist_path("/data/btcv", "/lists/mine.json")
+        ('/data/btcv/dataset_0.json', '/lists/mine.json')
+    """
+    if not datalist:
         return os.path.join(dataset_dir, "dataset_0.json")
-    if not os.path.exists(datalist) and not os.path.isabs(datalist):
+    if not os.path.isfile(datalist) and os.path.isfile(os.path.join(dataset_dir, datalist)):
         return os.path.join(dataset_dir, datalist)
     return datalist
 
 
-def check_dataset(
-    dataset_dir: str,
-    datalist: str | None = None,
-    splits: Sequence[str] = ("training", "validation"),
+def check_entries(
+    splits: Mapping[str, Sequence[Any]],
+    dataset_dir: str = "",
     num_classes: int | None = 14,
     require_labels: bool = True,
     image_key: str = "image",
@@ -462,26 +506,86 @@ def check_dataset(
     check_intensity: bool = True,
     max_workers: int = 1,
 ) -> list[Problem]:
+    """Check data-list entries, split by split, and return every problem found (errors and warnings); never raises
+    for data. The primitive of :func:`check_dataset` (entries read from a data list file); the segmentation bundle
+    runs it on the lists its workflow will read (``train#dataset#data``, or what MONAI Label passes there).
+
+    Args:
+        splits: ``{split name: entries}``; an entry is ``{image_key: path, label_key: path}`` or an image path.
+        dataset_dir: folder relative paths are taken under (absolute paths are used as they are).
+        num_classes: label values must lie in ``0..num_classes-1``; None skips the range check.
+        require_labels: whether entries (outside a split named ``"test"``) must name a label file.
+        image_key: entry key of the image path.
+        label_key: entry key of the label path.
+        check_intensity: load the images to look for NaN/Inf voxels and non-HU intensities.
+        max_workers: threads checking cases in parallel.
+
+    Examples:
+        >>> [str(p) for p in check_entries({"training": [{"image": "/no/img.nii.gz", "label": "/no/lab.nii.gz"}]})]
+        ['ERROR  /no/img.nii.gz: file not found', 'ERROR  /no/lab.nii.gz: file not found']
+    """
+    if not any(splits.values()):
+        return [Problem("(data list)", "no cases: the list of entries is empty")]
+    cases, problems = _cases(splits, list(splits), (image_key, label_key), require_labels)
+
+    def check_case(case: tuple[str, str | None]) -> list[Problem]:
+        image, label = case
+        found, vol = _check_image(os.path.join(dataset_dir, image), image, check_intensity)
+        if label is not None:
+            found += _check_label(os.path.join(dataset_dir, label), label, image, vol, num_classes)
+        return found
+
+    return problems + _run_all(check_case, cases, max_workers)
+
+
+def _check_dataset(
+    dataset_dir: str, datalist: str | None, splits: Sequence[str] | str, **check_args: Any
+) -> tuple[list[Problem], int]:
+    """:func:`check_dataset`'s problems and the number of cases it checked."""
+    if not os.path.isdir(dataset_dir):
+        what = "is not a directory" if os.path.exists(dataset_dir) else "does not exist"
+        return [Problem(dataset_dir, f"dataset directory {what}")], 0
+    splits = splits.split(",") if isinstance(splits, str) else list(splits)  # "training,validation"
+    keys = (check_args.get("image_key", "image"), check_args.get("label_key", "label"))
+    try:
+        data = load_datalist_checked(datalist_path(dataset_dir, datalist), splits, keys[0])
+    except DataCheckError as e:
+        return e.problems, 0
+    chosen = {split: data[split] for split in splits}
+    cases = _cases(chosen, splits, keys, check_args.get("require_labels", True))[0]
+    return check_entries(chosen, dataset_dir, **check_args), len(cases)
+
+
+def check_dataset(
+    dataset_dir: str,
+    datalist: str | None = None,
+    splits: Sequence[str] = ("training", "validation"),
+    **check_args: Any,
+) -> list[Problem]:
     """Check a BTCV-layout data set and return every problem found (errors and warnings); never raises for data.
 
     Args:
         dataset_dir: folder holding the datalist and the images/labels its entries name (relative paths).
-        datalist: datalist JSON; defaults to ``dataset_dir/dataset_0.json``; a relative path that does not exist
-            as given is resolved against ``dataset_dir``.
+        datalist: datalist JSON; defaults to ``dataset_dir/dataset_0.json`` (see :func:`datalist_path`).
         splits: datalist splits to check; labels are never required in a split named ``"test"``.
-        num_classes: label values must lie in ``0..num_classes-1``; None skips the range check.
-        require_labels: whether entries (outside ``"test"``) must name a label file.
-        image_key: datalist key of the image path.
-        label_key: datalist key of the label path.
-        check_intensity: load the images to look for NaN/Inf voxels and non-HU intensities.
-        max_workers: threads checking cases in parallel.
+        check_args: the options of :func:`check_entries` (``num_classes`` 14, ``require_labels``,
+            ``check_intensity``, ``max_workers``, ...).
 
     Examples:
         >>> check_dataset("/no/such/dir")
         [Problem(path='/no/such/dir', message='dataset directory does not exist', severity='error')]
     """
-    check = _DatasetCheck(splits, num_classes, require_labels, (image_key, label_key), check_intensity, max_workers)
-    return check.run(dataset_dir, datalist)[0]
+    return _check_dataset(dataset_dir, datalist, splits, **check_args)[0]
+
+
+def _raise_errors(problems: list[Problem], source: str) -> list[Problem]:
+    """Logs the warnings among ``problems`` and returns them; raises DataCheckError when there is any error."""
+    warnings = [p for p in problems if p.severity != "error"]
+    for p in warnings:
+        logger.warning("%s", p)
+    if len(warnings) < len(problems):
+        raise DataCheckError(problems, source)
+    return warnings
 
 
 def validate_dataset(dataset_dir: str, datalist: str | None = None, **check_args: Any) -> list[Problem]:
@@ -492,7 +596,7 @@ def validate_dataset(dataset_dir: str, datalist: str | None = None, **check_args
         datalist: as for :func:`check_dataset`.
         check_args: the other arguments of :func:`check_dataset` (``splits``, ``num_classes``, ...).
 
-    Bundles call this from their ``initialize`` list.
+    The pretraining bundle calls this from its ``initialize`` list.
 
     Examples:
         >>> validate_dataset("/no/such/dir")
@@ -501,15 +605,24 @@ def validate_dataset(dataset_dir: str, datalist: str | None = None, **check_args
         selfmedhpm.check_data.DataCheckError: data check failed: 1 problem in /no/such/dir
           ERROR  /no/such/dir: dataset directory does not exist
     """
-    problems = check_dataset(dataset_dir, datalist, **check_args)
-    warnings = [p for p in problems if p.severity != "error"]
-    for p in warnings:
-        logger.warning("%s", p)
-    if len(warnings) < len(problems):
-        raise DataCheckError(
-            problems, _datalist_file(dataset_dir, datalist) if os.path.isdir(dataset_dir) else dataset_dir
-        )
-    return warnings
+    source = datalist_path(dataset_dir, datalist) if os.path.isdir(dataset_dir) else dataset_dir
+    return _raise_errors(check_dataset(dataset_dir, datalist, **check_args), source)
+
+
+def validate_entries(
+    splits: Mapping[str, Sequence[Any]], source: str = "the data lists of this run", **check_args: Any
+) -> list[Problem]:
+    """Run :func:`check_entries`, log its warnings, raise DataCheckError naming ``source`` if it found any error;
+    return the warnings. The segmentation bundle calls this from its ``initialize`` list.
+
+    Examples:
+        >>> try:
+        ...     validate_entries({"validation": [{"image": "/no/img.nii.gz", "label": "/no/lab.nii.gz"}]})
+        ... except DataCheckError as e:
+        ...     print(e.problems[0])
+        ERROR  /no/img.nii.gz: file not found
+    """
+    return _raise_errors(check_entries(splits, **check_args), source)
 
 
 def check_image_files(paths: Sequence[str], check_intensity: bool = True, max_workers: int = 1) -> list[Problem]:
@@ -525,40 +638,6 @@ def check_image_files(paths: Sequence[str], check_intensity: bool = True, max_wo
         ['ERROR  scan.png: file not found']
     """
     return _run_all(lambda p: _check_image(p, p, check_intensity)[0], list(paths), max_workers)
-
-
-# ----------------------------------------------------------------------------------------------- CLI
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line entry: print every problem and a summary; exit 0 (no errors), 1 (errors) or 2 (usage)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m selfmedhpm.check_data", description="Check a BTCV-layout data set."
-    )
-    parser.add_argument("--dataset_dir", required=True, help="folder with dataset_0.json, imagesTr/, labelsTr/")
-    parser.add_argument("--datalist", default=None, help="datalist JSON (default: DATASET_DIR/dataset_0.json)")
-    parser.add_argument("--splits", default="training,validation", help="comma-separated datalist splits")
-    parser.add_argument("--num_classes", type=int, default=14, help="label values must lie in 0..N-1")
-    parser.add_argument("--no-labels", dest="require_labels", action="store_false", help="do not require labels")
-    parser.add_argument("--no-intensity", dest="check_intensity", action="store_false", help="skip image voxels")
-    parser.add_argument("--max_workers", type=int, default=1, help="threads checking cases in parallel")
-    args = parser.parse_args(argv)
-    splits = [s.strip() for s in args.splits.split(",") if s.strip()]
-    if not splits or args.num_classes < 1:
-        parser.error("--splits must name at least one split and --num_classes must be >= 1")
-    keys = ("image", "label")
-    check = _DatasetCheck(splits, args.num_classes, args.require_labels, keys, args.check_intensity, args.max_workers)
-    problems, n_cases, _ = check.run(args.dataset_dir, args.datalist)
-    for p in problems:
-        print(p)
-    n_err = sum(p.severity == "error" for p in problems)
-    summary = f"{_plural(n_err, 'error')}, {_plural(len(problems) - n_err, 'warning')}"
-    print(f"{summary} in {_plural(n_cases, 'case')} checked")
-    return 1 if n_err else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
 
 
 def usable_images(paths: Sequence[str], check_intensity: bool = True, max_workers: int = 1) -> list[str]:
@@ -582,3 +661,39 @@ def usable_images(paths: Sequence[str], check_intensity: bool = True, max_worker
     if not good:
         raise DataCheckError(problems or [Problem("(inputs)", "no input images given")], "the inference inputs")
     return good
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line entry: print every problem and a summary; exit 0 (no errors), 1 (errors) or 2 (usage)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m selfmedhpm.check_data", description="Check a BTCV-layout data set."
+    )
+    parser.add_argument("--dataset_dir", required=True, help="folder with dataset_0.json, imagesTr/, labelsTr/")
+    parser.add_argument("--datalist", default=None, help="datalist JSON (default: DATASET_DIR/dataset_0.json)")
+    parser.add_argument("--splits", default="training,validation", help="comma-separated datalist splits")
+    parser.add_argument("--num_classes", type=int, default=14, help="label values must lie in 0..N-1")
+    parser.add_argument("--no-labels", dest="require_labels", action="store_false", help="do not require labels")
+    parser.add_argument("--no-intensity", dest="check_intensity", action="store_false", help="skip image voxels")
+    parser.add_argument("--max_workers", type=int, default=1, help="threads checking cases in parallel")
+    args = parser.parse_args(argv)
+    splits = [s.strip() for s in args.splits.split(",") if s.strip()]
+    if not splits or args.num_classes < 1:
+        parser.error("--splits must name at least one split and --num_classes must be >= 1")
+    problems, n_cases = _check_dataset(
+        args.dataset_dir, args.datalist, splits, num_classes=args.num_classes, require_labels=args.require_labels,
+        check_intensity=args.check_intensity, max_workers=args.max_workers,
+    )  # fmt: skip
+    for p in problems:
+        print(p)
+    n_err = sum(p.severity == "error" for p in problems)
+    summary = f"{_plural(n_err, 'error')}, {_plural(len(problems) - n_err, 'warning')}"
+    print(f"{summary} in {_plural(n_cases, 'case')} checked")
+    return 1 if n_err else 0
+
+
+if __name__ == "__main__":
+    install_excepthook()  # this process is the command: a user error ends it with one ERROR line
+    sys.exit(main())

@@ -76,10 +76,11 @@ class HPMTrainer(SupervisedTrainer):
         teacher_passes: R, the masked passes of the ``"masked"`` view. Defaults to 4.
         teacher_precision: precision of the teacher pass: "fp32", "bf16"/"fp16" (autocast) where the hardware has
             it, or "int8" (a :class:`~selfmedhpm.quant.Int8Teacher` shadow of the EMA weights, for CPUs with int8
-            dot products but no fast bf16; see :func:`~selfmedhpm.quant.default_teacher_precision`). Defaults to
-            "fp32". The teacher only ranks patches, so its precision changes which patches are hard at the margin
-            only (``make bench`` reports the overlap of the hard sets against fp32). The int8 shadow has no
-            reconstructor, so it serves the ``"full"`` and ``"masked"`` views only.
+            dot products but no fast bf16; never a default, as its masks depend on the CPU). Defaults to "fp32"
+            (the pretraining bundle: the student's precision). The teacher only ranks patches, so its precision
+            changes which patches are hard at the margin only (``make bench`` reports the overlap of the hard sets
+            against fp32). The int8 shadow has no reconstructor, so it serves the ``"full"`` and ``"masked"`` views
+            only.
         teacher_refresh_interval: with ``teacher_precision="int8"``, re-quantise from the EMA weights every this many
             iterations, counted from each epoch's start (so a run resumed from an epoch checkpoint re-quantises
             at the same iterations as an uninterrupted one).

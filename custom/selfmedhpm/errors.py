@@ -13,8 +13,10 @@
 
 MONAI's config parser wraps an exception raised while a config expression is evaluated in a ``RuntimeError`` ("Failed
 to evaluate ConfigExpression ..."), so the message that names the user's file ends up in the middle of a long
-traceback. :func:`install_excepthook` (run when :mod:`selfmedhpm` is imported) keeps the traceback and prints the
-:class:`UserInputError` found in its chain once more as the last lines, prefixed with ``ERROR``.
+traceback. :func:`install_excepthook` keeps the traceback and prints the :class:`UserInputError` found in its chain
+once more as the last lines, prefixed with ``ERROR``. It changes how every uncaught error of the process is printed,
+so only code that owns the process installs it: the bundles' workflows (first step of ``initialize``) and the
+command-line tools (under ``if __name__ == "__main__"``); importing :mod:`selfmedhpm` installs nothing.
 
 Examples::
 

@@ -9,37 +9,25 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Label sets of the segmentation bundle: BTCV's 14 classes, TransUNet's 8-organ subset, and ``channel_def`` helpers.
+"""Label sets of the segmentation bundle: BTCV's 14 classes, TransUNet's 8-organ subset, and their checks.
 
 A label set is a list of class names whose index is the label value, background first. The segmentation bundle
 takes it from its top-level ``class_names`` key (``num_classes`` is its length), so another label set (e.g. a
-whole-body one) is a short config override; :func:`write_metadata` puts the same names into ``metadata.json``
-(``network_data_format.outputs.pred``), where MONAI Label reads them.
-
-Usage::
-
-    python -m selfmedhpm.labels --config configs/whole_body_example.json --metadata configs/metadata.json \\
-        --out configs/metadata.json
+whole-body one) is a short config override; ``python -m selfmedhpm_tools.label_metadata`` puts the same names
+into ``metadata.json`` (``network_data_format.outputs.pred``), where MONAI Label reads them.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 __all__ = [
     "BTCV_CLASSES",
     "TRANSUNET_8_ORGANS",
     "LabelSetError",
     "check_label_set",
-    "channel_def",
     "organ_names",
     "subset_indices",
-    "metadata_with_labels",
-    "write_metadata",
 ]
 
 BTCV_CLASSES: tuple[str, ...] = (
@@ -93,17 +81,6 @@ def check_label_set(class_names: Sequence[str], num_classes: int | None = None) 
     return names
 
 
-def channel_def(class_names: Sequence[str]) -> dict[str, str]:
-    """``channel_def`` of the bundle's ``pred`` output: ``{"0": "background", "1": ...}``.
-
-    Examples::
-
-        >>> channel_def(BTCV_CLASSES)["1"], len(channel_def(BTCV_CLASSES))
-        ('spleen', 14)
-    """
-    return {str(i): name for i, name in enumerate(check_label_set(class_names))}
-
-
 def organ_names(class_names: Sequence[str]) -> list[str]:
     """The foreground class names (label values 1..N-1), in label order: the columns of the evaluation reports.
 
@@ -131,52 +108,3 @@ def subset_indices(class_names: Sequence[str], subset: Sequence[str] | Mapping[i
     if any(name not in organs for name in wanted):
         return None
     return [organs.index(name) for name in wanted]
-
-
-def metadata_with_labels(metadata: Mapping, class_names: Sequence[str], output_key: str = "pred") -> dict:
-    """A copy of a bundle's metadata whose ``network_data_format.outputs[output_key]`` has ``num_channels`` and
-    ``channel_def`` of ``class_names``.
-
-    Examples::
-
-        >>> meta = {"network_data_format": {"outputs": {"pred": {"num_channels": 14}}}}
-        >>> metadata_with_labels(meta, ["background", "liver"])["network_data_format"]["outputs"]["pred"]
-        {'num_channels': 2, 'channel_def': {'0': 'background', '1': 'liver'}}
-    """
-    meta = json.loads(json.dumps(metadata))
-    pred = meta.setdefault("network_data_format", {}).setdefault("outputs", {}).setdefault(output_key, {})
-    pred["num_channels"] = len(check_label_set(class_names))
-    pred["channel_def"] = channel_def(class_names)
-    return meta
-
-
-def write_metadata(metadata_file: str | Path, class_names: Sequence[str], out_file: str | Path) -> Path:
-    """Writes ``metadata_file`` with the label set ``class_names`` (see :func:`metadata_with_labels`) to
-    ``out_file``, pretty-printed with a 4-space indent."""
-    meta = metadata_with_labels(json.loads(Path(metadata_file).read_text()), class_names)
-    out = Path(out_file)
-    out.write_text(json.dumps(meta, indent=4) + "\n")
-    return out
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: write a metadata.json whose ``pred.channel_def`` has the ``class_names`` of a config."""
-    parser = argparse.ArgumentParser(prog="python -m selfmedhpm.labels", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", required=True, help="a config (override) with a top-level class_names list")
-    parser.add_argument("--metadata", required=True, help="the bundle's metadata.json")
-    parser.add_argument("--out", required=True, help="where to write the updated metadata")
-    args = parser.parse_args(argv)
-    names = json.loads(Path(args.config).read_text()).get("class_names")
-    if not isinstance(names, list):
-        print(f"error: {args.config} has no top-level class_names list", file=sys.stderr)
-        return 2
-    try:
-        print(f"wrote {write_metadata(args.metadata, names, args.out)} ({len(names)} classes)")
-    except LabelSetError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -9,60 +9,45 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Data of the segmentation bundle: checking the exact training/validation entries a run will read, finding the
-inputs of an inference run, and resampling them in a way MONAI Label can run."""
+"""Inputs of the segmentation bundle's inference: finding them, reading each one once, and resampling them in a way
+MONAI Label can run. (The entries a training run reads are checked by
+:func:`selfmedhpm.check_data.validate_entries`.)
+
+Each input is decompressed once: before the loader only its header is checked
+(:func:`selfmedhpm.check_data.usable_images` with ``check_intensity=False``); its voxels are checked where the
+pipeline has loaded them (:class:`CheckIntensityd`). An input that fails there is skipped like one whose header
+failed, and the others are still segmented (:class:`InputDataset`, :class:`UsableBatches`).
+"""
 
 from __future__ import annotations
 
-import json
+import logging
 import os
-import tempfile
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Hashable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
-from monai.transforms import Spacingd
-from selfmedhpm.check_data import DataCheckError, Problem, validate_dataset
-from selfmedhpm.errors import InputNotFoundError
+import numpy as np
+from monai.config import KeysCollection
+from monai.data import Dataset
+from monai.data import NrrdReader as MonaiNrrdReader
+from monai.transforms import LoadImaged as MonaiLoadImaged
+from monai.transforms import MapTransform, Spacingd
+from monai.utils import MetaKeys, SpaceKeys
+from selfmedhpm.check_data import DataCheckError, intensity_problems, nrrd_space_flip
+from selfmedhpm.errors import InputNotFoundError, UserInputError, user_error
 
-__all__ = ["IMAGE_SUFFIXES", "check_entries", "is_dicom_folder", "find_images", "MetaSafeSpacingd"]
+__all__ = [
+    "IMAGE_SUFFIXES", "is_dicom_folder", "find_images", "MetaSafeSpacingd", "NrrdReader", "LoadImaged",
+    "CheckIntensityd", "InputDataset", "UsableBatches", "SKIPPED",
+]  # fmt: skip
+
+logger = logging.getLogger("selfmedhpm.seg_data")
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 """File suffixes that MONAI's ``LoadImage`` reads with its default readers (nibabel, pynrrd; ``.nhdr`` and MetaImage
 need ITK)."""
-
-
-def check_entries(
-    entries: Sequence[Mapping[str, str]],
-    num_classes: int | None = None,
-    source: str = "the training and validation data lists",
-) -> list[Problem]:
-    """Runs :func:`selfmedhpm.check_data.validate_dataset` on explicit ``{"image", "label"}`` entries, the ones a
-    workflow will really read (a datalist split, or the lists MONAI Label passes as ``train#dataset#data``), and
-    returns its warnings. Raises :class:`~selfmedhpm.check_data.DataCheckError` listing every problem found.
-
-    Args:
-        entries: data list entries; relative paths are taken from the current folder.
-        num_classes: label values must lie in ``0..num_classes-1``; None skips the range check.
-        source: what the entries are, named in the error.
-
-    Examples::
-
-        >>> try:
-        ...     check_entries([{"image": "/no/img.nii.gz", "label": "/no/lab.nii.gz"}])
-        ... except DataCheckError as e:
-        ...     print(e.problems[0])
-        ERROR  /no/img.nii.gz: file not found
-    """
-    if not entries:
-        raise DataCheckError([Problem("(data list)", "no cases: the list of entries is empty")], source)
-    absolute = [{k: os.path.abspath(v) if k in ("image", "label") else v for k, v in e.items()} for e in entries]
-    with tempfile.TemporaryDirectory() as tmp:
-        datalist = Path(tmp) / "datalist.json"
-        datalist.write_text(json.dumps({"training": absolute}))
-        try:
-            return validate_dataset(tmp, str(datalist), splits=["training"], num_classes=num_classes)
-        except DataCheckError as e:
-            raise DataCheckError(e.problems, source) from None
 
 
 def is_dicom_folder(path: str | os.PathLike) -> bool:
@@ -70,6 +55,7 @@ def is_dicom_folder(path: str | os.PathLike) -> bool:
 
     Examples::
 
+        >>> import tempfile
         >>> is_dicom_folder(tempfile.mkdtemp())
         False
     """
@@ -107,6 +93,7 @@ def find_images(dataset_dir: str | os.PathLike, subdir: str = "imagesTs") -> lis
 
     Examples::
 
+        >>> import tempfile
         >>> folder = Path(tempfile.mkdtemp())
         >>> _ = (folder / "ct.nrrd").write_bytes(b""), (folder / "notes.txt").write_text("")
         >>> [Path(p).name for p in find_images(folder)]
@@ -149,3 +136,135 @@ class MetaSafeSpacingd(Spacingd):
         d = super().__call__(d, lazy=lazy)
         d.update(aside)
         return d
+
+
+class NrrdSpaceError(UserInputError, ValueError):
+    """A NRRD whose ``space`` has no patient orientation (``scanner-xyz``, ``3D-right-handed``, ...)."""
+
+
+class NrrdReader(MonaiNrrdReader):
+    """MONAI's ``NrrdReader`` (same arguments) that reads a NRRD in any patient space: MONAI 1.6 turns
+    ``left-posterior-superior`` (and no ``space``) into RAS but keeps other spaces as text, on which ``Orientationd``
+    fails (``'right-anterior-superior' is not a valid SpaceKeys``). Here ``right-anterior-superior`` and
+    ``left-anterior-superior`` are turned into RAS too (:func:`~selfmedhpm.check_data.nrrd_space_flip`); a space with no
+    patient orientation raises :class:`NrrdSpaceError`.
+
+    Examples::
+
+        >>> import numpy as np, nrrd, tempfile
+        >>> path = tempfile.mktemp(suffix=".nrrd")
+        >>> nrrd.write(path, np.zeros((4, 3, 2)), {"space": "right-anterior-superior", "space directions": np.eye(3),
+        ...                                        "space origin": np.array([10.0, 20.0, 30.0])})
+        >>> _, meta = NrrdReader().get_data(NrrdReader().read(path))
+        >>> str(meta["space"]), meta["affine"][:3, 3].tolist()
+        ('RAS', [10.0, 20.0, 30.0])
+    """
+
+    def _switch_lps_ras(self, header: dict) -> dict:
+        flip = nrrd_space_flip(header.get("space"))
+        if flip is None:
+            space = header.get("space")
+            raise NrrdSpaceError(f"NRRD space {space!r} has no patient orientation; re-save it in RAS or LPS")
+        header[MetaKeys.ORIGINAL_AFFINE] = np.diag([*flip, 1.0]) @ header[MetaKeys.ORIGINAL_AFFINE]
+        header[MetaKeys.SPACE] = SpaceKeys.RAS
+        return header
+
+
+class LoadImaged(MonaiLoadImaged):
+    """MONAI's ``LoadImaged`` (same arguments) with :class:`NrrdReader` registered for ``.nrrd`` files, so a NRRD in
+    RAS or LAS space loads in the right orientation; other files go to MONAI's readers as before."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.register(NrrdReader())
+
+
+class CheckIntensityd(MapTransform):
+    """Checks the intensities of loaded CT volumes where the pipeline holds them, so each input is read once: NaN or
+    Inf voxels raise :class:`~selfmedhpm.check_data.DataCheckError` naming the file; intensities that do not look
+    like Hounsfield units are logged as warnings (:func:`~selfmedhpm.check_data.intensity_problems`).
+
+    Args:
+        keys: keys of the loaded images.
+        enabled: False passes the data through unchecked (the bundle's ``--check_data false``).
+        allow_missing_keys: as in MONAI's ``MapTransform``.
+
+    Examples::
+
+        >>> import torch
+        >>> from monai.data import MetaTensor
+        >>> image = MetaTensor(torch.tensor([[-1000.0, 40.0, float("nan")]]), meta={"filename_or_obj": "ct.nii.gz"})
+        >>> try:
+        ...     CheckIntensityd("image")({"image": image})
+        ... except DataCheckError as e:
+        ...     print(e.summary())
+        ct.nii.gz: contains 1 NaN and 0 Inf voxels; expected finite intensities
+    """
+
+    def __init__(self, keys: KeysCollection, enabled: bool = True, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.enabled = enabled
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d) if self.enabled else ():
+            image = d[key]
+            shown = str(getattr(image, "meta", {}).get("filename_or_obj", key))
+            problems = intensity_problems(image.detach().cpu().numpy() if hasattr(image, "detach") else image, shown)
+            for problem in problems:
+                (logger.error if problem.severity == "error" else logger.warning)("%s", problem)
+            if any(p.severity == "error" for p in problems):
+                raise DataCheckError(problems, shown)
+        return d
+
+
+SKIPPED = "skipped"
+"""The key of an input that :class:`InputDataset` skipped: its value is the problem, ``<file>: <what is wrong>``."""
+
+
+class InputDataset(Dataset):
+    """MONAI's ``Dataset`` (same arguments) for inference inputs: an input whose transforms fail on the user's data
+    (a :class:`~selfmedhpm.errors.UserInputError` anywhere in the error's chain, e.g. NaN voxels found by
+    :class:`CheckIntensityd`) comes out as ``{"skipped": "<file>: <problem>"}`` instead of ending the run; any other
+    error still does. :class:`UsableBatches` leaves the skipped inputs out."""
+
+    def _transform(self, index: int) -> Any:
+        try:
+            return super()._transform(index)
+        except Exception as e:
+            found = user_error(e)
+            if found is None:
+                raise
+            return {SKIPPED: found.summary()}
+
+
+class UsableBatches:
+    """The batches of ``loader`` but those of inputs :class:`InputDataset` skipped, each reported as ``skipping
+    ERROR  <file>: <problem>`` (as the inputs whose header check failed before the loader).
+
+    Args:
+        loader: a DataLoader over an :class:`InputDataset`.
+
+    Examples::
+
+        >>> batches = [{"image": [1]}, {SKIPPED: ["ct_2.nii.gz: contains 3 NaN and 0 Inf voxels"]}, {"image": [3]}]
+        >>> [b["image"] for b in UsableBatches(batches)]  # and on stderr: skipping ERROR  ct_2.nii.gz: contains ...
+        [[1], [3]]
+    """
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+
+    @property
+    def sampler(self) -> Any:
+        """The loader's sampler: how many inputs there are (the case counter of the progress lines)."""
+        return self.loader.sampler
+
+    def __iter__(self) -> Iterator[Any]:
+        for batch in self.loader:
+            if SKIPPED in batch:
+                for problem in batch[SKIPPED]:
+                    logger.error("ERROR  %s", problem)
+                    print(f"skipping ERROR  {problem}", file=sys.stderr, flush=True)
+                continue
+            yield batch

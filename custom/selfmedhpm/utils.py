@@ -9,8 +9,8 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Small helpers every runtime module may use: the process's rank, atomic file writes, config flags as bools and the
-autocast context of a precision name.
+"""Small helpers every runtime module may use: the process's rank and process group, atomic file writes, config flags
+as bools and the autocast context of a precision name.
 
 A leaf module (it imports only the standard library, torch and :mod:`selfmedhpm.errors`), so that no module has to
 import a bigger one for one of these helpers.
@@ -29,7 +29,10 @@ from typing import IO, Any
 import torch
 from selfmedhpm.errors import FlagError
 
-__all__ = ["rank", "world_size", "is_rank0", "atomic_write", "write_json_atomic", "as_bool", "autocast"]
+__all__ = [
+    "rank", "world_size", "is_rank0", "init_distributed", "end_distributed", "atomic_write", "write_json_atomic",
+    "as_bool", "autocast",
+]  # fmt: skip
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -50,6 +53,28 @@ def world_size() -> int:
 def is_rank0() -> bool:
     """True outside torch.distributed and on rank 0."""
     return rank() == 0
+
+
+def init_distributed(backend: str | None = None, device: torch.device | str | None = None) -> bool:
+    """Joins the process group of a ``torchrun`` launch (once; ``backend`` defaults to nccl with CUDA, else gloo) and
+    makes ``device`` this process's CUDA device. The multi-GPU configs run it in ``initialize``. Returns True."""
+    dist = torch.distributed
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend or ("nccl" if torch.cuda.is_available() else "gloo"))
+    if device is not None and torch.device(device).type == "cuda":
+        torch.cuda.set_device(device)
+    return True
+
+
+def end_distributed() -> bool:
+    """Waits for every rank, then leaves the process group (a rank that left while rank 0 still wrote its checkpoint
+    aborted once). The multi-GPU configs run it in ``finalize``. Returns whether there was a group."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()):
+        return False
+    dist.barrier()
+    dist.destroy_process_group()
+    return True
 
 
 def atomic_write(

@@ -17,6 +17,9 @@ These modules work from a checkout of the repository (they find ``bundles/`` bes
 
 - :mod:`selfmedhpm_tools.phantom`: synthetic abdominal CT with 13 labelled organs
   (``python -m selfmedhpm_tools.phantom``).
+- :mod:`selfmedhpm_tools.datalist`, :mod:`selfmedhpm_tools.datalists`, :mod:`selfmedhpm_tools.label_metadata`:
+  data lists from the layouts users have (``python -m selfmedhpm_tools.datalist``, also reachable as
+  ``python -m selfmedhpm.datalist``); a label set written into the segmentation bundle's metadata.
 - :mod:`selfmedhpm_tools.demo`, :mod:`selfmedhpm_tools.reports`, :mod:`selfmedhpm_tools.metrics`: the main job
   (``make demo``), its figures and tables, the teacher's ranking measures.
 - :mod:`selfmedhpm_tools.study`, :mod:`selfmedhpm_tools.stats`: what HPM buys with few labels (``make study``) and

@@ -29,6 +29,7 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+from selfmedhpm.errors import install_excepthook
 from selfmedhpm.utils import write_json_atomic
 from selfmedhpm_tools import reports
 from selfmedhpm_tools.phantom import BTCV_LABELS, generate_dataset
@@ -371,4 +372,5 @@ def _report(summaries: dict, table: str, stages: Stages, args: argparse.Namespac
 
 
 if __name__ == "__main__":
+    install_excepthook()  # this process is the command: a user error ends it with one ERROR line
     sys.exit(main())

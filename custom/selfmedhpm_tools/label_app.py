@@ -48,6 +48,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from selfmedhpm.errors import install_excepthook
 from selfmedhpm_tools.release import (
     MERGED_CONFIGS,
     PACKAGE,
@@ -252,4 +253,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    install_excepthook()  # this process is the command: a user error ends it with one ERROR line
     sys.exit(main())

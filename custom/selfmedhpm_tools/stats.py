@@ -9,10 +9,9 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Small statistics for comparing runs: paired permutation p-values and paired bootstrap confidence intervals.
-
-Both take paired samples (the same cases, crops or seeds measured under two settings) as 1-D arrays.
-"""
+"""Small statistics for comparing runs: paired bootstrap confidence intervals, of paired samples (the same cases,
+crops or seeds measured under two settings) as 1-D arrays. (Paired permutation p-values: ``scipy.stats.
+permutation_test``.)"""
 
 from __future__ import annotations
 
@@ -20,33 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["paired_permutation_p", "paired_bootstrap_ci"]
-
-
-def paired_permutation_p(a: Sequence[float], b: Sequence[float], rounds: int = 10_000, seed: int = 0) -> float:
-    """One-sided p-value of ``mean(a - b) > 0`` by random sign flips of the paired differences (with the observed
-    assignment counted, so p >= 1 / (rounds + 1)).
-
-    Args:
-        a: values of the first setting.
-        b: values of the second setting, paired with ``a``.
-        rounds: random sign flips.
-        seed: seed of the flips.
-
-    Examples::
-
-        >>> paired_permutation_p([0.5, 0.6, 0.7, 0.8, 0.9, 0.6, 0.7, 0.8], [0.1] * 8) < 0.01
-        True
-        >>> paired_permutation_p([0.1, 0.2], [0.1, 0.2])
-        1.0
-    """
-    diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    if diff.ndim != 1 or diff.size == 0:
-        raise ValueError(f"need two paired 1-D samples, got shapes {np.shape(a)} and {np.shape(b)}.")
-    observed = diff.mean()
-    signs = np.random.default_rng(seed).choice([-1.0, 1.0], size=(rounds, diff.size))
-    extreme = np.count_nonzero((signs * diff).mean(axis=1) >= observed - 1e-12)
-    return float((extreme + 1) / (rounds + 1))
+__all__ = ["paired_bootstrap_ci"]
 
 
 def paired_bootstrap_ci(

@@ -33,7 +33,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import logging
 import os
@@ -47,7 +46,14 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from selfmedhpm_tools.release import ROOT, bundle_metadata, content_sha1, package_modules, release_files
+from selfmedhpm_tools.release import (
+    ROOT,
+    bundle_metadata,
+    content_sha1,
+    imported_modules,
+    package_modules,
+    release_files,
+)
 
 __all__ = ["Result", "CHECKS", "verify_bundle", "verify_repository", "main"]
 
@@ -275,16 +281,6 @@ def check_json_format(bundle: Path, context: dict) -> str:
     return f"{len(paths)} JSON files formatted"
 
 
-def _module_level_imports(source: str) -> set[str]:
-    names = set()
-    for node in ast.parse(source).body:
-        if isinstance(node, ast.Import):
-            names |= {a.name.split(".")[0] for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
-            names.add(node.module.split(".")[0])
-    return names
-
-
 def _normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
@@ -302,7 +298,8 @@ def check_carried_imports(bundle: Path, context: dict) -> str:
     modules = package_modules(bundle)
     missing = {}
     for module in modules:
-        for name in _module_level_imports((PACKAGE / module).read_text()) - {"selfmedhpm", "__future__"}:
+        imported = imported_modules((PACKAGE / module).read_text(), module_level=True)
+        for name in {name.split(".")[0] for name in imported} - {"selfmedhpm", "__future__"}:
             if name in sys.stdlib_module_names:
                 continue
             dists = {_normalize(d) for d in distributions.get(name, [name])}

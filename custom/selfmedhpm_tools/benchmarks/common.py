@@ -14,6 +14,7 @@ the matmul peak, and the bundles' configs and synthetic crops they run on."""
 
 from __future__ import annotations
 
+import functools
 import gc
 import math
 import os
@@ -27,7 +28,6 @@ from typing import Any
 
 import torch
 from monai.bundle import ConfigParser
-from selfmedhpm.quant import cpu_flags
 from torch.utils import flop_counter
 
 from .targets import FIGURES
@@ -95,6 +95,35 @@ class Results:
 def log(*args: Any) -> None:
     """Progress line, flushed (``make bench`` streams it)."""
     print("[bench]", *args, flush=True)
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from ``/proc/cpuinfo`` (empty where unavailable)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            for line in info:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def fast_teacher_precision(flags: set[str] | None = None) -> str:
+    """The teacher-pass precision that runs fastest on this CPU: "bf16" with AMX, "int8" with VNNI int8 dot products
+    but no AMX (bf16 is no faster there), else "fp32". What the benchmarks time beside the default (the student's
+    precision); a run uses it only when asked (``--teacher_precision int8``).
+
+    Examples::
+
+        >>> fast_teacher_precision({"avx512_vnni"}), fast_teacher_precision({"amx_bf16"}), fast_teacher_precision(set())
+        ('int8', 'bf16', 'fp32')
+    """
+    flags = cpu_flags() if flags is None else flags
+    if "amx_bf16" in flags:
+        return "bf16"
+    return "int8" if flags & {"avx512_vnni", "avx_vnni"} else "fp32"
 
 
 def native_precisions(flags: set[str] | None = None) -> tuple[str, ...]:

@@ -26,6 +26,7 @@ import traceback
 from pathlib import Path
 
 import torch
+from selfmedhpm.errors import install_excepthook
 
 from . import batches, inference, loader, precision, report, step
 from .common import ROOT, Config, Results, log, machine_info
@@ -116,4 +117,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    install_excepthook()  # this process is the command: a user error ends it with one ERROR line
     raise SystemExit(main())

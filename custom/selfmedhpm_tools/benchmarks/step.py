@@ -29,7 +29,6 @@ from monai.networks.nets import MaskedAutoEncoderViT
 from selfmedhpm.ema import unwrap
 from selfmedhpm.losses import patch_targets, per_patch_loss
 from selfmedhpm.masking import num_masked
-from selfmedhpm.quant import default_teacher_precision
 from selfmedhpm.views import TeacherView
 
 from . import common
@@ -220,7 +219,7 @@ def _iteration(cfg: Config, res: Results, peak: dict[str, float]) -> dict[str, A
         refresh = median(interleaved({"r": hpm.trainer.int8_teacher.refresh}, reps=2, warmup=0)["r"])
     log(f"step: ViT-B/16 teacher pass alone, then whole iterations, interleaved; precisions {cfg.precisions}")
     teacher = medians({p: functools.partial(hpm.teacher_pass, p) for p in ["fp32"] + reduced}, cfg.reps, cfg.warmup)
-    pick = default_teacher_precision("cpu", "fp32")  # what train.json picks on this CPU
+    pick = common.fast_teacher_precision()  # what --teacher_precision would best pick on this CPU
     pick = pick if pick in reduced else "fp32"
     variants = {
         "hpm_fp32": hpm.step,

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import nibabel as nib
 import numpy as np
-from selfmedhpm.datalists.core import Case, Scan, shown
+from selfmedhpm_tools.datalists.core import Case, Scan, shown
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 

@@ -29,12 +29,13 @@ import os
 from dataclasses import dataclass, field
 
 from selfmedhpm.check_data import Problem
-from selfmedhpm.datalists.core import Case, Scan, inspect_cases, label_value_problems, shown, spacing_range
-from selfmedhpm.datalists.dicom import write_nifti
-from selfmedhpm.datalists.layouts import LAYOUTS, SCANNERS, UNLABELED, detect_layout
-from selfmedhpm.datalists.splits import split_cases
 from selfmedhpm.errors import UserInputError
-from selfmedhpm.labels import BTCV_CLASSES, channel_def, check_label_set
+from selfmedhpm.labels import BTCV_CLASSES, check_label_set
+from selfmedhpm_tools.datalists.core import Case, Scan, inspect_cases, label_value_problems, shown, spacing_range
+from selfmedhpm_tools.datalists.dicom import write_nifti
+from selfmedhpm_tools.datalists.layouts import LAYOUTS, SCANNERS, UNLABELED, detect_layout
+from selfmedhpm_tools.datalists.splits import split_cases
+from selfmedhpm_tools.label_metadata import channel_def
 
 PRETRAIN = "bundles/selfmedhpm_ct_pretraining/configs"
 SEGMENT = "bundles/selfmedhpm_ct_segmentation/configs"
@@ -86,7 +87,7 @@ def build_datalist(
     ``Result.problems``; nothing is written when no usable image is found.
 
     Args:
-        src: the data folder, in one of :data:`~selfmedhpm.datalists.layouts.LAYOUTS`.
+        src: the data folder, in one of :data:`~selfmedhpm_tools.datalists.layouts.LAYOUTS`.
         out: the folder to write to (created).
         layout: the layout, or None to detect it.
         labels: a folder of labels matched by name (``folder`` and ``dicom`` layouts).
@@ -208,7 +209,7 @@ def _write(result: Result, out: str, scan: Scan, class_names: list[str], method:
     src = result.src
     data = {
         "name": os.path.basename(src),
-        "description": f"built by python -m selfmedhpm.datalist from {src} ({scan.layout}: {scan.description})",
+        "description": f"built by python -m selfmedhpm_tools.datalist from {src} ({scan.layout}: {scan.description})",
         "tensorImageSize": "3D",
         "modality": {"0": "CT"},
         "labels": {str(i): n for i, n in enumerate(class_names)},

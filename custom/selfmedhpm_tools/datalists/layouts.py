@@ -19,7 +19,7 @@ btcv       BTCV as Synapse distributes it: ``RawData/Training/img/img0001.nii.gz
 nnunet     nnU-Net v2 raw: ``dataset.json`` with ``channel_names``/``file_ending``, ``imagesTr/<case>_0000<ending>``,
            ``labelsTr/<case><ending>``, ``imagesTs/``
 msd        a Medical Segmentation Decathlon task: ``dataset.json`` with ``training``, ``test``, ``labels``, ``modality``
-dicom      DICOM files anywhere under ``--src`` (see :mod:`selfmedhpm.datalists.dicom`)
+dicom      DICOM files anywhere under ``--src`` (see :mod:`selfmedhpm_tools.datalists.dicom`)
 folder     image files in ``--src`` (or in ``--src/images`` / ``imagesTr``), labels with the same names in
            ``--labels DIR`` (or ``--src/labels`` / ``labelsTr``); ``imagesTs`` images are unlabelled
 =========  ==========================================================================================================
@@ -30,8 +30,8 @@ from __future__ import annotations
 import json
 import os
 
-from selfmedhpm.datalists.core import IMAGE_ENDINGS, Case, Scan, image_files, pair_by_name, shown, strip_ending
-from selfmedhpm.datalists.dicom import find_dicom_files, scan_dicom, series_cases
+from selfmedhpm_tools.datalists.core import IMAGE_ENDINGS, Case, Scan, image_files, pair_by_name, shown, strip_ending
+from selfmedhpm_tools.datalists.dicom import find_dicom_files, scan_dicom, series_cases
 
 LAYOUTS = ("btcv", "msd", "nnunet", "folder", "dicom")
 UNLABELED = "unlabeled"

@@ -12,18 +12,18 @@
 """Data lists from the layouts users already have: BTCV as distributed, Medical Segmentation Decathlon tasks,
 nnU-Net v2 raw data sets, plain folders of images (with a parallel folder of labels) and folders of DICOM series.
 
-- :mod:`selfmedhpm.datalists.layouts`: recognising each layout and finding its images and labels;
-- :mod:`selfmedhpm.datalists.dicom`: DICOM series, grouped by ``SeriesInstanceUID``, their geometry, NIfTI export;
-- :mod:`selfmedhpm.datalists.splits`: BTCV's named splits (``monai`` 24/6, ``transunet`` 18/12) and a seeded one;
-- :mod:`selfmedhpm.datalists.core`: cases, matching by name, header and label checks;
-- :mod:`selfmedhpm.datalists.build`: writing ``dataset_0.json`` and ``labels.json`` and the summary.
+- :mod:`selfmedhpm_tools.datalists.layouts`: recognising each layout and finding its images and labels;
+- :mod:`selfmedhpm_tools.datalists.dicom`: DICOM series, grouped by ``SeriesInstanceUID``, their geometry, NIfTI export;
+- :mod:`selfmedhpm_tools.datalists.splits`: BTCV's named splits (``monai`` 24/6, ``transunet`` 18/12) and a seeded one;
+- :mod:`selfmedhpm_tools.datalists.core`: cases, matching by name, header and label checks;
+- :mod:`selfmedhpm_tools.datalists.build`: writing ``dataset_0.json`` and ``labels.json`` and the summary.
 
-The command line is ``python -m selfmedhpm.datalist --src PATH --out DIR`` (:mod:`selfmedhpm.datalist`).
+The command line is ``python -m selfmedhpm_tools.datalist --src PATH --out DIR`` (:mod:`selfmedhpm_tools.datalist`).
 """
 
-from selfmedhpm.datalists.build import DatalistError, Result, build_datalist
-from selfmedhpm.datalists.layouts import LAYOUTS, UNLABELED, detect_layout
-from selfmedhpm.datalists.splits import NAMED_SPLITS, SPLITS
+from selfmedhpm_tools.datalists.build import DatalistError, Result, build_datalist
+from selfmedhpm_tools.datalists.layouts import LAYOUTS, UNLABELED, detect_layout
+from selfmedhpm_tools.datalists.splits import NAMED_SPLITS, SPLITS
 
 __all__ = ["build_datalist", "detect_layout", "DatalistError", "Result", "LAYOUTS", "UNLABELED", "NAMED_SPLITS",
            "SPLITS"]  # fmt: skip

@@ -12,9 +12,9 @@
 """What every layout produces (:class:`Case`, :class:`Scan`), matching images to labels by name, and reading the
 headers and label values of the cases found.
 
-A layout scanner (:mod:`selfmedhpm.datalists.layouts`, :mod:`selfmedhpm.datalists.dicom`) only finds files and
-pairs them; :func:`inspect_cases` then opens every image header (shape, spacing), checks each label against its
-image (grid) and, optionally, reads the label values, reusing the readers of :mod:`selfmedhpm.check_data`.
+A layout scanner (:mod:`selfmedhpm_tools.datalists.layouts`, :mod:`selfmedhpm_tools.datalists.dicom`) only finds
+files and pairs them; :func:`inspect_cases` then opens every image header (shape, spacing), checks each label against
+its image (grid) and, optionally, reads the label values, reusing the readers of :mod:`selfmedhpm.check_data`.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class Case:
         image: absolute path of the image file or DICOM series folder (or, once converted, the NIfTI written).
         label: absolute path of the label file, or None for an unlabelled image.
         split: a split the layout fixes (e.g. ``"unlabeled"`` for BTCV's Testing images), else None.
-        series: the :class:`~selfmedhpm.datalists.dicom.Series` of a DICOM case, else None.
+        series: the :class:`~selfmedhpm_tools.datalists.dicom.Series` of a DICOM case, else None.
         shape: spatial shape of the image, filled by :func:`inspect_cases`.
         spacing: voxel size in mm, filled by :func:`inspect_cases`.
         label_values: the values found in the label, filled by :func:`inspect_cases`.

@@ -25,7 +25,7 @@ import random
 import re
 from typing import Sequence
 
-from selfmedhpm.datalists.core import Case
+from selfmedhpm_tools.datalists.core import Case
 
 BTCV_TRAINING_IDS: tuple[int, ...] = tuple(range(1, 11)) + tuple(range(21, 41))
 """The 30 labelled BTCV cases (img0001..0010, img0021..0040)."""
