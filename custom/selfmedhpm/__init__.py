@@ -28,8 +28,9 @@ package :mod:`selfmedhpm_tools`, which imports this one and is never imported by
 - :mod:`selfmedhpm.check_data`, :mod:`selfmedhpm.datalist`: data checks with clear messages; datalists of your data.
 - :mod:`selfmedhpm.labels`, :mod:`selfmedhpm.evaluation`, :mod:`selfmedhpm.seg_data`: the segmentation bundle's
   label sets, evaluation reports and inputs.
-- :mod:`selfmedhpm.bundle`, :mod:`selfmedhpm.handlers`, :mod:`selfmedhpm.tracking`, :mod:`selfmedhpm.visualize`:
-  config helpers, ignite handlers, MLflow tracking, the HPM figure.
+- :mod:`selfmedhpm.bundle`, :mod:`selfmedhpm.handlers`, :mod:`selfmedhpm.tracking`, :mod:`selfmedhpm.journal`,
+  :mod:`selfmedhpm.visualize`: config helpers, ignite handlers, MLflow tracking (and what it keeps while the server
+  cannot be reached), the HPM figure.
 - :mod:`selfmedhpm.utils`, :mod:`selfmedhpm.errors`, :mod:`selfmedhpm.faults`, :mod:`selfmedhpm.optim`,
   :mod:`selfmedhpm.quant`: leaf helpers.
 """
@@ -66,6 +67,7 @@ _SUBMODULES = {
     "patches",
     "inferers",
     "views",
+    "journal",
 }
 
 install_excepthook()  # a run that fails on the user's input ends with one line naming the file and the problem
