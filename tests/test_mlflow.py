@@ -583,3 +583,38 @@ def test_server_down_at_start_warns_once_before_training_and_leaves_a_file_to_re
     means = history(mlflow_server, run, "epoch_rec_loss")
     assert [s for s, _ in means] == [1, 2] and [v for _, v in means] == pytest.approx([r["rec_loss"] for r in recorded])
     assert {"model.pt", "encoder.pt", "history.json"} <= artifacts(mlflow_server, run) and not path.exists()
+
+
+def test_a_journal_whose_server_never_answers_keeps_every_record_in_order_and_warns_once(tmp_path, monkeypatch):
+    """Retried every 0.2 s for the whole run, the outage is still reported once; a second process with the same run
+    name writes a file of its own; a folder that cannot be written keeps the records in memory and says so."""
+    from selfmedhpm import journal as journals
+    from selfmedhpm.journal import RunJournal, bound_http_retries, read_journal
+
+    monkeypatch.setattr(journals, "_UNSENT", {})  # no reminder of these files when pytest exits
+    bound_http_retries()
+    uri = f"http://127.0.0.1:{free_port()}"
+
+    def run(folder: Path) -> RunJournal:
+        journal = RunJournal(mlflow.MlflowClient(uri), uri, "e", "r", folder, retry_seconds=0.2)
+        journal.open()
+        journal.send({"params": {"a": "1"}})
+        for step in (1, 2, 3):
+            journal.send({"metrics": [["loss", 1.0 / step, 1000 + step, step]]})
+            time.sleep(0.5)
+        journal.close("FAILED")
+        return journal
+
+    with JournalLog() as log:
+        first, second = run(tmp_path), run(tmp_path)
+    assert (first.path.name, second.path.name) == ("mlflow_offline_r.jsonl", "mlflow_offline_r.2.jsonl")
+    assert len(log.matching("cannot be reached")) == 2 and len(log.matching("did not answer")) == 2
+    header, records = read_journal(second.path)
+    assert (header["run_name"], header["run_id"], header["sent"]) == ("r", None, 0)
+    metrics = [{"metrics": [["loss", 1.0 / s, 1000 + s, s]]} for s in (1, 2, 3)]
+    assert records[:-1] == [{"params": {"a": "1"}}, *metrics] and records[-1]["status"] == "FAILED"
+
+    (tmp_path / "a_file").write_text("")
+    with JournalLog() as log:
+        run(tmp_path / "a_file")
+    assert "memory only" in log.records[-1][2] and "1 parameters, 3 metric values" in log.records[-1][2]

@@ -44,10 +44,12 @@ Examples::
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
 import re
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -83,6 +85,18 @@ class _QuietRetries(logging.Filter):
 
 
 _FILTER = _QuietRetries()
+
+_UNSENT: dict[Path, str] = {}
+"""Files that runs of this process left unsent, and their server: named again as the process's last line."""
+
+
+@atexit.register
+def _remind() -> None:
+    """The process's last line (after the engine's own): printed, as logging may be shut down by then."""
+    for path, uri in _UNSENT.items():
+        if path.is_file():
+            print(f"MLflow: not sent yet: {path} (python -m selfmedhpm.tracking replay {path} --tracking_uri {uri})",
+                  file=sys.stderr, flush=True)  # fmt: skip
 
 
 def bound_http_retries() -> None:
@@ -303,7 +317,8 @@ class RunJournal:
             "artifact_location": artifact_location,
             "start_time": _now_ms(),
         }
-        self.path = Path(folder) / f"mlflow_offline_{re.sub(r'[^A-Za-z0-9_.-]', '_', str(run_name))}.jsonl"
+        self._stem = Path(folder) / f"mlflow_offline_{re.sub(r'[^A-Za-z0-9_.-]', '_', str(run_name))}"
+        self.path = self._stem.with_name(f"{self._stem.name}.jsonl")
         self.pending: list[dict] = []
         self.online = True
         self.closed = False
@@ -369,12 +384,15 @@ class RunJournal:
             worker.join()
         self.closed = True
         with self._lock:
-            if self._file is not None:
+            unwritable = self._file is False
+            if self._file:
                 self._file.close()
-                self._file = None
+            self._file = None
             if not self.pending:
                 return
-        where = str(self.path) if self.path.is_file() else "memory only (the file could not be written)"
+        where = f"memory only ({self.path} could not be written)" if unwritable else str(self.path)
+        if not unwritable:
+            _UNSENT[self.path] = self.tracking_uri
         logger.warning(
             "MLflow: %s did not answer since %s; the run's %s are kept in %s. Send them when it is back: "
             "python -m selfmedhpm.tracking replay %s --tracking_uri %s",
@@ -393,7 +411,12 @@ class RunJournal:
         self.online = False
         self.outages += 1
         self._since = time.time()
-        self._write([self.header] if self._file is None and not self.path.is_file() else [])
+        if self._file is None:  # a new file, beside any that an earlier process left for a run of this name
+            number = 1
+            while self.path.exists():
+                number += 1
+                self.path = self._stem.with_name(f"{self._stem.name}.{number}.jsonl")
+            self._write([self.header])
         logger.warning(
             "MLflow: the tracking server %s cannot be reached (%s); training goes on, the run's records are kept in "
             "%s and sent when it answers (tried every %g s).",

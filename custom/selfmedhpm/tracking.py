@@ -221,6 +221,7 @@ class BundleMLFlowHandler(MLFlowHandler):
         self.offline_dir, self.retry_seconds = Path(offline_dir), float(retry_seconds)
         self._key = (self.tracking_uri, str(self.experiment_name))
         self.journal: RunJournal | None = None
+        self._params_logged: RunJournal | None = None
         self.owner = False
         self._sums: dict[str, float] = defaultdict(float)
         self._counts: dict[str, int] = defaultdict(int)
@@ -262,9 +263,12 @@ class BundleMLFlowHandler(MLFlowHandler):
                 journal.open()
                 self.journal, self.owner = journal, True
                 _ACTIVE_RUNS[self._key] = journal
-        params = dict(self.experiment_param or {})
-        params.update({attr: getattr(engine.state, attr, None) for attr in self.default_tracking_params})
-        self._log_params(params)
+        if self._params_logged is not self.journal:  # once per run (MONAI logs them at every start of the engine)
+            params = dict(self.experiment_param or {})
+            if self.owner:  # the engine's length; a validator joining the run would log its own (1 iteration)
+                params.update({attr: getattr(engine.state, attr, None) for attr in self.default_tracking_params})
+            self._log_params(params)
+            self._params_logged = self.journal
         if self.dataset_logger is not None:
             self.dataset_logger(self.dataset_dict)
         elif self.dataset_dict is not None and self.journal.online:
