@@ -16,12 +16,14 @@ torchrun. What lands in MLflow is read back through ``MlflowClient``."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -92,23 +94,34 @@ def stop_server(process: subprocess.Popen) -> None:
             continue
 
 
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory) -> str:
-    """A real ``mlflow server`` (SQLite backend, artifacts proxied to a local folder) on a free port."""
-    root = tmp_path_factory.mktemp("mlflow_server")
-    uri = f"http://127.0.0.1:{free_port()}"
+def start_server(root: Path, port: int) -> subprocess.Popen:
+    """A real ``mlflow server`` (SQLite backend in ``root``, artifacts proxied to ``root/artifacts``) on ``port``,
+    answering; a second call with the same folder and port starts it again on the same store."""
+    uri = f"http://127.0.0.1:{port}"
     executable = Path(sys.executable).parent / "mlflow"
     command = [str(executable)] if executable.is_file() else [sys.executable, "-m", "mlflow"]
     command += [
-        "server", "--host", "127.0.0.1", "--port", uri.rsplit(":", 1)[1], "--workers", "1",
+        "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts"),
     ]  # fmt: skip
     log = root / "server.log"
-    with open(log, "w") as out:
+    with open(log, "a") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=root)
     try:
         wait_for_server(uri, process, log, SERVER_START_S)
-        yield uri
+    except BaseException:
+        stop_server(process)
+        raise
+    return process
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory) -> str:
+    """A real ``mlflow server`` on a free port, for the module."""
+    port = free_port()
+    process = start_server(tmp_path_factory.mktemp("mlflow_server"), port)
+    try:
+        yield f"http://127.0.0.1:{port}"
     finally:
         stop_server(process)
 
@@ -408,3 +421,200 @@ def test_tracking_settings_keys_are_known_overrides():
     overrides = {"tracking": PRE_SETTINGS, "tracking_uri": "http://x", "run_name": "r"}
     assert check_overrides(configs(PRETRAIN, "train.json"), overrides)
     assert check_overrides(configs(PRETRAIN, "train.json"), {"tracking": "mlflow", "experiment_name": "e"})
+
+
+# ------------------------------------------------------------------------------ outages of the tracking server
+
+
+class JournalLog(logging.Handler):
+    """The messages of :mod:`selfmedhpm.journal`, with the time they were logged (a bundle's ``logging.conf`` replaces
+    the root logger's handlers, pytest's included, so this listens on the module's own logger)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[tuple[float, str, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append((time.monotonic(), record.levelname, record.getMessage()))
+
+    def __enter__(self) -> JournalLog:
+        logger = logging.getLogger("selfmedhpm.journal")
+        logger.addHandler(self)
+        logger.setLevel(logging.INFO)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        logging.getLogger("selfmedhpm.journal").removeHandler(self)
+
+    def matching(self, text: str) -> list[tuple[float, str, str]]:
+        return [r for r in self.records if text in r[2]]
+
+
+def tracked_workflow(config_file: list[str], on_trainer=None, **overrides):
+    """``run_workflow``, with ``on_trainer(trainer)`` called between initialize and run (to attach test handlers)."""
+    from monai.bundle import ConfigWorkflow
+
+    workflow = ConfigWorkflow(
+        config_file=config_file,
+        meta_file=str(Path(config_file[0]).parent / "metadata.json"),
+        logging_file=str(Path(config_file[0]).parent / "logging.conf"),
+        workflow_type="train",
+        **overrides,
+    )
+    workflow.initialize()
+    if on_trainer is not None:
+        on_trainer(workflow.parser.get_parsed_content("train#trainer"))
+    workflow.run()
+    workflow.finalize()
+    return workflow
+
+
+def test_server_killed_mid_run_and_restarted_loses_no_metric_and_stops_no_epoch(
+    phantom_dir, tmp_path, tmp_path_factory, monkeypatch
+):
+    """The server (its process group, by the id this test started) is killed after epoch 2 and started again on the
+    same port and store after epoch 3: all 5 epochs run, every metric of the outage reaches the run, the outage is
+    reported once, and the trainer made no call to the server while it was down but the first, failed one."""
+    from ignite.engine import Events
+    from selfmedhpm import journal
+
+    root, port = tmp_path_factory.mktemp("restarted_server"), free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = {"process": start_server(root, port)}
+    calls: list[tuple[float, str]] = []  # (time, thread) of every call of a record to the server
+    send = journal._send
+
+    def counted(client, run_id, record):
+        calls.append((time.monotonic(), threading.current_thread().name))
+        return send(client, run_id, record)
+
+    monkeypatch.setattr(journal, "_send", counted)
+    outage = {}
+
+    def on_trainer(trainer):
+        @trainer.on(Events.EPOCH_COMPLETED(once=2))
+        def kill(engine):
+            os.killpg(server["process"].pid, signal.SIGKILL)
+            server["process"].wait(timeout=30)
+            outage["down"] = time.monotonic()
+
+        @trainer.on(Events.EPOCH_COMPLETED(once=3))
+        def restart(engine):
+            outage["restarting"] = time.monotonic()
+            server["process"] = start_server(root, port)
+
+    common = {"dataset_dir": str(phantom_dir), "bundle_root": str(tmp_path), **SEG_TINY}
+    tracking = {"tracking": SEG_SETTINGS, "tracking_uri": uri, "experiment_name": "outage", "tracking_retry_seconds": 1}
+    try:
+        with JournalLog() as log:
+            workflow = tracked_workflow(
+                configs(SEGMENT, "train.json", "train_cpu.json"), on_trainer, epochs=5, **common, **tracking
+            )
+        trainer = workflow.parser.get_parsed_content("train#trainer")
+        assert trainer.state.epoch == 5
+        (run,) = runs_of(uri, "outage")
+        iterations = trainer.state.iteration
+        assert run.info.status == "FINISHED"
+        assert [s for s, _ in history(uri, run, "train_loss")] == list(range(1, iterations + 1))
+        assert [s for s, _ in history(uri, run, "lr")] == list(range(1, iterations + 1))
+        for key in ("epoch_train_loss", "train_mean_dice", "val_mean_dice", "val_dice/liver"):
+            assert [s for s, _ in history(uri, run, key)] == [1, 2, 3, 4, 5], key
+        recorded = json.loads((tmp_path / "models" / "history.json").read_text())
+        assert [v for _, v in history(uri, run, "val_mean_dice")] == pytest.approx(
+            [r["val_mean_dice"] for r in recorded]
+        )
+        assert [v for _, v in history(uri, run, "epoch_train_loss")] == pytest.approx([r["loss"] for r in recorded])
+        assert {"model.pt", "history.json"} <= artifacts(uri, run)
+    finally:
+        stop_server(server["process"])
+    (warning,) = log.matching("cannot be reached")
+    assert uri in warning[2] and "[Errno" in warning[2] and outage["down"] < warning[0]
+    assert len(log.matching("answers again")) == 1 and not log.matching("did not answer")
+    assert not list((tmp_path / "models").glob("mlflow_offline_*"))  # sent, then deleted
+    main = [t for t, thread in calls if thread == threading.main_thread().name]
+    assert len([t for t in main if outage["down"] < t < outage["restarting"]]) == 1  # the call that found it down
+    assert any(thread == "mlflow-journal" for _, thread in calls)  # the backlog went from the background
+
+
+def test_server_down_at_start_warns_once_before_training_and_leaves_a_file_to_replay(
+    mlflow_server, phantom_dir, tmp_path, python_env
+):
+    """Nothing listens at the URI: one warning before the first iteration, the training runs to the end, the last
+    message names the file and the command; the command sends the whole run to a server afterwards."""
+    from ignite.engine import Events
+    from selfmedhpm.journal import read_journal
+
+    down = f"http://127.0.0.1:{free_port()}"
+    out = tmp_path / "models"
+    first_iteration = {}
+
+    def on_trainer(trainer):
+        @trainer.on(Events.ITERATION_STARTED(once=1))
+        def started(engine):
+            first_iteration["t"] = time.monotonic()
+
+    tracking = {"tracking": PRE_SETTINGS, "tracking_uri": down, "experiment_name": "late", "run_name": "pre_offline"}
+    start = time.monotonic()
+    with JournalLog() as log:
+        workflow = tracked_workflow(
+            configs(PRETRAIN, "train.json", "train_cpu.json"), on_trainer, dataset_dir=str(phantom_dir),
+            output_dir=str(out), epochs=2, **PRE_TINY, **tracking,
+        )  # fmt: skip
+    iterations = workflow.parser.get_parsed_content("train#trainer").state.iteration
+    assert [r["epoch"] for r in json.loads((out / "history.json").read_text())] == [1, 2]
+    (warning,) = log.matching("cannot be reached")
+    assert down in warning[2] and start < warning[0] < first_iteration["t"]
+    path = out / "mlflow_offline_pre_offline.jsonl"
+    header, records = read_journal(path)
+    assert (header["tracking_uri"], header["run_id"], records[-1]["status"]) == (down, None, "FINISHED")
+    kept = sum(len(r.get("metrics", [])) for r in records)
+    assert kept == 5 * iterations + 4 * 2  # 4 losses and the lr per iteration, 4 epoch means per epoch
+    _, level, last = log.records[-1]  # the last thing the journal says
+    assert level == "WARNING" and f"{kept} metric values" in last and f"replay {path} --tracking_uri {down}" in last
+    command = [sys.executable, "-m", "selfmedhpm.tracking", "replay", str(path), "--tracking_uri", mlflow_server]
+    replay = subprocess.run(command, capture_output=True, text=True, env=python_env, timeout=300)
+    assert replay.returncode == 0, replay.stderr[-3000:]
+    (run,) = runs_of(mlflow_server, "late")
+    assert run.info.run_name == "pre_offline" and run.info.status == "FINISHED"
+    assert run.data.params["roi_size"] == "[64, 64, 64]" and run.data.params["epochs"] == "2"
+    for key in ("train_loss", "rec_loss", "lr"):
+        assert [s for s, _ in history(mlflow_server, run, key)] == list(range(1, iterations + 1)), key
+    recorded = json.loads((out / "history.json").read_text())
+    means = history(mlflow_server, run, "epoch_rec_loss")
+    assert [s for s, _ in means] == [1, 2] and [v for _, v in means] == pytest.approx([r["rec_loss"] for r in recorded])
+    assert {"model.pt", "encoder.pt", "history.json"} <= artifacts(mlflow_server, run) and not path.exists()
+
+
+def test_a_journal_whose_server_never_answers_keeps_every_record_in_order_and_warns_once(tmp_path, monkeypatch):
+    """Retried every 0.2 s for the whole run, the outage is still reported once; a second process with the same run
+    name writes a file of its own; a folder that cannot be written keeps the records in memory and says so."""
+    from selfmedhpm import journal as journals
+    from selfmedhpm.journal import RunJournal, bound_http_retries, read_journal
+
+    monkeypatch.setattr(journals, "_UNSENT", {})  # no reminder of these files when pytest exits
+    bound_http_retries()
+    uri = f"http://127.0.0.1:{free_port()}"
+
+    def run(folder: Path) -> RunJournal:
+        journal = RunJournal(mlflow.MlflowClient(uri), uri, "e", "r", folder, retry_seconds=0.2)
+        journal.open()
+        journal.send({"params": {"a": "1"}})
+        for step in (1, 2, 3):
+            journal.send({"metrics": [["loss", 1.0 / step, 1000 + step, step]]})
+            time.sleep(0.5)
+        journal.close("FAILED")
+        return journal
+
+    with JournalLog() as log:
+        first, second = run(tmp_path), run(tmp_path)
+    assert (first.path.name, second.path.name) == ("mlflow_offline_r.jsonl", "mlflow_offline_r.2.jsonl")
+    assert len(log.matching("cannot be reached")) == 2 and len(log.matching("did not answer")) == 2
+    header, records = read_journal(second.path)
+    assert (header["run_name"], header["run_id"], header["sent"]) == ("r", None, 0)
+    metrics = [{"metrics": [["loss", 1.0 / s, 1000 + s, s]]} for s in (1, 2, 3)]
+    assert records[:-1] == [{"params": {"a": "1"}}, *metrics] and records[-1]["status"] == "FAILED"
+
+    (tmp_path / "a_file").write_text("")
+    with JournalLog() as log:
+        run(tmp_path / "a_file")
+    assert "memory only" in log.records[-1][2] and "1 parameters, 3 metric values" in log.records[-1][2]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import pickle
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -178,18 +179,134 @@ def test_sigkill_then_resume_matches_uninterrupted_run(point, phantom_dir, unint
     )
     assert resume.returncode == 0, resume.stderr.decode()[-2000:]
     assert not list((killed / "checkpoints").glob(".*.tmp"))
-    history = json.loads((killed / "history.json").read_text())
-    reference = json.loads((uninterrupted / "history.json").read_text())
+    assert_same_run(killed, uninterrupted)
+
+
+def assert_same_run(out: Path, reference: Path) -> None:
+    """The 4-epoch pretraining in ``out`` has the history, optimizer steps and weights of the one in ``reference``."""
+    history = json.loads((out / "history.json").read_text())
+    expected = json.loads((reference / "history.json").read_text())
     assert [r["epoch"] for r in history] == [1, 2, 3, 4]
-    assert [r["iterations"] for r in history] == [r["iterations"] for r in reference] == [4, 4, 4, 4]
-    for ours, theirs in zip(history, reference):
+    assert [r["iterations"] for r in history] == [r["iterations"] for r in expected] == [4, 4, 4, 4]
+    for ours, theirs in zip(history, expected):
         for key in ("loss", "rec_loss", "pred_loss", "hard_ratio", "lr"):
             assert ours[key] == pytest.approx(theirs[key], rel=1e-4, abs=1e-6), (ours["epoch"], key)
-    a, b = load_weights(uninterrupted / "model.pt"), load_weights(killed / "model.pt")
+    a, b = load_weights(reference / "model.pt"), load_weights(out / "model.pt")
     assert a.keys() == b.keys()
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
-    final = load_weights(killed / "checkpoints" / "checkpoint_epoch=4.pt")
+    final = load_weights(out / "checkpoints" / "checkpoint_epoch=4.pt")
     assert final["trainer"]["iteration"] == 16 and [r["epoch"] for r in final["history"]["records"]] == [1, 2, 3, 4]
+
+
+FULL_DISK = {  # SELFMEDHPM_FAIL_WRITE, the file it hits, the checkpoint left, what the message says, the history kept
+    "checkpoint, no space": ("checkpoint_epoch=2.pt:1", "ckpt/checkpoint_epoch=2.pt", 1, "no space left on device", 2),
+    "history, read-only": ("history.json:2:EROFS", "history.json", 1, "is on a read-only file system", 1),
+    "checkpoint, quota": ("checkpoint_*:3:EDQUOT", "ckpt/checkpoint_epoch=3.pt", 2, "disk quota exceeded", 3),
+}  # the history of an epoch is written as its checkpoint takes the history's state, just before the checkpoint
+
+
+@pytest.mark.parametrize("case", list(FULL_DISK))
+def test_a_write_that_finds_no_space_names_its_file_and_the_last_good_checkpoint(case, tmp_path, monkeypatch):
+    from ignite.engine import Engine
+    from selfmedhpm import errors
+    from selfmedhpm.checkpoint import EpochCheckpointer
+    from selfmedhpm.errors import OutputWriteError
+    from selfmedhpm.faults import WRITE_ENV
+    from selfmedhpm.handlers import HistoryRecorder
+
+    spec, failing, last_epoch, words, kept = FULL_DISK[case]
+    monkeypatch.setenv(WRITE_ENV, spec)
+    monkeypatch.setattr(errors, "_resume_point", None)  # forgotten after the test: its engine never completes
+    engine = Engine(lambda e, b: {"loss": float(b) * e.state.epoch})
+    EpochCheckpointer(tmp_path / "ckpt", {"weights": torch.nn.Linear(300, 300)}).attach(engine)
+    HistoryRecorder(tmp_path / "history.json", ["loss"]).attach(engine)
+    with pytest.raises(OutputWriteError) as info:
+        engine.run([1.0, 3.0], max_epochs=4)
+    last = tmp_path / "ckpt" / f"checkpoint_epoch={last_epoch}.pt"
+    line = info.value.summary()
+    assert line.startswith(f"{tmp_path / failing}: ") and words in line and "\n" not in line
+    assert f"the last good checkpoint is {last}" in line and line.endswith("--resume True")
+    if "no space" in words:  # the size of the checkpoint that failed, about that of the one before it
+        needed = float(re.search(r"the file needs ([\d.]+) KB, [\d.]+ [KMG]B free in ", line).group(1)) * 2**10
+        assert needed == pytest.approx(last.stat().st_size, rel=0.05)
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [last.name]  # no temporary file left
+    assert load_weights(last)["trainer"]["iteration"] == 2 * last_epoch
+    assert [r["epoch"] for r in json.loads((tmp_path / "history.json").read_text())] == list(range(1, kept + 1))
+
+
+def test_an_os_error_of_a_full_disk_anywhere_ends_with_one_line_naming_the_file(monkeypatch):
+    """A write that is not the project's (an image saved by MONAI) still ends with the ``ERROR`` line."""
+    import errno
+
+    from selfmedhpm import errors
+    from selfmedhpm.errors import user_error
+
+    monkeypatch.setattr(errors, "_resume_point", None)  # not a training run
+
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device", "/out/ct_07_seg.nii.gz")
+        except OSError as e:
+            raise RuntimeError("Failed to evaluate ConfigExpression") from e
+    except RuntimeError as wrapped:
+        line = user_error(wrapped).summary()
+    assert line.startswith("/out/ct_07_seg.nii.gz: no space left on device") and "run the same command" in line
+    assert user_error(RuntimeError("x")) is None
+
+
+def _mount_tmpfs(folder: Path, size: int) -> bool:
+    folder.mkdir()
+    try:
+        command = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)]
+        return subprocess.run(command, capture_output=True, timeout=60).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("disk", ["ENOSPC injected at epoch 3", "small tmpfs"])
+def test_full_disk_ends_with_one_line_and_its_resume_command_matches_uninterrupted_run(
+    disk, phantom_dir, uninterrupted, tmp_path, python_env
+):
+    """The run stops with one last line naming the checkpoint being written, its size, the last good checkpoint and
+    the resume command; running that command (after freeing space) ends with the uninterrupted run's weights. On a
+    tmpfs just too small for a second checkpoint when it can be mounted (root), else with the fault hook."""
+    from selfmedhpm.faults import WRITE_ENV
+
+    out, env, failing, last = tmp_path / "out", dict(python_env), 3, 2
+    sizes = {p.name: p.stat().st_size for p in [*uninterrupted.glob("*.pt"), *uninterrupted.glob("checkpoints/*")]}
+    checkpoint = sizes.pop("checkpoint_epoch=4.pt")
+    mounted = disk == "small tmpfs" and _mount_tmpfs(out, checkpoint + sum(sizes.values()) + checkpoint // 2)
+    if mounted:  # epoch 1 fits with its checkpoint and exports; the checkpoint of epoch 2 does not
+        failing, last = 2, 1
+    else:
+        env[WRITE_ENV] = f"checkpoint_epoch={failing}.pt:1"
+    try:
+        stopped = subprocess.run(
+            _pretrain_command(phantom_dir, out), env=env, capture_output=True, text=True, timeout=600
+        )
+        assert stopped.returncode == 1, stopped.stderr[-3000:]
+        line = stopped.stderr.strip().splitlines()[-1]
+        written = out / "checkpoints" / f"checkpoint_epoch={failing}.pt"
+        assert line.startswith(f"ERROR {written}: no space left on device (the file needs "), line
+        needed = float(re.search(r"the file needs ([\d.]+) MB", line).group(1)) * 2**20
+        assert needed == pytest.approx(checkpoint, rel=0.05)
+        assert f"the last good checkpoint is {out / 'checkpoints' / f'checkpoint_epoch={last}.pt'}" in line
+        assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [f"checkpoint_epoch={last}.pt"]
+        assert load_weights(out / "checkpoints" / f"checkpoint_epoch={last}.pt")["trainer"]["iteration"] == 4 * last
+        assert [r["epoch"] for r in json.loads((out / "history.json").read_text())] == list(range(1, failing + 1))
+        if mounted:  # free space: the tmpfs grows
+            subprocess.run(["mount", "-o", "remount,size=256m", str(out)], check=True, timeout=60)
+        command = shlex.split(line.split("then resume: ", 1)[1])
+        assert command[:4] == ["python", "-m", "monai.bundle", "run"] and command[-2:] == ["--resume", "True"]
+        resumed = subprocess.run(
+            [sys.executable, *command[1:]], env=python_env, capture_output=True, text=True, timeout=600
+        )  # fmt: skip
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert_same_run(out, uninterrupted)
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(out)], timeout=60)
 
 
 def test_history_file_is_rebuilt_from_the_checkpoint(tmp_path):

@@ -28,8 +28,9 @@ package :mod:`selfmedhpm_tools`, which imports this one and is never imported by
 - :mod:`selfmedhpm.check_data`: data checks with clear messages.
 - :mod:`selfmedhpm.labels`, :mod:`selfmedhpm.evaluation`, :mod:`selfmedhpm.seg_data`: the segmentation bundle's
   label sets, evaluation reports and inputs.
-- :mod:`selfmedhpm.bundle`, :mod:`selfmedhpm.handlers`, :mod:`selfmedhpm.tracking`, :mod:`selfmedhpm.visualize`:
-  config helpers, ignite handlers, MLflow tracking, the HPM figure.
+- :mod:`selfmedhpm.bundle`, :mod:`selfmedhpm.handlers`, :mod:`selfmedhpm.tracking`, :mod:`selfmedhpm.journal`,
+  :mod:`selfmedhpm.visualize`: config helpers, ignite handlers, MLflow tracking (and what it keeps while the server
+  cannot be reached), the HPM figure.
 - :mod:`selfmedhpm.utils`, :mod:`selfmedhpm.errors`, :mod:`selfmedhpm.faults`, :mod:`selfmedhpm.optim`,
   :mod:`selfmedhpm.quant`: leaf helpers.
 """
@@ -63,6 +64,7 @@ _SUBMODULES = {
     "patches",
     "inferers",
     "views",
+    "journal",
 }
 
 

@@ -19,6 +19,7 @@ import pickle
 import random
 import re
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -28,13 +29,14 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 from selfmedhpm.ema import unwrap
-from selfmedhpm.errors import UserInputError
+from selfmedhpm.errors import UserInputError, set_resume_point
 from selfmedhpm.faults import crash_point
 from selfmedhpm.utils import as_bool, atomic_write, is_rank0
 
 __all__ = [
     "CheckpointError",
     "save_atomic",
+    "tensor_bytes",
     "load_weights",
     "latest_checkpoint",
     "rng_state",
@@ -70,7 +72,36 @@ def save_atomic(obj: Any, path: str | os.PathLike, before_replace: Callable[[], 
         >>> load_weights(p)["w"].tolist()
         [1.0, 1.0]
     """
-    return atomic_write(path, lambda f: torch.save(obj, f), binary=True, before_replace=before_replace)
+    return atomic_write(
+        path, lambda f: torch.save(obj, f), binary=True, before_replace=before_replace, size=lambda: tensor_bytes(obj)
+    )
+
+
+def tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensors in ``obj`` (nested dicts, lists and tuples), each storage counted once: about the size of
+    ``torch.save(obj)``.
+
+    Examples::
+
+        >>> w = torch.zeros(1000)
+        >>> tensor_bytes({"a": w, "b": [w, torch.zeros(10, dtype=torch.float64)]})
+        4080
+    """
+    seen: dict[int, int] = {}
+
+    def visit(item: Any) -> None:
+        if isinstance(item, torch.Tensor):
+            storage = item.untyped_storage()
+            seen[storage.data_ptr() or id(storage)] = storage.nbytes()
+        elif isinstance(item, Mapping):
+            for value in item.values():
+                visit(value)
+        elif isinstance(item, (list, tuple)):
+            for value in item:
+                visit(value)
+
+    visit(obj)
+    return sum(seen.values())
 
 
 def load_weights(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
@@ -204,7 +235,9 @@ class EpochCheckpointer(PeriodicWriter):
 
     A checkpoint is written after every ``interval`` epochs when at least ``min_seconds`` have passed since the
     previous one (so that short epochs on a fast GPU do not spend their time writing files), and always when the
-    run completes.
+    run completes. Once attached, an output that cannot be written (a full disk: any file of the run) stops the run
+    with a message that names the last good checkpoint and the command that resumes from it
+    (:class:`~selfmedhpm.errors.OutputWriteError`).
 
     Args:
         save_dir: folder of the checkpoints.
@@ -229,6 +262,23 @@ class EpochCheckpointer(PeriodicWriter):
         super().__init__(interval, min_seconds)
         self.save_dir, self.save_dict = Path(save_dir), dict(save_dict)
         self.n_saved, self.transforms, self.prefix = n_saved, transforms, prefix
+
+    def attach(self, engine: Engine) -> None:
+        super().attach(engine)
+        engine.add_event_handler(Events.STARTED, self._claim_resume_point)
+
+    def _claim_resume_point(self, engine: Engine) -> None:
+        finder = weakref.WeakMethod(self.last_checkpoint)  # lives no longer than this checkpointer
+        set_resume_point(lambda: finder()() if finder() is not None else None)
+        if not engine.has_event_handler(self._release_resume_point, Events.COMPLETED):
+            engine.add_event_handler(Events.COMPLETED, self._release_resume_point)  # after the final writes
+
+    def _release_resume_point(self, engine: Engine) -> None:
+        set_resume_point(None)
+
+    def last_checkpoint(self) -> Path | None:
+        """The newest complete checkpoint in ``save_dir``, or None."""
+        return latest_checkpoint(self.save_dir, self.prefix)
 
     def write(self, engine: Engine) -> None:
         if not is_rank0():

@@ -18,6 +18,10 @@ once more as the last lines, prefixed with ``ERROR``. It changes how every uncau
 so only code that owns the process installs it: the bundles' workflows (first step of ``initialize``) and the
 command-line tools (under ``if __name__ == "__main__"``); importing :mod:`selfmedhpm` installs nothing.
 
+The same goes for an output that cannot be written (:class:`OutputWriteError`: a full disk, an exceeded quota, a
+read-only or forbidden folder): its line names the file, the space it needed and, in a training run, the last good
+checkpoint and the command that resumes from it.
+
 Examples::
 
     >>> class MissingThing(UserInputError, FileNotFoundError):
@@ -34,10 +38,33 @@ Examples::
 
 from __future__ import annotations
 
+import errno
+import os
+import shlex
+import shutil
 import sys
+from collections.abc import Callable
+from pathlib import Path
 from types import TracebackType
 
-__all__ = ["UserInputError", "InputNotFoundError", "FlagError", "user_error", "install_excepthook"]
+__all__ = [
+    "UserInputError",
+    "InputNotFoundError",
+    "FlagError",
+    "OutputWriteError",
+    "WRITE_ERRNOS",
+    "storage_errno",
+    "set_resume_point",
+    "resume_command",
+    "user_error",
+    "install_excepthook",
+]
+
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+"""The errors of a write that the user's machine causes, not the program: no space, quota, read-only, forbidden."""
+_WRITE_ONLY_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}  # never raised by a read
+
+_resume_point: Callable[[], str | os.PathLike | None] | None = None
 
 
 class UserInputError(Exception):
@@ -56,14 +83,153 @@ class FlagError(UserInputError, ValueError):
     """A config flag with a value that is not a boolean."""
 
 
-def user_error(error: BaseException | None) -> UserInputError | None:
-    """The first :class:`UserInputError` in ``error``'s chain of causes and contexts, or None."""
+def _size(nbytes: int) -> str:
+    for unit, scale in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.1f} {unit}"
+    return f"{nbytes} bytes"
+
+
+def set_resume_point(finder: Callable[[], str | os.PathLike | None] | None) -> None:
+    """Tells :class:`OutputWriteError` that this process trains a resumable run: ``finder()`` returns its last
+    complete checkpoint (None before the first). :class:`selfmedhpm.checkpoint.EpochCheckpointer` sets it when
+    attached; None forgets it."""
+    global _resume_point
+    _resume_point = finder
+
+
+def resume_command(argv: list[str] | None = None) -> str:
+    """The command that resumes this run: ``python -m monai.bundle`` with the same arguments and ``--resume True``
+    when that is how the run was started (a single process); otherwise a description of it.
+
+    Examples::
+
+        >>> argv = ["/x/monai/bundle/__main__.py", "run", "--config_file", "['t.json','cpu.json']", "--resume", "no"]
+        >>> print(resume_command(argv))
+        python -m monai.bundle run --config_file "['t.json','cpu.json']" --resume True
+    """
+    argv = list(sys.argv if argv is None else argv)
+    distributed = "TORCHELASTIC_RUN_ID" in os.environ or "LOCAL_RANK" in os.environ
+    if distributed or not argv or Path(argv[0]).parts[-3:] != ("monai", "bundle", "__main__.py"):
+        return "the same command with --resume True"
+    args, skip = [], False
+    for arg in argv[1:]:
+        if skip or arg.startswith("--resume="):
+            skip = False
+            continue
+        if arg == "--resume":
+            skip = True
+            continue
+        args.append(arg)
+    return " ".join(_quote(arg) for arg in ["python", "-m", "monai.bundle", *args, "--resume", "True"])
+
+
+def _quote(arg: str) -> str:
+    """``arg`` for a shell: as it is when it can be, else in double quotes when that is enough (a config list
+    ``"['a.json','b.json']"`` reads better so than in shlex's single quotes)."""
+    quoted = shlex.quote(arg)
+    if quoted != arg and not set(arg) & set('"$`\\!'):
+        return f'"{arg}"'
+    return quoted
+
+
+class OutputWriteError(UserInputError, OSError):
+    """An output file that cannot be written: no space left on its device (ENOSPC), a disk quota exceeded (EDQUOT), a
+    read-only file system (EROFS) or a folder the process may not write to (EACCES, EPERM). Files written before are
+    intact (the writes are atomic); in a training run (:func:`set_resume_point`) the message names the last good
+    checkpoint and the command that resumes from it.
+
+    Args:
+        code: the ``errno`` of the failed write.
+        path: the file being written.
+        needed: bytes the file needed, when known.
+        written: bytes that reached the disk before the write failed, when ``needed`` is unknown.
+
+    Examples::
+
+        >>> error = OutputWriteError(errno.ENOSPC, "/out/checkpoint_epoch=3.pt", needed=12_500_000)
+        >>> error.summary().split(". ")[0]  # doctest: +ELLIPSIS
+        '/out/checkpoint_epoch=3.pt: no space left on device (the file needs 11.9 MB...'
+    """
+
+    def __init__(self, code: int, path: str | os.PathLike, needed: int | None = None, written: int | None = None):
+        OSError.__init__(self, code, os.strerror(code), os.fspath(path))
+        self.path, self.needed, self.written = Path(path), needed, written
+        self.free = _free_bytes(self.path.parent)
+        self.training = _resume_point is not None
+        self.last_checkpoint = None
+        if _resume_point is not None:
+            try:
+                found = _resume_point()
+            except Exception:  # the message matters more than this detail
+                found = None
+            self.last_checkpoint = Path(found) if found else None
+        self.resume = resume_command()
+
+    def __str__(self) -> str:
+        return self.summary()
+
+    def summary(self) -> str:
+        """One line: the file, what went wrong, the space it needed and the free space, then what to do."""
+        folder = self.path.parent
+        if self.errno in (errno.ENOSPC, errno.EDQUOT):
+            what = "no space left on device" if self.errno == errno.ENOSPC else "disk quota exceeded"
+            if self.needed is not None:
+                size = f"the file needs {_size(self.needed)}"
+            else:
+                size = f"{_size(self.written)} were written before the error" if self.written else "size unknown"
+            free = f", {_size(self.free)} free in {folder}" if self.free is not None else ""
+            problem, fix = f"{what} ({size}{free})", "Free some space"
+        elif self.errno == errno.EROFS:
+            problem, fix = f"cannot write: {folder} is on a read-only file system", "Make the folder writable"
+        else:
+            problem, fix = f"cannot write: permission denied in {folder}", "Make the folder writable"
+        message = f"{self.path}: {problem}. Nothing written before is damaged"
+        if self.last_checkpoint is not None:
+            return f"{message}; the last good checkpoint is {self.last_checkpoint}. {fix}, then resume: {self.resume}"
+        if self.training:
+            return f"{message}; no checkpoint was complete yet. {fix}, then run the same command again."
+        return f"{message}. {fix}, then run the same command again."
+
+
+def _free_bytes(folder: Path) -> int | None:
+    for candidate in (folder, *folder.parents):
+        if candidate.exists():
+            try:
+                return shutil.disk_usage(candidate).free
+            except OSError:
+                return None
+    return None
+
+
+def storage_errno(error: BaseException | None) -> int | None:
+    """The ``errno`` of the first ``OSError`` in ``error``'s chain that is in :data:`WRITE_ERRNOS`, or None. (torch
+    reports a full disk as ``RuntimeError: ... unexpected pos``, with the ``OSError`` as its context.)"""
     seen = set()
     while error is not None and id(error) not in seen:
-        if isinstance(error, UserInputError):
-            return error
+        if isinstance(error, OSError) and error.errno in WRITE_ERRNOS:
+            return error.errno
         seen.add(id(error))
         error = error.__cause__ or error.__context__
+    return None
+
+
+def user_error(error: BaseException | None) -> UserInputError | None:
+    """The first :class:`UserInputError` in ``error``'s chain of causes and contexts, or None; failing that, an
+    :class:`OutputWriteError` for an ``OSError`` that only a write raises (no space, quota, read-only file system)
+    and that names its file (e.g. an image saved by MONAI)."""
+    seen, chain = set(), error
+    while chain is not None and id(chain) not in seen:
+        if isinstance(chain, UserInputError):
+            return chain
+        seen.add(id(chain))
+        chain = chain.__cause__ or chain.__context__
+    seen, chain = set(), error
+    while chain is not None and id(chain) not in seen:
+        if isinstance(chain, OSError) and chain.errno in _WRITE_ONLY_ERRNOS and chain.filename:
+            return OutputWriteError(chain.errno, chain.filename)
+        seen.add(id(chain))
+        chain = chain.__cause__ or chain.__context__
     return None
 
 

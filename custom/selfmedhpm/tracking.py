@@ -24,15 +24,21 @@ The trainer's handler creates the run; the validator's handler of the same proce
 with validation is one run), and in a standalone evaluation or inference the evaluator's handler creates, fills and
 closes its own run. A run whose engine raises is marked FAILED instead of being left RUNNING.
 
+A tracking server that cannot be reached never stops a training: what the run logs is kept in
+``<output_dir>/mlflow_offline_<run_name>.jsonl`` and sent when the server answers again (:mod:`selfmedhpm.journal`).
+A file that a run left because the server never came back is sent with ``python -m selfmedhpm.tracking replay``.
+
 Examples::
 
     python -m monai.bundle run --config_file bundles/selfmedhpm_ct_pretraining/configs/train.json \\
         --tracking bundles/selfmedhpm_ct_pretraining/configs/mlflow_tracking.json \\
         --tracking_uri http://127.0.0.1:5000 --dataset_dir DIR
+    python -m selfmedhpm.tracking replay models/mlflow_offline_train_20260101_120000.jsonl
 """
 
 from __future__ import annotations
 
+import argparse
 import glob
 import logging
 import math
@@ -48,6 +54,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.handlers import MLFlowHandler
 from monai.utils import flatten_dict, path_to_uri
+from selfmedhpm.journal import MAX_PARAM_LENGTH, RunJournal, bound_http_retries, replay_file
 from selfmedhpm.utils import is_rank0
 
 __all__ = [
@@ -57,15 +64,13 @@ __all__ = [
     "count_parameters",
     "tracking_config_ids",
     "log_run",
+    "main",
 ]
 
 logger = logging.getLogger(__name__)
 
-MAX_PARAM_LENGTH = 6000
-"""MLflow's limit on the length of a parameter value; longer values are cut."""
-
-_ACTIVE_RUNS: dict[tuple[str, str], str] = {}
-"""(tracking URI, experiment) -> id of the run a handler of this process created and has not closed yet."""
+_ACTIVE_RUNS: dict[tuple[str, str], RunJournal] = {}
+"""(tracking URI, experiment) -> the run a handler of this process created and has not closed yet."""
 
 
 def _as_float(value: Any) -> float | None:
@@ -156,7 +161,8 @@ def count_parameters(net: torch.nn.Module) -> int:
 
 
 class BundleMLFlowHandler(MLFlowHandler):
-    """MONAI's ``MLFlowHandler`` made safe to attach to every engine of a bundle workflow.
+    """MONAI's ``MLFlowHandler`` made safe to attach to every engine of a bundle workflow, and to outlive its
+    tracking server.
 
     Differences from ``MLFlowHandler`` (all its arguments are accepted):
 
@@ -166,6 +172,13 @@ class BundleMLFlowHandler(MLFlowHandler):
       process and experiment (the validator's) joins the owner's run. ``close_on_complete`` is therefore ignored.
     - Without ``run_name``, the run is named ``<run_prefix>_<date>_<time>`` (MONAI would join any unfinished run of
       the experiment, e.g. one left by a crashed job).
+    - A server that cannot be reached (at the start or during the run) never stops the training: the handler warns
+      once, keeps what the run logs in ``<offline_dir>/mlflow_offline_<run_name>.jsonl`` and sends it when the
+      server answers again (tried every ``retry_seconds`` from a background thread: the trainer makes no call to the
+      server meanwhile) or at the end of the run. If the server is still away then, the file stays and the last
+      line says how to send it (``python -m selfmedhpm.tracking replay FILE``). See :mod:`selfmedhpm.journal`.
+      For an HTTP server, MLflow's retries are bounded (:func:`selfmedhpm.journal.bound_http_retries`), so a failed
+      call costs seconds.
     - ``artifacts`` may be files, folders (logged as folders) or glob patterns; missing ones are skipped.
     - Parameters and metrics are logged leniently: values are converted to float or cut to MLflow's length limit,
       non-scalar values are skipped, and a parameter that a resumed run logged with another value is kept (with
@@ -179,16 +192,36 @@ class BundleMLFlowHandler(MLFlowHandler):
         run_prefix: prefix of the generated run name. Defaults to "run".
         epoch_means: log per-epoch means of the iteration scalars. Defaults to False.
         log_lr: log the base learning rate each logged iteration. Defaults to False.
+        offline_dir: folder of the file kept during an outage. Defaults to the SQLite store's folder for a
+            ``sqlite:///`` URI, else the working directory.
+        retry_seconds: least time between two tries to reach the server during an outage. Defaults to 30.
         kwargs: ``MLFlowHandler`` arguments (``tracking_uri``, ``experiment_name``, ``run_name``, ``iteration_log``,
             ``epoch_log``, ``output_transform``, ``experiment_param``, ``artifacts``, ...).
     """
 
-    def __init__(self, run_prefix: str = "run", epoch_means: bool = False, log_lr: bool = False, **kwargs: Any):
+    def __init__(
+        self,
+        run_prefix: str = "run",
+        epoch_means: bool = False,
+        log_lr: bool = False,
+        offline_dir: str | os.PathLike | None = None,
+        retry_seconds: float = 30.0,
+        **kwargs: Any,
+    ):
         kwargs["close_on_complete"] = False
+        tracking_uri = str(os.environ.get("MLFLOW_TRACKING_URI") or kwargs.get("tracking_uri") or "")
+        if tracking_uri.startswith(("http://", "https://")):
+            bound_http_retries()
         super().__init__(**kwargs)
         self.run_prefix, self.epoch_means, self.log_lr = run_prefix, epoch_means, log_lr
-        tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or kwargs.get("tracking_uri") or ""
-        self._key = (str(tracking_uri), str(self.experiment_name))
+        self.tracking_uri = tracking_uri or str(getattr(self.client, "tracking_uri", ""))
+        if offline_dir is None:
+            store = self.tracking_uri[len("sqlite:///") :] if self.tracking_uri.startswith("sqlite:///") else ""
+            offline_dir = Path(store).parent if store else Path.cwd()
+        self.offline_dir, self.retry_seconds = Path(offline_dir), float(retry_seconds)
+        self._key = (self.tracking_uri, str(self.experiment_name))
+        self.journal: RunJournal | None = None
+        self._params_logged: RunJournal | None = None
         self.owner = False
         self._sums: dict[str, float] = defaultdict(float)
         self._counts: dict[str, int] = defaultdict(int)
@@ -209,41 +242,67 @@ class BundleMLFlowHandler(MLFlowHandler):
 
     def start(self, engine: Engine) -> None:
         """Creates or joins the run, then logs the parameters (MLflow ``start``)."""
-        if self.cur_run is None:
+        if self.journal is not None and self.journal.closed:
+            self.journal, self.owner = None, False
+        if self.journal is None:
             active = _ACTIVE_RUNS.get(self._key)
-            if active is not None:
-                run = self.client.get_run(active)
-                if self.run_name is None or run.info.run_name == self.run_name:
-                    self.cur_run, self.owner = run, False
-            if self.cur_run is None:
+            if active is not None and (self.run_name is None or active.run_name == self.run_name):
+                self.journal, self.owner = active, False
+            else:
                 if self.run_name is None:
                     self.run_name = f"{self.run_prefix}_{time.strftime('%Y%m%d_%H%M%S')}"
-                self.owner = True
-        super().start(engine)
-        if self.owner:
-            _ACTIVE_RUNS[self._key] = self.cur_run.info.run_id
+                journal = RunJournal(
+                    self.client,
+                    self.tracking_uri,
+                    str(self.experiment_name),
+                    str(self.run_name),
+                    self.offline_dir,
+                    self.retry_seconds,
+                    self.artifact_location,
+                )
+                journal.open()
+                self.journal, self.owner = journal, True
+                _ACTIVE_RUNS[self._key] = journal
+        if self._params_logged is not self.journal:  # once per run (MONAI logs them at every start of the engine)
+            params = dict(self.experiment_param or {})
+            if self.owner:  # the engine's length; a validator joining the run would log its own (1 iteration)
+                params.update({attr: getattr(engine.state, attr, None) for attr in self.default_tracking_params})
+            self._log_params(params)
+            self._params_logged = self.journal
+        if self.dataset_logger is not None:
+            self.dataset_logger(self.dataset_dict)
+        elif self.dataset_dict is not None and self.journal.online:
+            self.cur_run = self.client.get_run(self.journal.run_id)
+            self._default_dataset_log(self.dataset_dict)
 
     def complete(self) -> None:
         """The owner logs the artifacts and closes the run."""
-        if not self.owner or self.cur_run is None:
+        if not self.owner or self.journal is None:
             return
         try:
-            self._log_artifacts()
+            files = [[os.path.abspath(path), is_folder] for path, is_folder in self.artifact_files()]
+            if files:
+                self.journal.send({"artifacts": files})
         finally:
             self._finish(self.run_finish_status)
 
+    def close(self) -> None:
+        """Ends the run (when this handler owns it) and releases a local SQLite store."""
+        if self.owner and self.journal is not None:
+            self._finish(self.run_finish_status)
+
     def _finish(self, status: str) -> None:
-        run_id = self.cur_run.info.run_id
+        journal = self.journal
         try:
-            self.client.set_terminated(run_id, status)
+            journal.close(status)
         finally:
-            if _ACTIVE_RUNS.get(self._key) == run_id:
+            if _ACTIVE_RUNS.get(self._key) is journal:
                 del _ACTIVE_RUNS[self._key]
-            self.cur_run, self.owner = None, False
+            self.journal, self.cur_run, self.owner = None, None, False
             self._dispose_sqlite_store()
 
     def _exception_raised(self, engine: Engine, error: Exception) -> None:
-        if self.owner and self.cur_run is not None:
+        if self.owner and self.journal is not None:
             try:
                 self._finish("FAILED")
             except Exception as e:  # the training error matters more than the tracking one
@@ -266,34 +325,17 @@ class BundleMLFlowHandler(MLFlowHandler):
                     logger.info("MLflow: no artifact at %s, skipped", path)
         return found
 
-    def _log_artifacts(self) -> None:
-        run_id = self.cur_run.info.run_id
-        for path, is_folder in self.artifact_files():
-            if is_folder:
-                self.client.log_artifacts(run_id, path, artifact_path=Path(path).name)
-            else:
-                self.client.log_artifact(run_id, path)
-
     def _log_params(self, params: dict[str, Any]) -> None:
-        from mlflow.exceptions import MlflowException
-
-        params = {str(k): str(v)[:MAX_PARAM_LENGTH] for k, v in params.items()}
-        try:
-            super()._log_params(params)
-        except MlflowException:  # a resumed run: keep the values it has, log the new keys
-            logged = self.client.get_run(self.cur_run.info.run_id).data.params
-            changed = {k: (logged[k], v) for k, v in params.items() if k in logged and logged[k] != v}
-            if changed:
-                logger.warning("MLflow: the run has other values for %s; kept them (old, new)", changed)
-            new = {k: v for k, v in params.items() if k not in logged}
-            if new:
-                super()._log_params(new)
+        if self.journal is None:
+            raise ValueError("Current Run is not Active to log params")
+        self.journal.send({"params": {str(k): str(v)[:MAX_PARAM_LENGTH] for k, v in params.items()}})
 
     def _log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
         values = {str(k): _as_float(v) for k, v in flatten_dict(metrics).items()}
         values = {k: v for k, v in values.items() if v is not None}
-        if values:
-            super()._log_metrics(values, step=step)
+        if values and self.journal is not None:
+            timestamp = int(time.time() * 1000)
+            self.journal.send({"metrics": [[k, v, timestamp, step or 0] for k, v in values.items()]})
 
     def _default_iteration_log(self, engine: Engine) -> None:
         super()._default_iteration_log(engine)
@@ -321,7 +363,7 @@ class BundleMLFlowHandler(MLFlowHandler):
             self._counts[key] += 1
 
     def _log_means(self, engine: Engine) -> None:
-        if self.cur_run is None:
+        if self.journal is None:
             return
         means = {f"epoch_{k}": self._sums[k] / self._counts[k] for k in self._sums if self._counts[k]}
         self._log_metrics(means, step=self.global_epoch_transform(engine.state.epoch))
@@ -415,3 +457,22 @@ def log_run(
     finally:
         client.set_terminated(run_id, status)
     return run_id
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m selfmedhpm.tracking replay FILE [--tracking_uri URI]``: sends what a run kept while its tracking
+    server could not be reached (to the file's server, or to ``URI``)."""
+    parser = argparse.ArgumentParser(prog="python -m selfmedhpm.tracking", description=main.__doc__.split(":")[1])
+    commands = parser.add_subparsers(dest="command", required=True)
+    replay = commands.add_parser("replay", help="send a mlflow_offline_<run>.jsonl file to the tracking server")
+    replay.add_argument("file", nargs="+", help="the file(s) a run left (in its output folder)")
+    replay.add_argument("--tracking_uri", default=None, help="another server than the one the file names")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for path in args.file:
+        replay_file(path, args.tracking_uri)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -12,8 +12,8 @@
 """Small helpers every runtime module may use: the process's rank and process group, atomic file writes, config flags
 as bools and the autocast context of a precision name.
 
-A leaf module (it imports only the standard library, torch and :mod:`selfmedhpm.errors`), so that no module has to
-import a bigger one for one of these helpers.
+A leaf module (it imports only the standard library, torch, :mod:`selfmedhpm.errors` and :mod:`selfmedhpm.faults`),
+so that no module has to import a bigger one for one of these helpers.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import torch
-from selfmedhpm.errors import FlagError
+from selfmedhpm.errors import FlagError, OutputWriteError, storage_errno
+from selfmedhpm.faults import write_fault
 
 __all__ = [
     "rank", "world_size", "is_rank0", "init_distributed", "end_distributed", "atomic_write", "write_json_atomic",
@@ -82,15 +83,24 @@ def atomic_write(
     write: Callable[[IO[Any]], object],
     binary: bool = False,
     before_replace: Callable[[], object] | None = None,
+    size: Callable[[], int | None] | None = None,
 ) -> Path:
     """Writes ``path`` through ``write(file)`` into a temporary file of the same folder, flushed to disk, then renamed
-    over ``path``: a reader sees the old file or the new one, never a part; on any error ``path`` is left as it was.
+    over ``path``: a reader sees the old file or the new one, never a part; on any error ``path`` is left as it was
+    and the temporary file is removed.
+
+    A write that fails for lack of space or permission (an ``OSError`` with ENOSPC, EDQUOT, EROFS, EACCES or EPERM
+    anywhere in the error's chain: torch reports a full disk as a ``RuntimeError``) raises
+    :class:`~selfmedhpm.errors.OutputWriteError`, whose message names ``path`` and the space it needed.
+    ``SELFMEDHPM_FAIL_WRITE`` injects such a failure (:func:`selfmedhpm.faults.write_fault`).
 
     Args:
         path: the file to write (its folder is created).
         write: called with the open temporary file.
         binary: open the temporary file in binary mode.
         before_replace: called after the data is on disk and before the rename (fault-injection tests).
+        size: returns the bytes the file needs, for the message of a failed write (called only then); without it
+            the message gives the bytes written before the failure.
 
     Examples::
 
@@ -100,27 +110,42 @@ def atomic_write(
         'new'
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"newline": ""})) as f:
             write(f)
+            write_fault(path)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the permissions open() would
         if before_replace is not None:
             before_replace()
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    except BaseException as error:
+        written = _remove(tmp)
+        code = storage_errno(error)
+        if code is None or isinstance(error, OutputWriteError):
+            raise
+        raise OutputWriteError(code, path, needed=size() if size is not None else None, written=written) from error
     return path
+
+
+def _remove(tmp: str | None) -> int | None:
+    """Removes a temporary file left by a failed write; returns how many bytes it held."""
+    if tmp is None or not os.path.exists(tmp):
+        return None
+    written = os.path.getsize(tmp)
+    with contextlib.suppress(OSError):
+        os.remove(tmp)
+    return written
 
 
 def write_json_atomic(obj: object, path: str | os.PathLike) -> Path:
     """Writes ``obj`` as indented JSON to ``path`` with :func:`atomic_write`."""
-    return atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2)))
+    text = json.dumps(obj, indent=2)
+    return atomic_write(path, lambda f: f.write(text), size=lambda: len(text.encode()))
 
 
 _TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0", "none", "null", ""}
