@@ -47,8 +47,8 @@ $(MLSTAMP):
 
 monailabel-env: $(MLSTAMP)
 
-# the demo's fine-tuned weights in a MONAI Label app folder: the CPU preset and the values the demo trained with beyond
-# it (its configs/train_demo.json grid and crop, UNETR feature size), which it records in finetune_hpm/trained_with.json
+# the demo's fine-tuned weights in a MONAI Label app folder: the CPU preset and the values they were trained with beyond
+# it (the demo recipe's grid and crop, UNETR feature size), which the fine-tuning recorded in finetune_hpm/trained_with.json
 monailabel-app: $(STAMP) $(MLSTAMP)
 	$(PY) -m selfmedhpm_tools.label_app --out $(APP) --preset cpu --weights $(RESULTS)/finetune_hpm --overwrite
 
@@ -79,7 +79,7 @@ verify: $(STAMP)
 	$(PY) -m selfmedhpm_tools.verify
 
 # dist/<name>_v<version>.zip of both bundles with the demo's weights, and dist/bundle_index.json listing them. The
-# weights' preset (CPU) and the values the demo trained them with (its trained_with.json files) are merged into each
+# weights' preset (CPU) and the values they were trained with (the trained_with.json beside them) are merged into each
 # zip's configs/inference.json and train.json, so the unzipped bundle runs as it is (and in MONAI Label). Training
 # again and releasing again replaces your earlier build.
 RELEASE_ARGS ?=

@@ -297,6 +297,23 @@ def test_labels_the_label_set_does_not_name_are_reported(volumes, tmp_path):
     assert "ERROR  labelsTr/tiny_000.nii.gz: has label values 5 that dataset.json does not name (0..2)" in messages(
         result
     )
+    # the case stays in the list (its image is good for pretraining): the summary says the fine-tuning will stop
+    lines = result.summary.splitlines()
+    note = next(i for i, line in enumerate(lines) if line.startswith("NOTE: 1 labelled case in the list has"))
+    assert "the fine-tune commands below stop at their data check until the labels are fixed" in lines[note]
+    assert note < next(i for i, line in enumerate(lines) if line.startswith("next "))
+
+
+def test_next_commands_name_the_paper_scale_and_the_cpu_preset_of_each_bundle(volumes, tmp_path):
+    result = build_datalist(str(nnunet_tree(tmp_path / "Dataset003_Liver", volumes)), str(tmp_path / "list"))
+    lines = result.summary.splitlines()
+    steps = lines[next(i for i, line in enumerate(lines) if line.startswith("next ")) + 1 :]
+    assert [line.split(":")[0].strip() for line in steps] == [
+        "pretrain, GPU (paper scale)", "pretrain, CPU preset", "fine-tune, GPU (paper scale)", "fine-tune, CPU preset",
+    ]  # fmt: skip
+    assert f"'{PRETRAIN.relative_to(PRETRAIN.parents[1])}/configs/train_cpu.json']" in steps[1]
+    assert "labels.json','bundles/selfmedhpm_ct_segmentation/configs/train_cpu.json']" in steps[3]
+    assert all(f"--datalist {tmp_path / 'list' / 'dataset_0.json'}" in line for line in steps)
 
 
 # ------------------------------------------------------------------------------------------------------ plain folders

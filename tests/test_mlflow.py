@@ -198,7 +198,7 @@ def pretraining_tracked(mlflow_server, phantom_dir, tmp_path_factory):
     )  # fmt: skip
     run_workflow(
         configs(PRETRAIN, "inference.json", "train_cpu.json"), workflow_type="infer", dataset_dir=str(phantom_dir),
-        load_path=str(out / "models" / "teacher.pt"), output_dir=str(out / "eval"), pixdim=PRE_TINY["pixdim"],
+        model_file=str(out / "models" / "teacher.pt"), output_dir=str(out / "eval"), pixdim=PRE_TINY["pixdim"],
         **tracking,
     )  # fmt: skip
     return mlflow_server, out, workflow
@@ -234,7 +234,8 @@ def test_pretraining_logs_losses_and_hard_ratio_per_iteration(pretrained_runs):
 
 def test_pretraining_artifacts_are_the_executed_config_and_final_weights(pretrained_runs, tmp_path):
     uri, train, out, _ = pretrained_runs
-    assert {"model.pt", "encoder.pt", "history.json"} <= artifacts(uri, train)
+    assert {"model.pt", "encoder.pt", "encoder.json", "trained_with.json", "history.json"} <= artifacts(uri, train)
+    assert train.info.run_name.startswith("pretraining_train_") and train.data.params["datalist"].endswith(".json")
     config = executed_config(uri, train, tmp_path)
     assert config["epochs"] == 2 and config["roi_size"] == [64, 64, 64]
     logged = torch.load(download(uri, train, "model.pt", tmp_path), weights_only=True)
@@ -246,10 +247,10 @@ def test_pretraining_artifacts_are_the_executed_config_and_final_weights(pretrai
 def test_pretraining_inference_is_its_own_run_with_the_heat_map_figures(pretrained_runs):
     uri, _, out, _ = pretrained_runs
     (infer,) = [r for r in runs_of(uri, "pretraining") if r.data.params.get("workflow") == "inference"]
-    assert infer.info.status == "FINISHED" and infer.info.run_name.startswith("infer_")
+    assert infer.info.status == "FINISHED" and infer.info.run_name.startswith("pretraining_infer_")
     figures = {a for a in artifacts(uri, infer) if a.endswith("_hpm.png")}
     assert figures == {p.name for p in (out / "eval").glob("*_hpm.png")} and figures
-    assert infer.data.params["load_path"].endswith("teacher.pt")
+    assert infer.data.params["model_file"].endswith("teacher.pt")
 
 
 @pytest.fixture(scope="module")
@@ -296,13 +297,19 @@ def test_segmentation_training_is_one_run_with_loss_and_dice_per_organ(segmentat
     )  # fmt: skip
     preset_lr = json.loads((SEGMENT / "configs" / "train_cpu.json").read_text())["learning_rate"]
     assert params["layer_decay"] == "0.75" and float(params["learning_rate"]) == preset_lr  # the CPU preset's lr
-    assert {"model.pt", "history.json"} <= artifacts(uri, train) and train.info.status == "FINISHED"
+    assert {"model.pt", "history.json", "trained_with.json"} <= artifacts(
+        uri, train
+    ) and train.info.status == "FINISHED"
+    assert train.info.run_name.startswith(f"segmentation_train_{Path(params['dataset_dir']).name}_")
+    assert "model_file" not in params  # a training evaluates no given weights
 
 
 def test_segmentation_evaluation_run_holds_metrics_and_reports(segmentation_tracked, tmp_path):
     uri, root, _, runs = segmentation_tracked
     evaluation = runs["evaluate"]
-    assert evaluation.info.status == "FINISHED" and evaluation.info.run_name.startswith("evaluate_")
+    assert evaluation.info.status == "FINISHED" and evaluation.info.run_name.startswith("segmentation_evaluate_")
+    params = evaluation.data.params  # what was evaluated, on what
+    assert params["model_file"] == str(root / "models" / "model.pt") and params["datalist"].endswith("dataset_0.json")
     assert {"val_mean_dice", "val_dice/liver", "val_hd95_mm/liver"} <= set(evaluation.data.metrics)
     assert {"summary.json", "summary.csv", "dice_per_case.csv"} <= artifacts(uri, evaluation)
     summary = json.loads(download(uri, evaluation, "summary.json", tmp_path).read_text())
@@ -410,6 +417,19 @@ def test_log_run_records_files_params_and_metrics(tmp_path):
     assert run.data.params == {"cases": "12"} and run.data.metrics == {"mean_dice": 0.5}
     assert artifacts(uri, run) == {"report.md", "figures"} and run.info.status == "FINISHED"
     assert (tmp_path / "mlruns").is_dir()  # artifacts next to the database, not in the working folder
+
+
+def test_the_bundles_settings_put_every_run_of_a_folder_in_one_store(tmp_path, monkeypatch):
+    from monai.bundle import ConfigParser
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    for settings in (PRE_SETTINGS, SEG_SETTINGS):
+        expression = json.loads(Path(settings).read_text())["configs"]["tracking_uri"]
+        parser = ConfigParser({"imports": ["$import selfmedhpm"], "tracking_uri": expression, "output_dir": "x"})
+        assert parser.get_parsed_content("tracking_uri") == f"sqlite:///{tmp_path / 'mlruns.db'}", settings
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    assert parser.get_parsed_content("tracking_uri", lazy=False) == "http://127.0.0.1:5999"
 
 
 def test_tracking_settings_keys_are_known_overrides():

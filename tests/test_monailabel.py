@@ -128,20 +128,22 @@ def free_port() -> int:
 
 
 class Server:
-    """``monailabel start_server`` on 127.0.0.1 in its own process group (its training subprocesses join it)."""
+    """``monailabel start_server`` on 127.0.0.1 in its own process group (its training subprocesses join it), started
+    as the docs say, with MONAI Label's own Python (``.venv-monailabel/bin/python -m monailabel.main``) and nothing of
+    that environment on ``PATH``: the command works from a plain shell."""
 
     def __init__(self, app: Path, studies: Path, work: Path):
         self.studies, self.port, self.log = studies, free_port(), work / "server.log"
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
+        env.pop("MONAILABEL_PYEXE", None)
         env.update(
-            PATH=str(MONAILABEL_ENV / "bin") + os.pathsep + env.get("PATH", ""),
-            MONAILABEL_PYEXE=str(MONAILABEL_ENV / "bin" / "python"),
             MONAI_LABEL_SESSION_PATH=str(work / "sessions"),
             OMP_NUM_THREADS="1",
             PYTHONUNBUFFERED="1",
         )
-        command = [str(MONAILABEL), "start_server", "--app", str(app), "--studies", str(studies), "--host",
+        command = [str(MONAILABEL_ENV / "bin" / "python"), "-m", "monailabel.main", "start_server", "--app", str(app),
+                   "--studies", str(studies), "--host",
                    "127.0.0.1", "--port", str(self.port), "--conf", "models", NAME, "--conf", "zoo_source", "local",
                    "--conf", "sam2", "false"]  # fmt: skip
         with open(self.log, "wb") as log:
@@ -270,7 +272,7 @@ def test_app_carries_the_package_and_the_merged_cpu_preset(app, weights):
         config = json.loads((bundle / "configs" / name).read_text())
         assert (config["hidden_size"], config["feature_size"], config["roi_size"]) == (96, 8, GRID["roi_size"])
     assert "epochs" not in json.loads((bundle / "configs" / "inference.json").read_text())  # train-only keys left out
-    assert json.loads((bundle / "configs" / "train.json").read_text())["epochs"] == 4  # the CPU preset's
+    assert json.loads((bundle / "configs" / "train.json").read_text())["epochs"] == 20  # the CPU preset's
     meta = json.loads((bundle / "configs" / "metadata.json").read_text())
     assert meta["network_data_format"]["inputs"]["image"]["spatial_shape"] == GRID["roi_size"]
     assert sha1(bundle / "models" / "model.pt") == sha1(weights / "model.pt")
@@ -310,6 +312,8 @@ def test_info_lists_the_model_with_its_organ_names(server):
     assert model["type"] == "segmentation" and model["dimension"] == 3
     assert model["labels"] == {name: value for value, name in enumerate(BTCV_CLASSES) if value > 0}  # no background
     assert len(model["labels"]) == 13 and NAME in info["trainers"]
+    described = model["description"]  # the model served: the CPU preset's ViT on the test's grid, not ViT-B at 96^3
+    assert "ViT of width 96" in described and "16x16x16 crops at 8 x 8 x 8 mm" in described and "ViT-B" not in described
     assert info["datastore"]["total"] == 5 and info["datastore"]["completed"] == 4
     if Path("/proc/net/tcp").is_file():
         assert listening_addresses(server.port) == {"0100007F"}  # 127.0.0.1 only

@@ -166,7 +166,7 @@ def test_heatmap_inference_writes_map_in_image_geometry_and_figure(pretrained, p
         configs(PRETRAIN, "inference.json", "train_cpu.json"),
         workflow_type="infer",
         dataset_dir=str(phantom_dir),
-        load_path=str(out / "teacher.pt"),
+        model_file=str(out / "teacher.pt"),
         output_dir=str(tmp_path),
         pixdim=TINY["pixdim"],
     )
@@ -179,6 +179,20 @@ def test_heatmap_inference_writes_map_in_image_geometry_and_figure(pretrained, p
     assert np.isfinite(values).all() and values.std() > 0
     figure = tmp_path / f"{stem}_hpm.png"
     assert figure.is_file() and figure.stat().st_size > 10_000
+
+
+def test_heat_maps_of_a_cpu_preset_model_run_with_the_plain_inference_config(pretrained, phantom_dir, tmp_path):
+    """The CPU preset's sizes (and the test's 3 mm grid) are recorded in trained_with.json and applied: no preset,
+    no size override on the command."""
+    from monai.bundle import run
+
+    out, workflow = pretrained
+    record = json.loads((out / "trained_with.json").read_text())
+    assert record == json.loads(json.dumps(workflow.parser.get_parsed_content("model_settings")))
+    assert (record["hidden_size"], record["decoder_num_layers"], record["pixdim"]) == (96, 2, TINY["pixdim"])
+    run(config_file=configs(PRETRAIN, "inference.json"), dataset_dir=str(phantom_dir), output_dir=str(tmp_path),
+        model_file=str(out / "teacher.pt"))  # fmt: skip
+    assert len(list(tmp_path.glob("*_hpm_heatmap.nii.gz"))) == 1 and len(list(tmp_path.glob("*_hpm.png"))) == 1
 
 
 def test_figure_true_loss_map_is_highest_at_the_hard_patch():

@@ -184,7 +184,7 @@ def test_weights_trained_with_other_values_are_released_with_them(tmp_path):
 
 @pytest.mark.slow
 def test_values_recorded_beside_the_weights_are_released_with_them_and_set_wins(tmp_path, capsys):
-    """What make release does after make demo: the values come from the trained_with.json the demo writes beside the
+    """What make release does after make demo: the values come from the trained_with.json the training wrote beside the
     weights, with no --set; a --set value wins over the file's; a broken record is refused naming it."""
     bundle = copy_bundle(SEGMENT, tmp_path / "bundles")
     weights = tmp_path / "finetune_hpm"

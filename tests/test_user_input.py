@@ -25,7 +25,8 @@ import numpy as np
 import pytest
 from helpers import PRETRAIN, SEGMENT, configs
 from monai.bundle import ConfigParser, ConfigWorkflow
-from selfmedhpm.check_data import DataCheckError
+from selfmedhpm.bundle import check_overrides
+from selfmedhpm.check_data import DataCheckError, Problem
 from selfmedhpm.errors import FlagError, UserInputError, user_error
 
 TRAIN_SEG = ("train.json", "train_cpu.json")
@@ -117,6 +118,7 @@ def test_command_line_run_ends_with_the_datalist_problem(workflow, phantom_dir, 
         assert expected in result.stderr, result.stderr[-3000:]
     else:
         assert expected in _last_line(result.stderr), result.stderr[-3000:]
+        assert "Traceback" not in result.stderr, result.stderr[-3000:]  # the ERROR line alone (SELFMEDHPM_DEBUG=1)
 
 
 @pytest.mark.slow
@@ -254,3 +256,114 @@ def test_user_errors_share_one_base():
 
     for error in (DataCheckError, FlagError, CheckpointError, UnknownConfigKeyError):
         assert issubclass(error, UserInputError)
+
+
+# ------------------------------------------------------------------------------------- what a run prints at the end
+
+
+def test_a_user_error_ends_with_its_error_line_alone_unless_debugging(monkeypatch, capsys):
+    from selfmedhpm.errors import _hook
+
+    shown = []
+    hook = _hook(lambda *args: shown.append(args))
+    try:
+        try:
+            raise DataCheckError([Problem("imagesTr/a.nii.gz", "file not found")], "/data/dataset_0.json")
+        except DataCheckError as e:
+            raise RuntimeError("Failed to evaluate ConfigExpression") from e
+    except RuntimeError as wrapped:
+        error = wrapped
+    monkeypatch.delenv("SELFMEDHPM_DEBUG", raising=False)
+    hook(RuntimeError, error, error.__traceback__)
+    assert shown == [] and capsys.readouterr().err == "ERROR imagesTr/a.nii.gz: file not found\n"
+    monkeypatch.setenv("SELFMEDHPM_DEBUG", "1")
+    hook(RuntimeError, error, error.__traceback__)
+    assert len(shown) == 1 and capsys.readouterr().err.endswith("\nERROR imagesTr/a.nii.gz: file not found\n")
+    monkeypatch.delenv("SELFMEDHPM_DEBUG")
+    bug = ZeroDivisionError("not the user's")
+    hook(ZeroDivisionError, bug, None)
+    assert len(shown) == 2 and "ERROR" not in capsys.readouterr().err  # a bug keeps Python's traceback
+
+
+def test_error_records_about_a_user_error_are_dropped_while_it_unwinds():
+    import logging
+
+    from selfmedhpm.errors import _RECORDS_FILTER
+
+    record = logging.LogRecord(
+        "ignite.engine.engine.SupervisedEvaluator", logging.ERROR, "x", 1, "terminating", (), None
+    )
+    try:
+        raise DataCheckError([Problem("a.nii.gz", "file not found")])
+    except DataCheckError:
+        assert not _RECORDS_FILTER.filter(record)
+    try:
+        raise ZeroDivisionError
+    except ZeroDivisionError:
+        assert _RECORDS_FILTER.filter(record)
+
+
+def test_known_third_party_notices_are_filtered_and_others_kept():
+    import warnings
+
+    from selfmedhpm.errors import quiet_known_notices
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        quiet_known_notices()
+        warnings.warn("parsing config_file ['t.json']: any `\"_target_\"` value in it is resolved ...", UserWarning)
+        warnings.warn(
+            "monai.transforms.spatial.dictionary Orientationd.__init__:labels: Current default", FutureWarning
+        )
+        warnings.warn("NvImgCodecPydicomReader: nvImageCodec decoder plugin did not register", UserWarning)
+        warnings.warn("torch.meshgrid: in an upcoming release, it will be required to pass the indexing", UserWarning)
+        warnings.warn("something a user should see", UserWarning)
+    assert [str(w.message) for w in seen] == ["something a user should see"]
+
+
+def test_the_weights_are_model_file_in_both_bundles_and_load_path_gets_a_did_you_mean():
+    heat_maps = [str(f) for f in configs(PRETRAIN, "inference.json")]
+    assert check_overrides(heat_maps, {"model_file": "teacher.pt"})
+    with pytest.raises(UserInputError, match="unknown config key 'load_path' .*did you mean 'model_file'"):
+        check_overrides(heat_maps, {"load_path": "teacher.pt"})
+    segment = [str(f) for f in configs(SEGMENT, "inference.json")]
+    assert check_overrides(segment, {"model_file": "model.pt"})
+
+
+@pytest.fixture(scope="module")
+def three_problems(phantom_dir, tmp_path_factory) -> Path:
+    """The phantom set with three broken training cases: a missing image, a label value outside 0..13 and a
+    truncated image."""
+    folder = tmp_path_factory.mktemp("three_problems") / "data"
+    shutil.copytree(phantom_dir, folder)
+    datalist = json.loads((folder / "dataset_0.json").read_text())
+    training = datalist["training"]
+    training[0]["image"] = "imagesTr/missing.nii.gz"
+    label = nib.load(folder / training[1]["label"])
+    values = np.asarray(label.dataobj).copy()
+    values[0, 0, 0] = 20
+    nib.save(nib.Nifti1Image(values, label.affine), folder / "labelsTr" / "bad_values.nii.gz")
+    training[1]["label"] = "labelsTr/bad_values.nii.gz"
+    raw = (folder / training[2]["image"]).read_bytes()
+    (folder / "imagesTr" / "truncated.nii.gz").write_bytes(raw[: len(raw) // 2])
+    training[2]["image"] = "imagesTr/truncated.nii.gz"
+    (folder / "dataset_0.json").write_text(json.dumps(datalist))
+    return folder
+
+
+@pytest.mark.parametrize("bundle", [SEGMENT, PRETRAIN], ids=["segmentation", "pretraining"])
+def test_a_run_with_several_data_problems_reports_all_at_once_each_once(bundle, three_problems, tmp_path):
+    parser = ConfigParser()
+    parser.read_config(configs(bundle, "train.json", "train_cpu.json"))
+    parser.update({"dataset_dir": str(three_problems), "output_dir": str(tmp_path)})
+    with pytest.raises(Exception) as info:
+        parser.get_parsed_content("data_check")
+    found = user_error(info.value)
+    assert isinstance(found, DataCheckError), repr(info.value)
+    errors = [p for p in found.problems if p.severity == "error"]
+    named = sorted(Path(p.path).name for p in errors)
+    expected = ["bad_values.nii.gz", "missing.nii.gz", "truncated.nii.gz"]
+    if bundle == PRETRAIN:  # pretraining reads the images only: a label's values are not its problem
+        expected.remove("bad_values.nii.gz")
+    assert named == expected, [str(p) for p in errors]
+    assert str(three_problems / "dataset_0.json") in str(found)

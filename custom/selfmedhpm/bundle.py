@@ -10,7 +10,8 @@
 # limitations under the License.
 
 """Small helpers that the bundles' configs call: where the bundle lives, the data list, the default device, unknown
-override keys. The rank and config flags are :mod:`selfmedhpm.utils`'s.
+override keys, the settings recorded beside the weights a run uses. The rank and config flags are
+:mod:`selfmedhpm.utils`'s.
 
 Where the bundle lives and which overrides a run was given are read from the ``monai.bundle`` workflow being run,
 found on the call stack, whether it was started on the command line (``python -m monai.bundle run``, ``torchrun -m
@@ -32,12 +33,13 @@ from typing import Any
 
 import torch
 from selfmedhpm.check_data import DataCheckError, Problem, datalist_path, load_datalist_checked
+from selfmedhpm.checkpoint import read_trained_with, trained_with_path
 from selfmedhpm.errors import UserInputError
 from selfmedhpm.utils import rank
 
 __all__ = [
     "bundle_root", "running_workflow", "datalist", "pretraining_splits", "log_pretraining_splits", "default_device",
-    "check_overrides", "UnknownConfigKeyError",
+    "check_overrides", "UnknownConfigKeyError", "apply_trained_with", "SettingsConflictError", "SHAPE_KEYS",
 ]  # fmt: skip
 
 logger = logging.getLogger("selfmedhpm.bundle")
@@ -108,14 +110,22 @@ def bundle_root(config_files: Sequence[str] | None = None) -> str:
     return os.path.abspath(".")
 
 
-def datalist(dataset_dir: str, datalist_file: str | None, split: str | Sequence[str], labels: bool = True) -> list:
+def datalist(
+    dataset_dir: str,
+    datalist_file: str | None,
+    split: str | Sequence[str],
+    labels: bool = True,
+    check_files: bool = True,
+) -> list:
     """Entries of ``split`` (or several splits joined) of a BTCV-style data list, paths made absolute under
     ``dataset_dir``. ``datalist_file`` as :func:`~selfmedhpm.check_data.datalist_path` finds it (default
     ``dataset_dir/dataset_0.json``). With ``labels=False`` only the image is kept.
 
     The file is checked before anything else reads it: a missing, empty or malformed file, a missing split, an entry
-    without an image (or label) and files that do not exist raise
-    :class:`~selfmedhpm.check_data.DataCheckError` naming the data list and each problem.
+    without an image (or label) and (with ``check_files``) files that do not exist raise
+    :class:`~selfmedhpm.check_data.DataCheckError` naming the data list and each problem. The configs pass
+    ``check_files=False`` when their data check runs: it names missing files together with every other problem of
+    the data, in one run.
 
     Examples::
 
@@ -152,7 +162,7 @@ def datalist(dataset_dir: str, datalist_file: str | None, split: str | Sequence[
         )
         for entry in entries
         for key in keys
-        if key not in entry or not os.path.exists(entry[key])
+        if key not in entry or (check_files and not os.path.exists(entry[key]))
     ]
     if problems:
         raise DataCheckError(problems, datalist_file)
@@ -242,6 +252,11 @@ class UnknownConfigKeyError(UserInputError, KeyError):
         return str(self.args[0])
 
 
+SAME_MEANING = {"load_path": "model_file", "model_path": "model_file", "weights": "model_file", "ckpt": "model_file"}
+"""Names users bring from other tools for a key these bundles call otherwise: ``--load_path`` (the heat-map
+workflow's name before 0.8.0) is ``--model_file`` in both bundles."""
+
+
 def _config_ids(config: object, prefix: str = "") -> set[str]:
     ids = set()
     if isinstance(config, dict):
@@ -309,6 +324,120 @@ def check_overrides(config_files: Sequence[str] | None = None, overrides: Mappin
         if key in _RUN_ARGS or key.startswith("_meta_") or key in known:
             continue
         close = difflib.get_close_matches(key, sorted(known), n=3)
+        if SAME_MEANING.get(key) in known:
+            close = [SAME_MEANING[key]]
         hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         raise UnknownConfigKeyError(f"unknown config key {key!r} in {', '.join(files)}{hint}")
     return True
+
+
+SHAPE_KEYS = (
+    "roi_size", "patch_size", "feature_size", "hidden_size", "mlp_dim", "num_heads", "num_classes",
+    "decoder_hidden_size", "decoder_mlp_dim", "decoder_num_layers", "decoder_num_heads",
+)  # fmt: skip
+"""Settings that shape the network: weights trained with other values do not load."""
+
+
+class SettingsConflictError(UserInputError, ValueError):
+    """An override that contradicts what the weights were trained with, for a setting that shapes the network."""
+
+
+def _plain(value: Any) -> Any:
+    """A config value in a comparable form: sequences as lists, numbers as floats."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _option(key: str, value: Any) -> str:
+    """``--key value`` as a shell takes it: ``--num_heads 4``, ``--roi_size "[64,64,64]"``."""
+    text = json.dumps(value, separators=(",", ":"))
+    return f"--{key} " + (text if isinstance(value, (int, float)) else f"'{text}'" if '"' in text else f'"{text}"')
+
+
+def _running_parser() -> Any:
+    """The ``ConfigParser`` whose expression is being evaluated (found on the call stack), or None."""
+    from monai.bundle import ConfigParser
+
+    frame = _calling_frame(lambda f: isinstance(f.f_locals.get("self"), ConfigParser))
+    return None if frame is None else frame.f_locals["self"]
+
+
+def apply_trained_with(model_file: str | os.PathLike | None, parser: Any = None) -> dict[str, Any]:
+    """Applies the settings recorded beside ``model_file`` (``trained_with.json``, written by every training run of
+    both bundles) to the running config before anything is built: a model trained with a preset (crop, spacing,
+    widths, label set) is evaluated, run or served with that preset, whichever config files the command names.
+    Evaluation and inference call it from ``initialize``; one line says what was applied.
+
+    A value given explicitly as an override (``--roi_size ...``) is kept: a setting that shapes the network
+    (:data:`SHAPE_KEYS`) then stops the run with one line naming the file and the override to remove, any other is
+    kept with a warning. Keys the config does not have (``epochs`` in inference) are left alone.
+
+    Args:
+        model_file: the weights the run uses; nothing is done without a record beside them.
+        parser: the ``ConfigParser`` to update; by default the one evaluating this call.
+
+    Returns:
+        ``{key: value}`` applied.
+
+    Raises:
+        SettingsConflictError: an override of a shape setting that contradicts the record.
+
+    Examples::
+
+        >>> import json, tempfile
+        >>> from monai.bundle import ConfigParser
+        >>> folder = tempfile.mkdtemp()
+        >>> _ = open(os.path.join(folder, "trained_with.json"), "w").write(json.dumps({"roi_size": [64, 64, 64]}))
+        >>> parser = ConfigParser({"roi_size": [96, 96, 96], "twice": "$[2 * r for r in @roi_size]"})
+        >>> apply_trained_with(os.path.join(folder, "model.pt"), parser)
+        {'roi_size': [64, 64, 64]}
+        >>> parser.get_parsed_content("twice")
+        [128, 128, 128]
+    """
+    if not model_file:
+        return {}
+    recorded = read_trained_with(model_file)
+    if not recorded:
+        return {}
+    parser = parser if parser is not None else _running_parser()
+    if parser is None:
+        return {}
+    record = trained_with_path(model_file)
+    running = running_workflow()
+    given = {str(k).replace("::", "#") for k in (running[1] if running else {})}
+    applied, kept = {}, []
+    for key, value in recorded.items():
+        if key not in parser:
+            continue
+        current = parser[key]
+        if isinstance(current, str) and current.startswith(("$", "@")):
+            current = parser.get_parsed_content(key)
+        if _plain(current) == _plain(value):
+            continue
+        if key in given:
+            if key in SHAPE_KEYS:
+                raise SettingsConflictError(
+                    f"{model_file} was trained with {key} {json.dumps(value)} ({record}); --{key} "
+                    f"{json.dumps(current)} builds a network these weights do not fit: remove --{key} (or use weights "
+                    "trained with it)"
+                )
+            kept.append(f"{key} {json.dumps(current)} (trained with {json.dumps(value)})")
+            continue
+        applied[key] = value
+    for key, value in applied.items():
+        parser[key] = value
+    if applied:
+        parser.parse(reset=True)
+        if rank() == 0:
+            logger.info(
+                "%s: the weights were trained with %s; applied (%s)",
+                record,
+                ", ".join(f"{k} {json.dumps(v)}" for k, v in applied.items()),
+                "the same as adding " + " ".join(_option(k, v) for k, v in applied.items()),
+            )
+    if kept and rank() == 0:
+        logger.warning("%s: your overrides differ from what the weights were trained with: %s", record, "; ".join(kept))
+    return applied

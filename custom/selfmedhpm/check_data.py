@@ -505,6 +505,7 @@ def check_entries(
     label_key: str = "label",
     check_intensity: bool = True,
     max_workers: int = 1,
+    check_labels: bool = True,
 ) -> list[Problem]:
     """Check data-list entries, split by split, and return every problem found (errors and warnings); never raises
     for data. The primitive of :func:`check_dataset` (entries read from a data list file); the segmentation bundle
@@ -519,6 +520,7 @@ def check_entries(
         label_key: entry key of the label path.
         check_intensity: load the images to look for NaN/Inf voxels and non-HU intensities.
         max_workers: threads checking cases in parallel.
+        check_labels: check the label files the entries name (False for pretraining, which reads images only).
 
     Examples:
         >>> [str(p) for p in check_entries({"training": [{"image": "/no/img.nii.gz", "label": "/no/lab.nii.gz"}]})]
@@ -531,7 +533,7 @@ def check_entries(
     def check_case(case: tuple[str, str | None]) -> list[Problem]:
         image, label = case
         found, vol = _check_image(os.path.join(dataset_dir, image), image, check_intensity)
-        if label is not None:
+        if label is not None and check_labels:
             found += _check_label(os.path.join(dataset_dir, label), label, image, vol, num_classes)
         return found
 
@@ -675,7 +677,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--datalist", default=None, help="datalist JSON (default: DATASET_DIR/dataset_0.json)")
     parser.add_argument("--splits", default="training,validation", help="comma-separated datalist splits")
     parser.add_argument("--num_classes", type=int, default=14, help="label values must lie in 0..N-1")
-    parser.add_argument("--no-labels", dest="require_labels", action="store_false", help="do not require labels")
+    parser.add_argument("--no-labels", dest="require_labels", action="store_false",
+                        help="images only: labels neither required nor read (as the pretraining bundle checks)")
     parser.add_argument("--no-intensity", dest="check_intensity", action="store_false", help="skip image voxels")
     parser.add_argument("--max_workers", type=int, default=1, help="threads checking cases in parallel")
     args = parser.parse_args(argv)
@@ -684,7 +687,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--splits must name at least one split and --num_classes must be >= 1")
     problems, n_cases = _check_dataset(
         args.dataset_dir, args.datalist, splits, num_classes=args.num_classes, require_labels=args.require_labels,
-        check_intensity=args.check_intensity, max_workers=args.max_workers,
+        check_intensity=args.check_intensity, max_workers=args.max_workers, check_labels=args.require_labels,
     )  # fmt: skip
     for p in problems:
         print(p)

@@ -9,7 +9,8 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Safe checkpoint files: atomic writes, ``weights_only`` loads with clear errors, and resuming a training run."""
+"""Safe checkpoint files: atomic writes, ``weights_only`` loads with clear errors, resuming a training run, and the
+settings weights were trained with (``trained_with.json`` beside them)."""
 
 from __future__ import annotations
 
@@ -28,10 +29,11 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
+from monai.handlers import CheckpointLoader
 from selfmedhpm.ema import unwrap
 from selfmedhpm.errors import UserInputError, set_resume_point
 from selfmedhpm.faults import crash_point
-from selfmedhpm.utils import as_bool, atomic_write, is_rank0
+from selfmedhpm.utils import as_bool, atomic_write, is_rank0, write_json_atomic
 
 __all__ = [
     "CheckpointError",
@@ -46,6 +48,10 @@ __all__ = [
     "EpochCheckpointer",
     "ResumeFromCheckpoint",
     "BestModelSaver",
+    "TRAINED_WITH",
+    "trained_with_path",
+    "read_trained_with",
+    "WeightsLoader",
 ]
 
 logger = logging.getLogger(__name__)
@@ -53,6 +59,54 @@ logger = logging.getLogger(__name__)
 
 class CheckpointError(UserInputError, RuntimeError):
     """A checkpoint or weight file that cannot be used; the message names the file and the problem."""
+
+
+TRAINED_WITH = "trained_with.json"
+"""Written beside the weights of every training run of both bundles: ``{config key: value}`` of the settings that
+shape the network and its input (crop, spacing, intensity window, widths, label set). Evaluation and inference apply
+them (:func:`selfmedhpm.bundle.apply_trained_with`); releases and MONAI Label apps merge them into their configs."""
+
+
+def trained_with_path(weights: str | os.PathLike) -> Path:
+    """Where the settings of a weight file (or of a folder of weights) are recorded: ``<folder>/trained_with.json``.
+
+    Examples::
+
+        >>> trained_with_path("out/model.pt").as_posix()
+        'out/trained_with.json'
+    """
+    weights = Path(weights)
+    return (weights if weights.is_dir() else weights.parent) / TRAINED_WITH
+
+
+def read_trained_with(weights: str | os.PathLike) -> dict[str, Any]:
+    """The settings recorded beside ``weights`` (a weight file or its folder), ``{}`` when there is no record.
+
+    Raises:
+        CheckpointError: a record that is not a JSON object.
+
+    Examples::
+
+        >>> import json, tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> read_trained_with(folder / "model.pt")
+        {}
+        >>> _ = (folder / TRAINED_WITH).write_text(json.dumps({"roi_size": [64, 64, 64]}))
+        >>> read_trained_with(folder / "model.pt")
+        {'roi_size': [64, 64, 64]}
+    """
+    import json
+
+    record = trained_with_path(weights)
+    if not record.is_file():
+        return {}
+    try:
+        values = json.loads(record.read_text())
+    except ValueError as error:
+        raise CheckpointError(f"{record}: not JSON ({error}).") from None
+    if not isinstance(values, dict):
+        raise CheckpointError(f"{record}: expected an object of config values, found {type(values).__name__}.")
+    return values
 
 
 def save_atomic(obj: Any, path: str | os.PathLike, before_replace: Callable[[], None] | None = None) -> Path:
@@ -374,6 +428,8 @@ class BestModelSaver:
         network: the model (a DDP or ``torch.compile`` wrapper is unwrapped, so the keys are the model's own).
         filename: file name. Defaults to "model.pt".
         metric_name: the metric to compare; None takes the evaluator's key metric. Higher is better.
+        settings: the config values the model is trained with (crop, spacing, widths, label set), written as
+            ``trained_with.json`` beside the file, so evaluation and inference can apply them. Defaults to none.
 
     Examples::
 
@@ -393,9 +449,11 @@ class BestModelSaver:
         network: torch.nn.Module,
         filename: str = "model.pt",
         metric_name: str | None = None,
+        settings: Mapping[str, Any] | None = None,
     ) -> None:
         self.path = Path(save_dir) / filename
         self.network, self.metric_name = network, metric_name
+        self.settings = dict(settings or {})
         self.best: float | None = None
         self.best_epoch = 0
 
@@ -411,7 +469,25 @@ class BestModelSaver:
         if is_rank0():
             self.path.parent.mkdir(parents=True, exist_ok=True)
             save_atomic(unwrap(self.network).state_dict(), self.path)
+            if self.settings:
+                write_json_atomic(self.settings, trained_with_path(self.path))
             logger.info("epoch %d: best %s %.4f, model written to %s", engine.state.epoch, name, score, self.path)
+
+    def report(self) -> str:
+        """Logs (rank 0) and returns the line a training run ends with: the best validation score, its epoch and
+        the model file, or that no validation ran (so no model was written)."""
+        if self.best is None:
+            line = (
+                f"no validation ran, so no {self.path.name} was written: validation runs every val_interval epochs "
+                "(make it at most epochs)"
+            )
+        else:
+            record = f" (settings: {TRAINED_WITH})" if self.settings else ""
+            line = f"best validation {self.metric_name or 'mean Dice'} {self.best:.3f} at epoch {self.best_epoch}: "
+            line += f"{self.path}{record}"
+        if is_rank0():
+            logger.info(line)
+        return line
 
     def state_dict(self) -> dict[str, Any]:
         """``{"best": score, "epoch": e}``, or ``{}`` before the first evaluation."""
@@ -421,3 +497,48 @@ class BestModelSaver:
         """Restores what :meth:`state_dict` returned; an empty dict leaves no best."""
         self.best = float(state_dict["best"]) if "best" in state_dict else None
         self.best_epoch = int(state_dict.get("epoch", 0))
+
+
+class WeightsLoader(CheckpointLoader):
+    """MONAI's ``CheckpointLoader`` for the weights evaluation and inference use (``model_file``), whose failure is
+    one line: weights that do not fit the network raise :class:`CheckpointError` naming the file, the count of
+    mismatched tensors and the record of its settings (or its absence), not ``load_state_dict``'s list of every key.
+    Takes ``CheckpointLoader``'s arguments; being one, :func:`selfmedhpm.handlers.rank_handlers` attaches it on every
+    rank.
+
+    Examples::
+
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "model.pt"
+        >>> torch.save(torch.nn.Linear(2, 3).state_dict(), path)
+        >>> try:
+        ...     WeightsLoader(str(path), {"model": torch.nn.Linear(2, 4)})(Engine(lambda e, b: None))
+        ... except CheckpointError as e:
+        ...     print(str(e).split(": ", 1)[1].split(";")[0])
+        does not fit the network of this config (2 tensors of other shapes)
+    """
+
+    def __call__(self, engine: Engine) -> None:
+        if not Path(self.load_path).is_file():
+            raise CheckpointError(f"{self.load_path}: weight file not found (--model_file).")
+        try:
+            super().__call__(engine)
+        except RuntimeError as error:
+            if "state_dict" not in str(error):
+                raise
+            raise CheckpointError(_misfit(self.load_path, str(error))) from None
+
+
+def _misfit(path: str, message: str) -> str:
+    mismatched = message.count("size mismatch")
+    missing = message.count("Missing key")
+    counts = f"{mismatched} tensors of other shapes" + (", missing keys" if missing else "")
+    record = trained_with_path(path)
+    where = (
+        f"{record} records what it was trained with, and its values were applied"
+        if record.is_file()
+        else f"no {TRAINED_WITH} beside it: add the preset or the sizes it was trained with to the command "
+        "(e.g. configs/train_cpu.json to --config_file, or --roi_size/--hidden_size/--mlp_dim/--num_heads/"
+        "--feature_size)"
+    )
+    return f"{path}: does not fit the network of this config ({counts}); {where}."

@@ -13,10 +13,12 @@
 
 MONAI's config parser wraps an exception raised while a config expression is evaluated in a ``RuntimeError`` ("Failed
 to evaluate ConfigExpression ..."), so the message that names the user's file ends up in the middle of a long
-traceback. :func:`install_excepthook` keeps the traceback and prints the :class:`UserInputError` found in its chain
-once more as the last lines, prefixed with ``ERROR``. It changes how every uncaught error of the process is printed,
-so only code that owns the process installs it: the bundles' workflows (first step of ``initialize``) and the
-command-line tools (under ``if __name__ == "__main__"``); importing :mod:`selfmedhpm` installs nothing.
+traceback. :func:`install_excepthook` prints the :class:`UserInputError` found in its chain as one line, prefixed
+with ``ERROR``, instead of the traceback (and of the error records MONAI's and ignite's loggers write while the error
+unwinds); ``SELFMEDHPM_DEBUG=1`` keeps the traceback above that line, for bug reports. Errors that are not the
+user's print as Python prints them. It changes how every uncaught error of the process is printed, so only code that
+owns the process installs it: the bundles' workflows (first step of ``initialize``) and the command-line tools (under
+``if __name__ == "__main__"``); importing :mod:`selfmedhpm` installs nothing.
 
 The same goes for an output that cannot be written (:class:`OutputWriteError`: a full disk, an exceeded quota, a
 read-only or forbidden folder): its line names the file, the space it needed and, in a training run, the last good
@@ -39,6 +41,7 @@ Examples::
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import shlex
 import shutil
@@ -57,6 +60,9 @@ __all__ = [
     "set_resume_point",
     "resume_command",
     "user_error",
+    "debugging",
+    "KNOWN_NOTICES",
+    "quiet_known_notices",
     "install_excepthook",
 ]
 
@@ -233,18 +239,88 @@ def user_error(error: BaseException | None) -> UserInputError | None:
     return None
 
 
+def debugging() -> bool:
+    """True when ``SELFMEDHPM_DEBUG`` is set to anything but ``0``/empty: user errors keep their traceback."""
+    return os.environ.get("SELFMEDHPM_DEBUG", "0") not in ("", "0")
+
+
+class _UserErrorRecords(logging.Filter):
+    """Drops the error records that loggers write about a user error while it unwinds (ignite's "Engine run is
+    terminating due to exception", MONAI's ``StatsHandler`` "Exception: ..." with its traceback): the excepthook's
+    ``ERROR`` line says it once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR or debugging():
+            return True
+        error = record.exc_info[1] if record.exc_info else sys.exc_info()[1]
+        return user_error(error) is None
+
+
+_RECORDS_FILTER = _UserErrorRecords()
+
+
 def _hook(previous):
     def excepthook(kind: type[BaseException], error: BaseException, tb: TracebackType | None) -> None:
-        previous(kind, error, tb)
         found = user_error(error)
+        if found is None or debugging():
+            previous(kind, error, tb)
         if found is not None:
-            print(f"\nERROR {found.summary()}", file=sys.stderr, flush=True)
+            print(f"{chr(10) if debugging() else ''}ERROR {found.summary()}", file=sys.stderr, flush=True)
 
     excepthook.selfmedhpm = True  # type: ignore[attr-defined]
     return excepthook
 
 
+KNOWN_NOTICES: tuple[tuple[type[Warning], str], ...] = (
+    (UserWarning, r"parsing config_file"),  # MONAI's config-security notice, on every parse (shown at the first)
+    (UserWarning, r"NvImgCodecPydicomReader"),  # nvImageCodec is a GPU decoder; the CPU readers are used
+    (FutureWarning, r".*Orientationd.__init__:labels"),  # MONAI's own transform, default changing in a later MONAI
+    (UserWarning, r"torch.meshgrid: in an upcoming release"),  # inside MONAI's sin-cos embedding
+    (FutureWarning, r".*get_mask_edges:always_return_as_numpy"),  # inside MONAI's Hausdorff distance
+    (UserWarning, r"the (prediction|ground truth) of class \d+ is all 0"),  # HD95 undefined: the report says n/a
+)
+"""Third-party warnings that say nothing a user of these bundles can act on: ``(category, message regex)``."""
+
+
+class _OnceRecords(logging.Filter):
+    """Lets a logger's record of a given message through once per process."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message in self.seen:
+            return False
+        self.seen.add(message)
+        return True
+
+
+_ONCE = _OnceRecords()
+
+
+def quiet_known_notices() -> None:
+    """Filters :data:`KNOWN_NOTICES` from here on and lets MONAI's "nvImageCodec is not available" log line through
+    once per process. What came before (the notice of the first config parse) stays. Idempotent."""
+    import warnings
+
+    for category, message in KNOWN_NOTICES:
+        warnings.filterwarnings("ignore", message=message, category=category)
+    plugin = logging.getLogger("monai.data.nvimgcodec_pydicom_plugin")
+    if _ONCE not in plugin.filters:
+        _ONCE.seen.add("nvImageCodec is not available; skipping pydicom decoder plugin registration.")
+        plugin.addFilter(_ONCE)
+
+
 def install_excepthook() -> None:
-    """Makes an uncaught :class:`UserInputError` (however deeply wrapped) the last thing a run prints. Idempotent."""
+    """Makes an uncaught :class:`UserInputError` (however deeply wrapped) end the process with one ``ERROR`` line
+    (its traceback too with ``SELFMEDHPM_DEBUG=1``), and quiets the known third-party notices
+    (:func:`quiet_known_notices`): what a process that this project owns prints. Idempotent."""
+    quiet_known_notices()
     if not getattr(sys.excepthook, "selfmedhpm", False):
         sys.excepthook = _hook(sys.excepthook)
+    root = logging.getLogger()
+    for owner in [root, *root.handlers]:
+        if _RECORDS_FILTER not in owner.filters:
+            owner.addFilter(_RECORDS_FILTER)

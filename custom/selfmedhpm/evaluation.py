@@ -24,6 +24,7 @@ import csv
 import logging
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -42,8 +43,10 @@ __all__ = [
     "SpacingHausdorffDistanceMetric",
     "PerClassMetric",
     "summarize",
+    "summary_table",
     "write_reports",
     "SegmentationReport",
+    "log_validation",
 ]
 
 logger = logging.getLogger(__name__)
@@ -200,6 +203,57 @@ def _fmt(value: float | None) -> str:
     return "nan" if value is None or not math.isfinite(value) else f"{value:.6g}"
 
 
+def _fixed(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def summary_table(summary: Mapping[str, Any]) -> str:
+    """The summary of :func:`summarize` as a Markdown table a person reads: one row per organ in label order (Dice
+    mean and std over cases, 3 decimals; HD95 in mm, 1 decimal; cases with a defined Dice), then the group means.
+
+    Examples::
+
+        >>> from selfmedhpm.labels import BTCV_CLASSES
+        >>> table = summary_table(summarize(np.full((2, 13), 0.5), BTCV_CLASSES))
+        >>> print("\\n".join(table.splitlines()[:3] + table.splitlines()[-2:]))
+        | organ | Dice | std | cases |
+        | --- | --- | --- | --- |
+        | spleen | 0.500 | 0.000 | 2 |
+        | mean over all organs (13) | 0.500 | | |
+        | mean over transunet 8 organs (8) | 0.500 | | |
+    """
+    hd95 = "mean_hd95_mm" in summary
+    header = "| organ | Dice | std |" + (" HD95 mm |" if hd95 else "") + " cases |"
+    lines = [header, "| --- " * (header.count("|") - 1) + "|"]
+    for organ, stats in summary["organs"].items():
+        dice = stats["dice"]
+        cells = [organ, _fixed(dice["mean"]), _fixed(dice["std"])]
+        cells += [_fixed(stats["hd95_mm"]["mean"], 1)] if hd95 else []
+        lines.append("| " + " | ".join(cells + [str(dice["cases"])]) + " |")
+    for group, members in summary["groups"].items():
+        cells = [f"mean over {group.replace('_', ' ')} ({len(members)})", _fixed(summary["mean_dice"][group]), ""]
+        cells += [_fixed(summary["mean_hd95_mm"][group], 1)] if hd95 else []
+        lines.append("| " + " | ".join(cells + [""]) + " |")
+    return "\n".join(re.sub(r"\|  (?=\|)", "| ", line) for line in lines)
+
+
+def log_validation(engine: Engine) -> None:
+    """Epoch printer of a training run's validation (MONAI ``StatsHandler(epoch_print_logger=...)``): the mean Dice,
+    the best so far and its epoch, and the per-organ Dice as a table in label order (3 decimals), instead of one line
+    of every metric sorted by name."""
+    metrics = engine.state.metrics
+    key = engine.state.key_metric_name
+    lines = [f"validation after epoch {engine.state.epoch}: {key} {_fixed(metrics.get(key))}"]
+    best, best_epoch = getattr(engine.state, "best_metric", None), getattr(engine.state, "best_metric_epoch", None)
+    if best is not None and best_epoch is not None and best_epoch >= 0:
+        lines[0] += f" (best {_fixed(best)} at epoch {best_epoch})"
+    for name, value in metrics.items():
+        if isinstance(value, Mapping) and value:
+            width = max(len(str(k).split("/")[-1]) for k in value)
+            lines += [f"  {str(k).split('/')[-1]:<{width}}  {_fixed(v)}" for k, v in value.items()]
+    logger.info("\n".join(lines))
+
+
 _STATS = ("mean", "std", "cases", "undefined")
 
 
@@ -233,7 +287,8 @@ def write_reports(
     - ``dice_per_case.csv`` (and ``hd95_per_case.csv``): one row per case (``case`` = the image file name), one
       column per organ;
     - ``summary.csv``: per organ, then per organ group, the mean, std and counts of Dice (and HD95 in mm);
-    - ``summary.json``: the same, with the all-organ and subset means under ``mean_dice`` / ``mean_hd95_mm``.
+    - ``summary.json``: the same, with the all-organ and subset means under ``mean_dice`` / ``mean_hd95_mm``;
+    - ``summary.md``: :func:`summary_table`, for a person.
 
     Args:
         output_dir: the report folder (created).
@@ -264,6 +319,8 @@ def write_reports(
         rows.append([f"mean over {group} ({len(members)})"] + [_cell(means[m], s) for m in metrics for s in _STATS])
     _write_csv(out / "summary.csv", header, rows)
     write_json_atomic(summary, out / "summary.json")
+    title = f"# Evaluation: {summary['num_cases']} cases" + (f" ({grid})" if grid else "")
+    atomic_write(out / "summary.md", lambda f: f.write(f"{title}\n\n{summary_table(summary)}\n"))
     return summary
 
 
@@ -283,7 +340,8 @@ def _gather_strings(values: list[str]) -> list[str]:
 
 
 class SegmentationReport:
-    """Evaluator handler writing :func:`write_reports` after each evaluation run, from the per-case details that
+    """Evaluator handler writing :func:`write_reports` after each evaluation run (and :meth:`log_summary`, the table a
+    run ends with), from the per-case details that
     MONAI's metric handlers keep (``save_details=True``): the Dice of ``dice_metric`` (a ``MeanDice`` with
     ``include_background=False``) and, optionally, the HD95 of ``hd95_metric`` (an ``IgniteMetricHandler`` of
     :class:`SpacingHausdorffDistanceMetric`). Case names come from the image meta (``filename_or_obj``).
@@ -345,5 +403,16 @@ class SegmentationReport:
         if not is_rank0():
             return
         self.summary = write_reports(self.output_dir, names, self.class_names, dice, hd95, self.subsets, self.grid)
-        means = ", ".join(f"{k} {_fmt(v)}" for k, v in self.summary["mean_dice"].items())
-        logger.info("evaluation of %d cases: mean Dice %s; reports in %s", len(names), means, self.output_dir)
+
+    def log_summary(self) -> str | None:
+        """Logs (rank 0) and returns the per-organ table of the last evaluation and where its reports are: what an
+        evaluation run ends with (``evaluate.json`` calls it after the evaluator's run)."""
+        if self.summary is None:
+            return None
+        text = (
+            f"evaluation of {self.summary['num_cases']} cases:\n{summary_table(self.summary)}\n"
+            f"reports in {self.output_dir} (summary.md, summary.csv, summary.json, dice_per_case.csv)"
+        )
+        if is_rank0():
+            logger.info(text)
+        return text

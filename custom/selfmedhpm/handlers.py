@@ -9,7 +9,8 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Ignite handlers of the bundles: per-epoch history and the pretraining bundle's model export."""
+"""Ignite handlers of the bundles: per-epoch history, the pretraining bundle's model export, case progress, and the
+warning that a paper-scale run has started on a CPU."""
 
 from __future__ import annotations
 
@@ -25,7 +26,13 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader, LrScheduleHandler, ValidationHandler
-from selfmedhpm.checkpoint import PeriodicWriter, ResumeFromCheckpoint, register_state, save_atomic
+from selfmedhpm.checkpoint import (
+    PeriodicWriter,
+    ResumeFromCheckpoint,
+    register_state,
+    save_atomic,
+    trained_with_path,
+)
 from selfmedhpm.ema import EMATeacher, unwrap
 from selfmedhpm.transfer import encoder_settings_path, encoder_state_dict
 from selfmedhpm.utils import is_rank0, rank, write_json_atomic
@@ -34,6 +41,7 @@ __all__ = [
     "HistoryRecorder",
     "PretrainExporter",
     "CaseProgress",
+    "CPUCostWarning",
     "rank_handlers",
 ]
 
@@ -200,6 +208,8 @@ class PretrainExporter(PeriodicWriter):
             it finds hard early and late in the run). Defaults to none.
         settings: spacing, intensity window, crop and ViT sizes, recorded as ``{"pretrained_with": settings,
             "epoch": N}`` in ``encoder.json`` so that fine-tuning can check its own against them. Defaults to none.
+        model_settings: the config values the whole model is trained with (``settings`` plus the decoder and the
+            teacher's view), written as ``trained_with.json`` so the heat-map workflow applies them. Defaults to none.
     """
 
     def __init__(
@@ -210,10 +220,12 @@ class PretrainExporter(PeriodicWriter):
         min_seconds: float = 0.0,
         snapshot_epochs: Sequence[int] = (),
         settings: Mapping[str, Any] | None = None,
+        model_settings: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(interval, min_seconds)
         self.output_dir, self.teacher = Path(output_dir), teacher
         self.settings = dict(settings or {})
+        self.model_settings = dict(model_settings or {})
         self.snapshot_epochs = {int(e) for e in snapshot_epochs or ()}
 
     def attach(self, engine: Engine) -> None:
@@ -235,7 +247,13 @@ class PretrainExporter(PeriodicWriter):
         save_atomic(encoder_state_dict(student), self.output_dir / "encoder.pt")
         record = {"pretrained_with": self.settings, "epoch": engine.state.epoch}
         write_json_atomic(record, encoder_settings_path(self.output_dir / "encoder.pt"))
-        logger.info("epoch %d: wrote model.pt, teacher.pt, encoder.pt/.json to %s", engine.state.epoch, self.output_dir)
+        if self.model_settings:
+            write_json_atomic(self.model_settings, trained_with_path(self.output_dir / "model.pt"))
+        logger.info(
+            "epoch %d: wrote model.pt, teacher.pt, encoder.pt/.json, trained_with.json to %s",
+            engine.state.epoch,
+            self.output_dir,
+        )
 
 
 class CaseProgress:
@@ -281,3 +299,68 @@ class CaseProgress:
             target = getattr(item.get(self.output_key), "meta", {}).get("saved_to")
             arrow = f" -> {target}" if target else ""
             logger.info("case %d/%s %s%s", self.count, self._total(engine), source, arrow)
+
+
+class CPUCostWarning:
+    """Warns when a paper-scale run (a ViT-B, ``hidden_size`` 768 or more) trains on a CPU: after the first
+    ``iterations`` timed iterations it logs the time per iteration, the estimated time of the whole run and the CPU
+    preset to add instead. Nothing happens on a GPU or with a smaller model.
+
+    Args:
+        device: the run's device.
+        hidden_size: the ViT width of the run.
+        cpu_preset: the override file to suggest (the bundle's ``configs/train_cpu.json``).
+        iterations: iterations timed after the first (which includes one-off work). Defaults to 2.
+
+    Examples::
+
+        >>> engine = Engine(lambda e, b: None)
+        >>> warning = CPUCostWarning("cpu", 768, "configs/train_cpu.json", iterations=1)
+        >>> warning.attach(engine)
+        >>> _ = engine.run([0, 1, 2], max_epochs=2)
+        >>> warning.message.split(":")[0]
+        'paper-scale model (ViT width 768) training on a CPU'
+    """
+
+    def __init__(
+        self, device: torch.device | str, hidden_size: int, cpu_preset: str | os.PathLike, iterations: int = 2
+    ) -> None:
+        self.enabled = torch.device(device).type == "cpu" and int(hidden_size) >= 768
+        self.hidden_size, self.cpu_preset, self.iterations = int(hidden_size), str(cpu_preset), max(int(iterations), 1)
+        self.message: str | None = None
+        self._start: float | None = None
+        self._timed = 0
+
+    def attach(self, engine: Engine) -> None:
+        if self.enabled:
+            engine.add_event_handler(Events.ITERATION_COMPLETED, self._iteration)
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch)
+
+    def _iteration(self, engine: Engine) -> None:
+        if self.message is not None:
+            return
+        if self._start is None:
+            self._start = time.perf_counter()
+            return
+        self._timed += 1
+        if self._timed >= self.iterations:
+            self._warn(engine)
+
+    def _epoch(self, engine: Engine) -> None:
+        if self.message is None and self._timed:
+            self._warn(engine)
+
+    def _warn(self, engine: Engine) -> None:
+        seconds = (time.perf_counter() - (self._start or time.perf_counter())) / max(self._timed, 1)
+        per_epoch = engine.state.epoch_length or 1
+        epochs = engine.state.max_epochs or 1
+        total = seconds * per_epoch * (epochs - engine.state.epoch + 1)
+        hours = f"{total / 3600:.1f} h" if total >= 3600 else f"{total / 60:.0f} min"
+        self.message = (
+            f"paper-scale model (ViT width {self.hidden_size}) training on a CPU: "
+            f"{seconds:.{1 if seconds >= 1 else 3}f} s per iteration, "
+            f"about {hours} for {epochs} epochs of {per_epoch} iterations (validation not counted). On a machine "
+            f"without a GPU use the CPU preset: add {self.cpu_preset} to --config_file"
+        )
+        if is_rank0():
+            logger.warning(self.message)

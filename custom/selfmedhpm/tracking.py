@@ -59,6 +59,8 @@ from selfmedhpm.utils import is_rank0
 
 __all__ = [
     "BundleMLFlowHandler",
+    "default_tracking_uri",
+    "run_prefix",
     "output_metrics",
     "executed_config",
     "count_parameters",
@@ -82,6 +84,44 @@ def _as_float(value: Any) -> float | None:
         return float(value)
     except (TypeError, ValueError):
         return None
+
+
+def default_tracking_uri(folder: str | os.PathLike | None = None) -> str:
+    """The bundles' tracking store when none is named: ``MLFLOW_TRACKING_URI`` when set, else one SQLite store,
+    ``mlruns.db``, in the folder the commands run from (the project folder), so a user's pretraining, fine-tuning and
+    evaluation land in one store whatever their ``--output_dir``.
+
+    Examples::
+
+        >>> os.environ.pop("MLFLOW_TRACKING_URI", None) and None
+        >>> default_tracking_uri("/work/project")
+        'sqlite:////work/project/mlruns.db'
+    """
+    from monai.utils import path_to_sqlite_uri
+
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return path_to_sqlite_uri(os.path.join(os.path.abspath(folder or os.getcwd()), "mlruns.db"))
+
+
+def run_prefix(bundle: str, workflow: str, data: Any = None, datalist: Any = None) -> str:
+    """The start of a run's name: which bundle, which workflow and what it ran on (the data folder, with the data
+    list's name when it is not ``dataset_0.json``, or the input file); :class:`BundleMLFlowHandler` appends the date
+    and time.
+
+    Examples::
+
+        >>> run_prefix("segmentation", "train", "/data/btcv/", "/lists/btcv_tu/dataset_0.json")
+        'segmentation_train_btcv'
+        >>> run_prefix("segmentation", "evaluate", "/data/btcv", "/data/btcv/fold1.json")
+        'segmentation_evaluate_btcv-fold1'
+        >>> run_prefix("segmentation", "infer", "/scans/ct 7.nii.gz")
+        'segmentation_infer_ct-7'
+    """
+    name = Path(str(data).rstrip("/")).name.split(".")[0] if data else ""
+    if datalist and Path(str(datalist)).name != "dataset_0.json":
+        name += "-" + Path(str(datalist)).stem
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", "_".join(part for part in (bundle, workflow, name) if part))
 
 
 def output_metrics(names: Mapping[str, str] | Sequence[str]) -> Callable[[Any], dict[str, float]]:
@@ -328,7 +368,8 @@ class BundleMLFlowHandler(MLFlowHandler):
     def _log_params(self, params: dict[str, Any]) -> None:
         if self.journal is None:
             raise ValueError("Current Run is not Active to log params")
-        self.journal.send({"params": {str(k): str(v)[:MAX_PARAM_LENGTH] for k, v in params.items()}})
+        params = {str(k): str(v)[:MAX_PARAM_LENGTH] for k, v in params.items() if v is not None}
+        self.journal.send({"params": params})
 
     def _log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
         values = {str(k): _as_float(v) for k, v in flatten_dict(metrics).items()}

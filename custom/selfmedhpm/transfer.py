@@ -44,6 +44,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 POS_KEY = "patch_embedding.position_embeddings"
+VIT_KEYS = ("hidden_size", "mlp_dim", "num_heads", "patch_size")
+"""Settings of ``encoder.json`` that fine-tuning must share: the ViT's shape."""
 
 
 class EncoderMismatchError(CheckpointError):
@@ -149,6 +151,14 @@ def _check_pretraining_settings(path: str | os.PathLike, settings: Mapping[str, 
             raise TypeError(f"pretrained_with is a {type(recorded).__name__}, not an object")
     except (ValueError, KeyError, TypeError) as error:
         raise EncoderMismatchError(f"{record}: not a record of pretraining settings ({error}).") from error
+    vit_keys = [k for k in VIT_KEYS if k in recorded and k in settings and _plain(recorded[k]) != _plain(settings[k])]
+    if vit_keys:
+        add = " ".join(f"--{k} {recorded[k]}" for k in vit_keys)
+        raise EncoderMismatchError(
+            f"{path} was pretrained with a ViT of {', '.join(f'{k} {recorded[k]}' for k in vit_keys)} ({record}); "
+            f"this fine-tuning builds {', '.join(f'{k} {settings[k]}' for k in vit_keys)}: add {add} (or "
+            "configs/train_cpu.json, when the encoder comes from the pretraining's CPU preset)"
+        )
     differences = pretraining_differences(recorded, settings)
     if differences:
         logger.warning(
@@ -201,7 +211,8 @@ def load_pretrained_encoder(
         path: the encoder file; loaded with ``weights_only=True``.
         vit_attr: attribute of the ViT in ``network``. Defaults to "vit".
         settings: the fine-tuning's spacing, intensity window, crop and ViT sizes, compared with the ones recorded
-            in ``encoder.json`` beside ``path``; every difference is logged as a warning. Defaults to no check.
+            in ``encoder.json`` beside ``path``: other ViT sizes stop the run with one line naming the overrides to
+            add, any other difference is logged as a warning. Defaults to no check.
 
     Returns:
         ``network``, for use in config expressions.

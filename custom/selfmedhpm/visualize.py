@@ -181,7 +181,7 @@ def plot_hpm_figure(
 ) -> Path:
     """PNG with rows of axial and coronal slices (two of each) and columns CT | mask | reconstruction | the scores of
     the ``teacher_view`` that chose the mask | predicted loss when masked | true loss when masked (the last two where
-    ``views`` has them)."""
+    ``views`` has them). Each map column has its own colour bar (scores and squared errors are on different scales)."""
     image = views["image"]
     h, w, d = image.shape
     cuts = [("axial", 2, d // 3), ("axial", 2, 2 * d // 3), ("coronal", 1, w // 2), ("coronal", 1, w // 3)]
@@ -193,20 +193,31 @@ def plot_hpm_figure(
         ("predicted loss when masked", "masked_prediction", "inferno"),
         ("true loss when masked", "true_loss", "inferno"),
     ]
+    units = {
+        "heatmap": "score (higher: harder)",
+        "masked_prediction": "score, standardised per mask",
+        "true_loss": "reconstruction error (MSE)",
+    }
     columns = [c for c in columns if c[1] in views]
-    fig, axes = plt.subplots(len(cuts), len(columns), figsize=(3.2 * len(columns), 3.2 * len(cuts)))
+    fig, axes = plt.subplots(
+        len(cuts),
+        len(columns),
+        figsize=(2.9 * len(columns), 2.7 * len(cuts) + 0.9),
+        layout="constrained",
+        squeeze=False,
+    )
     # each map on its own scale (predicted scores are logits of a ranking, true losses are squared errors)
-    maps = ("heatmap", "masked_prediction", "true_loss")
-    ranges = {k: (float(np.nanmin(v)), float(np.nanmax(v))) for k, v in views.items() if k in maps}
-    for row, (plane, axis, index) in enumerate(cuts):
-        for col, (name, key, cmap) in enumerate(columns):
+    ranges = {k: (float(np.nanmin(v)), float(np.nanmax(v))) for k, v in views.items() if k in units}
+    for col, (name, key, cmap) in enumerate(columns):
+        shown = None
+        for row, (plane, axis, index) in enumerate(cuts):
             ax = axes[row, col]
             take = lambda v: np.rot90(np.take(v, index, axis=axis))  # noqa: E731
             if key == "mask":
                 ax.imshow(take(image), cmap="gray", vmin=0, vmax=1)
                 ax.imshow(np.ma.masked_where(take(views["mask"]) < 0.5, take(views["mask"])), cmap="autumn", alpha=0.55)
             elif key in ranges:
-                ax.imshow(take(views[key]), cmap=cmap, vmin=ranges[key][0], vmax=ranges[key][1])
+                shown = ax.imshow(take(views[key]), cmap=cmap, vmin=ranges[key][0], vmax=ranges[key][1])
             else:
                 ax.imshow(take(views[key]), cmap=cmap, vmin=0, vmax=1)
             ax.set_axis_off()
@@ -214,8 +225,11 @@ def plot_hpm_figure(
                 ax.set_title(name, fontsize=10)
             if col == 0:
                 ax.text(-0.05, 0.5, f"{plane} {index}", transform=ax.transAxes, rotation=90, va="center", ha="right")
+        if shown is not None:
+            bar = fig.colorbar(shown, ax=axes[:, col], location="bottom", shrink=0.9, aspect=18, pad=0.01)
+            bar.set_label(units[key], fontsize=9)
+            bar.ax.tick_params(labelsize=8)
     fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80)

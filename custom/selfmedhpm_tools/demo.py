@@ -30,10 +30,8 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 from selfmedhpm.errors import install_excepthook
-from selfmedhpm.utils import write_json_atomic
 from selfmedhpm_tools import reports
 from selfmedhpm_tools.phantom import BTCV_LABELS, generate_dataset
-from selfmedhpm_tools.release import TRAINED_WITH
 
 ROOT = Path(__file__).resolve().parents[2]
 PRETRAIN = ROOT / "bundles" / "selfmedhpm_ct_pretraining"
@@ -220,8 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             **mae, **common,
         )  # fmt: skip
 
-    write_json_atomic({**mae, **common}, pre_dir / TRAINED_WITH)  # for make release: beyond the CPU preset
-
+    # the bundles write trained_with.json beside their weights: make release and make monailabel-app merge it
     runs = {"HPM-initialised": pre_dir / "encoder.pt", "scratch": None}
     finetune_configs = ["train.json", "train_cpu.json", DEMO_RECIPE.name]
     run_dirs = {name: results / ("finetune_hpm" if encoder else "finetune_scratch") for name, encoder in runs.items()}
@@ -232,7 +229,6 @@ def main(argv: list[str] | None = None) -> int:
                 dataset_dir=str(data), output_dir=str(run_dirs[name]),
                 pretrained_encoder=str(encoder) if encoder else None, **finetuning, **common,
             )  # fmt: skip
-            write_json_atomic({**unetr, **common}, run_dirs[name] / TRAINED_WITH)
     summaries = {}
     for name in runs:
         with stages(f"evaluation, {name}"):
@@ -248,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         image_path = data / val_case["image"]
         run_bundle(
             _configs(PRETRAIN, "inference.json", "train_cpu.json", "train_demo.json"), tracking_uri, "hpm_heatmap",
-            dataset_dir=str(data), input_files=[str(image_path)], load_path=str(pre_dir / "teacher.pt"),
+            dataset_dir=str(data), input_files=[str(image_path)], model_file=str(pre_dir / "teacher.pt"),
             output_dir=str(figures), **mae, **common,
         )  # fmt: skip
         infer_dir = results / "inference"

@@ -21,10 +21,10 @@
 
 MONAI Label reads ``configs/inference.json`` and ``configs/train.json`` as they are, with no override files, so a
 preset (``--preset cpu``: ``train_cpu.json``, 64^3 crops and a small ViT), any ``--override FILE.json`` and
-``--set KEY=VALUE`` (VALUE in JSON; the values recorded in ``trained_with.json`` beside ``--weights`` come first)
-are merged, in this order, into both and written back; keys a config does not
+``--set KEY=VALUE`` (VALUE in JSON; the values recorded in ``trained_with.json`` beside ``--weights``, which every
+training run writes, come first) are merged, in this order, into both and written back; keys a config does not
 have are left out of it (``epochs`` is not an inference key) and listed. The metadata's ``spatial_shape`` follows the
-merged ``roi_size``.
+merged ``roi_size``, and its ``description`` (what MONAI Label's ``/info/`` shows) describes the merged network.
 
 The weights (``--weights``: ``model.pt`` or its folder, default the bundle's ``models/``) are loaded **strictly**
 into the merged inference network before the app is written: MONAI Label itself loads them with ``strict=False`` and
@@ -33,8 +33,8 @@ Label offers training only (``--allow-missing-weights``).
 
 Then::
 
-    .venv-monailabel/bin/monailabel start_server --app apps/selfmedhpm --studies DIR --host 127.0.0.1 --port 8000 \\
-        --conf models selfmedhpm_ct_segmentation --conf zoo_source local --conf sam2 false
+    .venv-monailabel/bin/python -m monailabel.main start_server --app apps/selfmedhpm --studies DIR --host 127.0.0.1 \\
+        --port 8000 --conf models selfmedhpm_ct_segmentation --conf zoo_source local --conf sam2 false
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ model zoo's ``model_info.json``, plus description, versions, weights and the bun
 never silently replaced by a different build of the same version: bump the version (``--force`` overrides).
 
 Weights trained elsewhere (the demo writes them under ``results/demo``) come in with ``--weights_from NAME=FOLDER``;
-values they were trained with beyond the CPU preset from ``FOLDER/trained_with.json`` (the demo writes it) and
+values they were trained with from ``FOLDER/trained_with.json`` (every training run of both bundles writes it) and
 ``--set NAME:KEY=VALUE`` (which wins over the file): the weights are checked with them
 and the release carries them as ``configs/released_weights.json``, listed in the index entry's
 ``inference_configs`` (the config list to run the released weights with).
@@ -66,6 +66,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import selfmedhpm
+from selfmedhpm.checkpoint import TRAINED_WITH as CHECKPOINT_TRAINED_WITH
 from selfmedhpm.errors import install_excepthook
 from selfmedhpm.transfer import encoder_settings_path
 from selfmedhpm.utils import atomic_write
@@ -106,8 +107,8 @@ BUILDS_ON = {"selfmedhpm_ct_segmentation": "selfmedhpm_ct_pretraining"}
 PRESETS = ([], ["train_cpu.json"])
 """Config overrides tried, in order, when checking that the weights fit the inference network."""
 OVERRIDES_FILE = "released_weights.json"
-TRAINED_WITH = "trained_with.json"
-"""Beside weights: ``{config id: value}`` they were trained with beyond a preset (the demo writes one per run)."""
+TRAINED_WITH = CHECKPOINT_TRAINED_WITH
+"""Beside weights: ``{config id: value}`` they were trained with (every training run of both bundles writes it)."""
 
 
 def trained_with(weights: str | os.PathLike | None) -> dict[str, Any]:
@@ -321,6 +322,8 @@ def release_files(
         files[f"{name}/models/{path.name}"] = path
         if path.name == "encoder.pt" and encoder_settings_path(path).is_file():  # what it was pretrained with
             files[f"{name}/models/{encoder_settings_path(path).name}"] = encoder_settings_path(path)
+    if models.is_dir() and (models / TRAINED_WITH).is_file():  # what the weights were trained with
+        files[f"{name}/models/{TRAINED_WITH}"] = models / TRAINED_WITH
     for module in package_modules(bundle_dir, package_dir):
         files[f"{name}/selfmedhpm/{module}"] = package_dir / module
     return dict(sorted(files.items()))
@@ -329,7 +332,9 @@ def release_files(
 def _inference_loader(parser: Any) -> tuple[str, str] | None:
     """(id of the checkpoint path, id of the network it loads into) of the inference config's CheckpointLoader."""
     for handler in parser.get("handlers", []) or []:
-        if isinstance(handler, dict) and str(handler.get("_target_", "")).endswith("CheckpointLoader"):
+        if isinstance(handler, dict) and str(handler.get("_target_", "")).endswith(
+            ("CheckpointLoader", "WeightsLoader")
+        ):
             path, target = handler.get("load_path"), (handler.get("load_dict") or {}).get("model")
             if isinstance(path, str) and isinstance(target, str) and path.startswith("@") and target.startswith("@"):
                 return path[1:], target[1:]
@@ -452,15 +457,54 @@ def apply_overrides(
         path = configs / name
         merged, skipped[name] = merge_config(json.loads(path.read_text()), overrides)
         path.write_text(json.dumps(merged, indent=4) + "\n")
-    roi = json.loads((configs / "inference.json").read_text()).get("roi_size")
+    inference = json.loads((configs / "inference.json").read_text())
+    roi = inference.get("roi_size")
     if isinstance(roi, list) and all(isinstance(r, int) for r in roi):
         meta = json.loads((configs / "metadata.json").read_text())
         for section in ("inputs", "outputs"):
             for spec in meta.get("network_data_format", {}).get(section, {}).values():
                 if "spatial_shape" in spec:
                     spec["spatial_shape"] = roi
+        described = segmentation_description(inference)
+        if described is not None:  # MONAI Label's /info/ shows it: the model served, not the bundle's default
+            meta["description"], meta["image_classes"] = described
         (configs / "metadata.json").write_text(json.dumps(meta, indent=4) + "\n")
     return skipped
+
+
+def segmentation_description(config: Mapping[str, Any]) -> tuple[str, str] | None:
+    """``(description, image_classes)`` of the metadata for a segmentation inference config's values (the UNETR's
+    sizes, crop, spacing, window and label set), or None for another network.
+
+    Examples::
+
+        >>> values = {"network_def": {"_target_": "UNETR"}, "hidden_size": 96, "num_heads": 4, "mlp_dim": 384,
+        ...           "feature_size": 16, "roi_size": [64, 48, 48], "pixdim": [5.0, 5.0, 5.0], "a_min": -175.0,
+        ...           "a_max": 250.0, "class_names": ["background", "liver", "spleen"]}
+        >>> print(segmentation_description(values)[0][:95])
+        UNETR (ViT of width 96, 4 heads, MLP 384, 16^3 patches; feature size 16) for 2-organ CT segment
+    """
+    keys = ("hidden_size", "num_heads", "mlp_dim", "feature_size", "roi_size", "pixdim", "a_min", "a_max")
+    network = config.get("network_def")
+    if not (isinstance(network, dict) and str(network.get("_target_", "")).endswith("UNETR")):
+        return None
+    if not all(isinstance(config.get(k), (int, float, list)) for k in keys):
+        return None
+    width, heads, mlp = config["hidden_size"], config["num_heads"], config["mlp_dim"]
+    vit = "ViT-B/16" if (width, heads, mlp) == (768, 12, 3072) else f"ViT of width {width}, {heads} heads, MLP {mlp}"
+    vit += "" if vit == "ViT-B/16" else ", 16^3 patches"
+    organs = [str(c) for c in config.get("class_names", [])[1:]] if isinstance(config.get("class_names"), list) else []
+    crop = "x".join(str(r) for r in config["roi_size"])
+    grid = " x ".join(f"{p:g}" for p in config["pixdim"])
+    window = f"HU windowed {config['a_min']:g}..{config['a_max']:g} and scaled to 0..1"
+    description = (
+        f"UNETR ({vit}; feature size {config['feature_size']}) for {len(organs)}-organ CT segmentation"
+        f"{' (' + ', '.join(organs) + ')' if organs else ''}, trained on {crop} crops at {grid} mm, {window}. Its "
+        "encoder starts from the one the selfmedhpm_ct_pretraining bundle pretrains (masked autoencoding with hard "
+        "patches mining, arXiv 2504.02524). Sliding-window inference writes one label NIfTI per input in the input's "
+        "own grid."
+    )
+    return description, f"single channel CT, {window}, {grid} mm, RAS"
 
 
 def check_weights(

@@ -24,6 +24,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+from selfmedhpm.labels import BTCV_CLASSES  # noqa: E402
 
 __all__ = ["dice_rows", "write_dice_table", "markdown_table", "plot_dice_bars", "plot_curves", "plot_overlay"]
 
@@ -132,29 +134,50 @@ def plot_curves(
 
 
 def plot_overlay(
-    image: np.ndarray, label: np.ndarray, pred: np.ndarray, path: str | os.PathLike, num_classes: int = 14
+    image: np.ndarray,
+    label: np.ndarray,
+    pred: np.ndarray,
+    path: str | os.PathLike,
+    num_classes: int = 14,
+    class_names: Sequence[str] | None = None,
 ) -> Path:
     """Axial slices (rows) of the CT with the reference label and the prediction as colour overlays, in the
-    radiological convention (the patient's right on the left of the image, anterior at the top).
+    radiological convention (the patient's right on the left of the image, anterior at the top), cropped to the body,
+    with a legend of the organs shown.
 
     Args:
-        image, label, pred: ``[X, Y, Z]`` arrays in RAS+ voxel order (``nibabel.as_closest_canonical``).
+        image, label, pred: ``[X, Y, Z]`` arrays in RAS+ voxel order (``nibabel.as_closest_canonical``), the image
+            scaled to 0..1.
         path: the PNG to write.
         num_classes: label values 0..num_classes-1 (colours).
+        class_names: a name per label value, background first; default BTCV's when ``num_classes`` is 14.
     """
+    if class_names is None:
+        class_names = BTCV_CLASSES if num_classes == len(BTCV_CLASSES) else [str(k) for k in range(num_classes)]
     z_sizes = [int((label == k).sum(axis=(0, 1)).argmax()) for k in (6, 2, 1) if (label == k).any()]
     slices = sorted(set(z_sizes or [image.shape[2] // 2]))[:3]
-    fig, axes = plt.subplots(len(slices), 2, figsize=(7, 3.4 * len(slices)), squeeze=False)
+    body = np.argwhere((image > 0.05).any(axis=2))  # [N, 2] in-plane voxels inside the body on some slice
+    (x0, y0), (x1, y1) = (body.min(axis=0), body.max(axis=0) + 1) if body.size else ((0, 0), image.shape[:2])
+    x0, y0 = max(x0 - 2, 0), max(y0 - 2, 0)
+    x1, y1 = min(x1 + 2, image.shape[0]), min(y1 + 2, image.shape[1])
+    crop = lambda v: v[x0:x1, y0:y1]  # noqa: E731
+    aspect = (x1 - x0) / max(y1 - y0, 1)  # displayed width over height
+    fig, axes = plt.subplots(
+        len(slices), 2, figsize=(6.4, 3.2 * len(slices) / aspect + 1.2), squeeze=False, layout="constrained"
+    )
     cmap = plt.get_cmap("tab20", num_classes)
     for row, z in enumerate(slices):
         for col, (title, seg) in enumerate((("reference label", label), ("prediction", pred))):
             ax = axes[row, col]
-            ax.imshow(_axial(image[:, :, z]), cmap="gray")
+            ax.imshow(_axial(crop(image[:, :, z])), cmap="gray", vmin=0, vmax=1)
             shown = np.ma.masked_where(seg[:, :, z] == 0, seg[:, :, z])
-            ax.imshow(_axial(shown), cmap=cmap, vmin=0, vmax=num_classes - 1, alpha=0.5, interpolation="nearest")
+            ax.imshow(_axial(crop(shown)), cmap=cmap, vmin=0, vmax=num_classes - 1, alpha=0.5, interpolation="nearest")
             ax.set_title(f"{title}, slice {z}", fontsize=9)
             ax.set_axis_off()
-    fig.tight_layout()
+    present = sorted({int(v) for v in np.unique(label[:, :, slices])} | {int(v) for v in np.unique(pred[:, :, slices])})
+    handles = [Patch(color=cmap(k), alpha=0.7, label=class_names[k]) for k in present if 0 < k < len(class_names)]
+    if handles:
+        fig.legend(handles=handles, loc="outside lower center", ncol=3, fontsize=8, frameon=False)
     return _save(fig, path)
 
 

@@ -818,7 +818,7 @@ def teacher_figures(out: Path, protocol: Protocol, data: StudyData, tracking_uri
         target = out / "runs" / "figures" / name
         configs = ["inference.json", *stage["configs"][1:]]
         _bundle(configs, PRETRAIN, tracking_uri, f"heatmap_{name}", input_files=[data.test[0]["image"]],
-                load_path=str(weights), output_dir=str(target), **values, **ARMS["hpm"])  # fmt: skip
+                model_file=str(weights), output_dir=str(target), **values, **ARMS["hpm"])  # fmt: skip
         (out / "figures").mkdir(exist_ok=True)
         for png in target.glob("*_hpm.png"):
             shutil.copyfile(png, out / "figures" / f"{name}_hpm.png")

@@ -56,6 +56,8 @@ class Result:
         problems: every problem found, each naming its file.
         written: the files written (none when nothing usable was found).
         summary: the lines :func:`summary` printed after the problems.
+        kept_with_errors: errors of cases that stay in the list (labels with values the label set does not name):
+            the fine-tuning's data check refuses them until they are fixed.
     """
 
     src: str
@@ -64,6 +66,7 @@ class Result:
     problems: list[Problem] = field(default_factory=list)
     written: list[str] = field(default_factory=list)
     summary: str = ""
+    kept_with_errors: list[Problem] = field(default_factory=list)
 
     @property
     def errors(self) -> list[Problem]:
@@ -137,7 +140,8 @@ def build_datalist(
     result.problems = scan.problems + found
     class_names, label_set = _label_set(scan, result)
     if read_label_values:
-        result.problems += label_value_problems(cases, class_names, label_set.split(" (")[0], src)
+        result.kept_with_errors = label_value_problems(cases, class_names, label_set.split(" (")[0], src)
+        result.problems += result.kept_with_errors
     labelled = [c for c in cases if c.label and c.split is None]
     method = split or ("monai" if layout == "btcv" else "random")
     try:
@@ -270,15 +274,24 @@ def summary(result: Result, scan: Scan, label_set: str, method: str, out: str) -
         *scan.notes,
         f"problems: {problems if result.problems else 'none'}",
         f"wrote: {', '.join(result.written)} (image paths relative to {src})",
-        "next (from the repository root):",
-        f"  pretrain:  python -m monai.bundle run --config_file {PRETRAIN}/train.json --dataset_dir {src} "
-        f"--datalist {datalist}",
     ]
+    data = f"--dataset_dir {src} --datalist {datalist}"
+    steps = [("pretrain", PRETRAIN, f"{PRETRAIN}/train.json")]
     if labelled:
+        steps.append(("fine-tune", SEGMENT, configs))
+    if result.kept_with_errors:
+        kept = len(result.kept_with_errors)
         lines.append(
-            f"  fine-tune: python -m monai.bundle run --config_file \"['{configs}']\" --dataset_dir {src} "
-            f"--datalist {datalist}"
+            f"NOTE: {_count(kept, 'labelled case')} in the list {'has' if kept == 1 else 'have'} the label errors "
+            "above: the fine-tune commands below stop at their data check until the labels are fixed (or the label "
+            "set names their values); pretraining reads the images only and runs."
         )
+    lines.append("next (from the repository root; the paper-scale preset needs a GPU, the CPU preset runs in minutes "
+                 "on a CPU):")  # fmt: skip
+    for step, folder, files in steps:
+        lines.append(f"  {step}, GPU (paper scale):  python -m monai.bundle run --config_file \"['{files}']\" {data}")
+        lines.append(f"  {step}, CPU preset:          python -m monai.bundle run --config_file "
+                     f"\"['{files}','{folder}/train_cpu.json']\" {data}")  # fmt: skip
     return "\n".join(lines)
 
 
