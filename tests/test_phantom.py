@@ -295,13 +295,18 @@ def test_aorta_has_a_wall_and_calcified_plaques_in_some_cases(medium) -> None:
 
 
 def test_bowel_holds_gas_fluid_and_stool_unlabelled(medium) -> None:
-    for img, lab, _, tis in medium:
+    for img, lab, affine, tis in medium:
         hu = {t: np.median(img[tis == TISSUES[t]]) for t in ("bowel gas", "bowel fluid", "stool", "bowel wall")}
         assert hu["bowel gas"] < -600 and -20 < hu["bowel fluid"] < 60 and -200 < hu["stool"] < 20, hu
         assert hu["bowel fluid"] - 40 < hu["bowel wall"] < 130, hu
         bowel = (tis >= TISSUES["bowel wall"]) & (tis <= TISSUES["stool"])
         assert not lab[bowel].any()  # unlabelled in BTCV
         assert np.percentile(img[tis == TISSUES["stool"]], 5) < hu["stool"] - 100  # gas bubbles mottle the stool
+        x, y = (affine[i, i] * np.arange(lab.shape[i]) + affine[i, 3] for i in (0, 1))  # patient-frame mm
+        aorta = _centroid_world(lab, affine, 8)
+        near = (np.abs(x)[:, None] < 35) & (y[None, :] > aorta[1] - 10) & (y[None, :] < aorta[1] + 15)
+        renal = (lab == 2).any((0, 1)) & (lab == 3).any((0, 1))  # slices through both kidneys
+        assert not bowel[:, :, renal][near].any()  # the retroperitoneum around the aorta and the IVC: fat, no bowel
 
 
 def test_oral_contrast_is_bright_in_the_cases_that_have_it() -> None:

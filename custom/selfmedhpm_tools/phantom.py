@@ -57,10 +57,13 @@ slice count and storage orientation (about a third LPS instead of RAS; diagonal 
 Looks
 -----
 The ranges above are the *seen look*, what training data are made of (``LOOK``'s first two columns). The *new look*
-(``new_look=True``, ``--new-look``) draws body size, subcutaneous and visceral fat, contrast timing (arterial and
-late phases instead of portal-venous), noise, kernel, streaks, field of view and slice thickness (5-8 mm) from
-outside those ranges, within wider bounds: held-out cases whose settings a model trained on the seen look never
-saw, to measure whether what it learnt carries over. Labels and anatomy follow the same rules in both looks.
+(``new_look=True``, ``--new-look``) draws body width and depth-to-width ratio, subcutaneous and visceral fat,
+contrast timing (arterial and late phases instead of portal-venous), noise, kernel, streaks, field of view and slice
+thickness (5-8 mm) from outside those ranges, within wider bounds (each setting in one of its two tails, either as
+likely): held-out cases whose settings a model trained on the seen look never saw, to measure whether what it learnt
+carries over. Labels and anatomy follow the same rules in both looks. The bounds stay anatomical: the depth follows
+the width through their ratio, since a trunk as deep as it is wide (which independent draws gave in a first version
+of this look) moves every organ away from any real layout.
 """
 
 from __future__ import annotations
@@ -106,8 +109,8 @@ ENHANCEMENT: dict[str, tuple[float, ...]] = {  # HU at those delays (0: unenhanc
 }
 ENHANCEMENT_JITTER: dict[str, float] = {"aorta": 25.0, "heart": 20.0, "portal": 12.0}  # others: 10 HU
 LOOK: dict[str, tuple[float, float, float, float]] = {  # seen look (low, high), then the wider bounds around it
-    "half_width": (150, 185, 130, 205),  # mm, trunk half-width (left-right)
-    "half_depth": (105, 130, 92, 145),  # mm, trunk half-depth (anterior-posterior)
+    "half_width": (150, 185, 130, 205),  # mm, trunk half-width (left-right); its depth: width times aspect
+    "aspect": (0.62, 0.78, 0.58, 0.84),  # trunk depth (anterior-posterior) over width
     "subcutaneous_fat": (10, 30, 3, 50),  # mm
     "visceral_fat": (0.2, 0.8, 0.0, 1.0),  # share of the free abdominal space left to fat between bowel loops
     "delay": (55, 90, 25, 240),  # s after the injection: portal-venous; the new look arterial or late
@@ -159,7 +162,8 @@ def _anatomy(rng: np.random.Generator, new_look: bool = False) -> dict:
     """Per-case body size, layer thicknesses, scale factors of the nominal layout, tissue HU values (enhancing
     tissues from the contrast delay) and scanner settings, from the seen look's ranges or the new look's."""
     look = {name: _draw(rng, name, new_look) for name in LOOK}
-    a = {"A": look["half_width"], "B": look["half_depth"], "kz": rng.uniform(0.93, 1.05), "new_look": new_look}
+    a = {"A": look["half_width"], "B": look["half_width"] * look["aspect"], "kz": rng.uniform(0.93, 1.05)}
+    a["new_look"] = new_look
     a.update(kx=a["A"] / 170, ky=a["B"] / 115, size=rng.uniform(0.92, 1.08), fat=look["subcutaneous_fat"])
     a.update(wall=rng.uniform(6, 12), yv=-40 * a["ky"], **look)
     a.update(domes=(rng.normal(95, 3) * a["kz"], rng.normal(90, 3) * a["kz"]), bowel_top=rng.uniform(10, 35))
@@ -372,10 +376,11 @@ def _thorax(grid: Grid, a: dict, img: np.ndarray, free: np.ndarray) -> None:
 
 
 def _bowel(rng: np.random.Generator, grid: Grid, a: dict, img: np.ndarray, tis: np.ndarray, free: np.ndarray) -> None:
-    """Small-bowel loops anterior to the spine below `bowel_top`: wall and lumen of a wave field, thresholded so that
-    the case's `visceral_fat` share of the space stays fat; the lumen holds fluid, or positive oral contrast where a
-    slow field says so in cases with it, and gas above a wavy non-dependent level (supine)."""
-    region = free & (grid.y[None, :] > a["yv"] + 20 * a["ky"])
+    """Small-bowel loops below `bowel_top`, in front of the retroperitoneum (whose fat surrounds the aorta, the IVC
+    and the kidneys): wall and lumen of a wave field, thresholded so that the case's `visceral_fat` share of the space
+    stays fat; the lumen holds fluid, or positive oral contrast where a slow field says so in cases with it, and gas
+    above a wavy non-dependent level (supine)."""
+    region = free & (grid.y[None, :] > a["yv"] + 50 * a["ky"])  # in front of the retroperitoneum (IVC, aorta: fat)
     ii, jj = np.flatnonzero(region.any(1)), np.flatnonzero(region.any(0))
     kk = np.flatnonzero(grid.z < a["bowel_top"] * a["kz"])
     if not (ii.size and jj.size and kk.size):
