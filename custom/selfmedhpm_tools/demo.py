@@ -14,9 +14,10 @@ pretrained encoder and from scratch -> evaluation on the validation cases and on
 size, fat, contrast timing, scanner and slices the training never saw: does what the models learnt carry over) ->
 report (tables, figures), every stage tracked in MLflow.
 
-Run ``make demo`` or ``python -m selfmedhpm_tools.demo --results_dir results/demo``; the defaults finish in about 5 to
-15 minutes on 2 CPU cores, depending on the CPU. Everything lands under ``--results_dir``; ``mlflow ui
---backend-store-uri sqlite:///results/demo/mlflow.db`` shows the runs.
+Run ``make demo`` or ``python -m selfmedhpm_tools.demo --results_dir results/demo``; the defaults took 5 to 15
+minutes on 2 CPU cores with the 30 fine-tuning epochs of segmentation 0.4.2, depending on the CPU; the 40 of 0.5.0
+take about a third more for the fine-tuning (not yet measured on a quiet machine). Everything lands under
+``--results_dir``; ``mlflow ui --backend-store-uri sqlite:///results/demo/mlflow.db`` shows the runs.
 """
 
 from __future__ import annotations
