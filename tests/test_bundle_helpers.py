@@ -153,8 +153,9 @@ def test_gpu_cache_changes_one_named_transform_of_the_pretraining_pipeline():
 def test_demo_recipe_adds_class_indices_as_a_named_transform_between_cached_and_random_steps():
     parser = _parse(SEGMENT, "train.json", "train_demo.json")
     names = [type(t).__name__ for t in parser.get_parsed_content("train#preprocessing").transforms]
-    deterministic = len(parser["train#deterministic_transforms"])
-    assert names[deterministic] == "ClassesToIndicesd" and names[deterministic + 1] == "RandCropByLabelClassesd"
+    cached = len(parser["train#deterministic_transforms"]) + len(parser["train#hu_transforms"])
+    assert names[cached] == "ClassesToIndicesd" and names[cached + 1] == "RandCropByLabelClassesd"
+    assert names.count("ClassesToIndicesd") == 1
     assert parser.get_parsed_content("train#class_indices").converter.num_classes == 14
 
 

@@ -24,11 +24,27 @@ from selfmedhpm_tools import demo
 def test_demo_pipeline_writes_report_ranking_and_figures(tmp_path, one_thread):
     out = tmp_path / "demo"
     args = ["--data_dir", str(tmp_path / "data"), "--results_dir", str(out), "--cases", "4", "--pretrain_epochs", "2",
-            "--finetune_epochs", "1", "--val_interval", "1", "--no_mlflow"]  # fmt: skip
+            "--finetune_epochs", "1", "--val_interval", "1", "--no_mlflow", "--new_look_cases", "2"]  # fmt: skip
     assert demo.main(args) == 0
     report = (out / "report.md").read_text()
-    for section in ("## Validation Dice per organ", "## Does hard patches mining mine", "## Wall time", "| liver |"):
+    for section in ("## Validation Dice per organ", "## Does it carry over: seen look and new look",
+                    "## Does hard patches mining mine", "## Wall time", "| liver |"):  # fmt: skip
         assert section in report, section
+    new_look = json.loads((tmp_path / "data" / "new_look" / "dataset_0.json").read_text())
+    assert len(new_look["validation"]) == 2 and new_look["numTraining"] == 0 and "new look" in new_look["description"]
+    for name in ("finetune_hpm", "finetune_scratch"):  # each model evaluated on both looks
+        seen, new = (json.loads((out / name / d / "summary.json").read_text()) for d in ("eval", "eval_new_look"))
+        assert seen["num_cases"] == 1 and new["num_cases"] == 2
+        gap = new["mean_dice"]["all_organs"] - seen["mean_dice"]["all_organs"]
+        run = "HPM-initialised" if name == "finetune_hpm" else "scratch"
+        assert f"{run} {gap:+.3f}" in report
+    carry = report.split("## Does it carry over: seen look and new look")[1].split("## ")[0]
+    assert "| organ | HPM-initialised, seen look | HPM-initialised, new look | scratch, seen look |" in carry
+    assert "| new minus seen, 13-organ mean |" in carry and (out / "carry_over.csv").is_file()
+    times = report.split("## Wall time")[1]
+    for stage in ("synthetic CT, new look", "evaluation on the new look, HPM-initialised",
+                  "evaluation on the new look, scratch"):  # fmt: skip
+        assert f"| {stage} |" in times, stage
     ranking = json.loads((out / "hpm_ranking.json").read_text())
     assert ranking["crops"] == 8 and ranking["crop_margin"] == 16  # one validation case, 8 crops
     figures = ("tau_untrained", "masked_tau_student", "masked_tau_teacher", "masked_tau_position_only",

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from scipy.ndimage import binary_erosion
 from selfmedhpm_tools import phantom
-from selfmedhpm_tools.phantom import BTCV_LABELS, generate_case, generate_dataset
+from selfmedhpm_tools.phantom import BTCV_LABELS, LOOK, TISSUES, generate_case, generate_dataset
 
 TINY = (96, 96, 48)
 
@@ -31,6 +31,13 @@ TINY = (96, 96, 48)
 @pytest.fixture(scope="module")
 def cases() -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     return [generate_case(seed, shape=(128, 128, 48)) for seed in range(4)]
+
+
+@pytest.fixture(scope="module")
+def medium() -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """Six cases at the medium preset (about 1.6 mm pixels, 3 mm slices) with their tissue maps; seeds 2 and 4 have
+    aortic plaques, none has oral contrast."""
+    return [generate_case(seed, size="medium", tissues=True) for seed in range(6)]
 
 
 def _centroid_world(label: np.ndarray, affine: np.ndarray, value: int) -> np.ndarray:
@@ -81,7 +88,7 @@ def test_hounsfield_values_are_plausible(cases) -> None:
     for img, lab, _ in cases:
         liver = img[lab == 6]
         assert 80 <= liver.mean() <= 140
-        assert np.median(img[lab == 8]) > np.median(liver) + 30  # contrast-enhanced aorta
+        assert np.percentile(img[lab == 8], 75) > np.median(liver) + 30  # contrast-enhanced aorta (lumen in a wall)
         assert np.median(img[lab == 4]) < 60  # bile does not enhance
         assert np.count_nonzero(img[lab == 7] < -500) > 20  # gas in the stomach
         assert img[:4, :4].mean() < -980 and abs(img[:4, :4].std() - 15) < 8  # air outside, noise sd 10-20
@@ -122,7 +129,8 @@ def test_native_spacing_varies_within_ct_ranges() -> None:
 def test_pelvis_cases_have_unlabelled_iliac_vessels_bones_and_bladder_below_the_aorta() -> None:
     seed = next(s for s in range(20) if phantom._grid(*_rng_anatomy(s), None, "medium", None).z[0] < -250)
     rng, anatomy = _rng_anatomy(seed)
-    z = phantom._grid(rng, anatomy, None, "medium", None).z  # the patient-frame height of each slice
+    grid = phantom._grid(rng, anatomy, None, "medium", None)
+    z = grid.z  # the patient-frame height of each slice
     img, lab, _ = generate_case(seed, size="medium")
     lowest = {name: z[np.flatnonzero((lab == value).any((0, 1)))[0]] for value, name in ((8, "aorta"), (9, "ivc"))}
     kz = anatomy["kz"]
@@ -133,7 +141,8 @@ def test_pelvis_cases_have_unlabelled_iliac_vessels_bones_and_bladder_below_the_
     assert (section > 600).sum() > 150  # iliac wings and sacrum (cortical bone)
     assert ((section > 130) & (section < 300)).sum() > (lab[:, :, pelvis.argmax()] == 8).sum()  # vessels, marrow
     low = img[:, :, np.flatnonzero(z < -250 * kz)[-1]]
-    bladder = low[low.shape[0] // 2 - 5 : low.shape[0] // 2 + 5, low.shape[1] // 2 + 8 : low.shape[1] // 2 + 18]
+    ix, iy = np.abs(grid.x).argmin(), np.abs(grid.y - 25 * anatomy["ky"]).argmin()  # on the midline, anterior
+    bladder = low[ix - 4 : ix + 5, iy - 4 : iy + 5]
     assert -20 < np.median(bladder) < 45  # urine in the anterior pelvis
 
 
@@ -229,3 +238,108 @@ def test_cli_writes_three_cases_then_refuses_to_overwrite(tmp_path: Path) -> Non
     assert len(json.loads((tmp_path / "dataset_0.json").read_text())["validation"]) == 1
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert again.returncode != 0 and "dataset_0.json already exists" in again.stderr and "--overwrite" in again.stderr
+
+
+def _ml(label: np.ndarray, affine: np.ndarray, value: int) -> float:
+    return np.count_nonzero(label == value) * np.prod(np.abs(np.diag(affine)[:3])) / 1000
+
+
+def test_organ_volumes_in_millilitres_lie_in_adult_ranges(medium) -> None:
+    """shared/ANATOMY.md: liver 1,400-1,800 mL, spleen 150-250, kidney ~150, gallbladder 30-50, pancreas ~70,
+    adrenal ~5; the phantom varies body and organ size per case, so the bounds are a little wider."""
+    bounds = {6: (1000, 2000), 1: (120, 300), 2: (80, 230), 3: (80, 230), 4: (20, 60), 11: (35, 110), 12: (2, 10)}
+    for _, lab, affine, _ in medium:
+        for value, (lo, hi) in bounds.items():
+            assert lo < _ml(lab, affine, value) < hi, (BTCV_LABELS[value], _ml(lab, affine, value))
+
+
+def test_kidneys_lie_posterior_beside_the_spine_the_right_one_lower(medium) -> None:
+    for _, lab, affine, _ in medium:  # world x, y = patient frame (mm from the body centre), RAS+
+        right, left, aorta = (_centroid_world(lab, affine, v) for v in (2, 3, 8))
+        assert 45 < right[0] < 90 and -90 < left[0] < -45  # beside the spine and psoas, not under the ribs' edge
+        assert right[1] < aorta[1] - 15 and left[1] < aorta[1] - 15 and max(right[1], left[1]) < -30  # posterior
+        assert 3 < left[2] - right[2] < 40  # the right kidney lower (ANATOMY.md: ~2 cm)
+        top = {v: _centroid_world(lab, affine, v)[2] for v in (12, 13)}
+        assert top[12] > right[2] + 20 and top[13] > left[2] + 20  # adrenal glands above the kidneys
+
+
+def test_kidney_cortex_medulla_and_sinus_fat_have_their_ct_numbers(medium) -> None:
+    """Portal-venous phase: cortex 150-200 HU (ANATOMY.md), medulla lower, fat in the renal sinus; all of it inside
+    the kidney labels, the hilum's vessels outside."""
+    for img, lab, _, tis in medium:
+        hu = {
+            name: np.median(img[tis == TISSUES[name]]) for name in ("renal cortex", "renal medulla", "renal sinus fat")
+        }
+        assert 135 < hu["renal cortex"] < 210 and hu["renal medulla"] < hu["renal cortex"] - 25, hu
+        assert hu["renal sinus fat"] < -40, hu
+        for name in ("renal cortex", "renal medulla", "renal sinus fat"):
+            assert np.isin(lab[tis == TISSUES[name]], (2, 3)).all()
+            for kidney in (2, 3):  # every part in both kidneys
+                assert np.count_nonzero((tis == TISSUES[name]) & (lab == kidney)) > 50, (name, kidney)
+        vessels = tis == TISSUES["renal vessel"]
+        assert vessels.sum() > 100 and not np.isin(lab[vessels], (2, 3)).any()
+        assert np.median(img[vessels]) > 60  # enhanced renal veins and arteries
+
+
+def test_aorta_has_a_wall_and_calcified_plaques_in_some_cases(medium) -> None:
+    with_plaques = 0
+    for img, lab, _, tis in medium:
+        lumen, wall = (np.median(img[tis == TISSUES[t]]) for t in ("aortic lumen", "aortic wall"))
+        assert lumen > wall + 60 and 0 < wall < 110, (lumen, wall)  # a soft-tissue ring around the contrast
+        plaque = tis == TISSUES["aortic plaque"]
+        assert np.isin(lab[(tis >= TISSUES["aortic lumen"]) & (tis <= TISSUES["aortic plaque"])], 8).all()
+        if plaque.any():
+            with_plaques += 1
+            assert img[plaque].max() > 300  # calcium, partial-volumed at 1.6 mm
+    assert with_plaques == 2  # seeds 2 and 4: about half the cases
+
+
+def test_bowel_holds_gas_fluid_and_stool_unlabelled(medium) -> None:
+    for img, lab, affine, tis in medium:
+        hu = {t: np.median(img[tis == TISSUES[t]]) for t in ("bowel gas", "bowel fluid", "stool", "bowel wall")}
+        assert hu["bowel gas"] < -600 and -20 < hu["bowel fluid"] < 60 and -200 < hu["stool"] < 20, hu
+        assert hu["bowel fluid"] - 40 < hu["bowel wall"] < 130, hu
+        bowel = (tis >= TISSUES["bowel wall"]) & (tis <= TISSUES["stool"])
+        assert not lab[bowel].any()  # unlabelled in BTCV
+        assert np.percentile(img[tis == TISSUES["stool"]], 5) < hu["stool"] - 100  # gas bubbles mottle the stool
+        x, y = (affine[i, i] * np.arange(lab.shape[i]) + affine[i, 3] for i in (0, 1))  # patient-frame mm
+        aorta = _centroid_world(lab, affine, 8)
+        near = (np.abs(x)[:, None] < 35) & (y[None, :] > aorta[1] - 10) & (y[None, :] < aorta[1] + 15)
+        renal = (lab == 2).any((0, 1)) & (lab == 3).any((0, 1))  # slices through both kidneys
+        assert not bowel[:, :, renal][near].any()  # the retroperitoneum around the aorta and the IVC: fat, no bowel
+
+
+def test_oral_contrast_is_bright_in_the_cases_that_have_it() -> None:
+    seed = next(s for s in range(20) if phantom._anatomy(np.random.default_rng(s))["oral"])
+    img, lab, _, tis = generate_case(seed, shape=(128, 128, 64), tissues=True)
+    contrast = tis == TISSUES["oral contrast"]
+    assert contrast.sum() > 200 and np.median(img[contrast]) > 100 and not lab[contrast].any()
+
+
+def test_new_look_draws_every_setting_outside_the_seen_range_and_the_same_anatomy_rules() -> None:
+    seen, new = [], []
+    for seed in range(60):
+        seen.append(phantom._anatomy(np.random.default_rng(seed)))
+        new.append(phantom._anatomy(np.random.default_rng(seed), new_look=True))
+    for name, (lo, hi, wide_lo, wide_hi) in LOOK.items():
+        assert all(lo <= a[name] <= hi for a in seen), name
+        values = np.array([a[name] for a in new])
+        assert ((values < lo) | (values > hi)).all() and (values >= wide_lo).all() and (values <= wide_hi).all(), name
+    delays = np.array([a["delay"] for a in new])
+    assert 0.25 < np.mean(delays < 55) < 0.75  # arterial and late phases, both common
+    arterial = next(a for a in new if a["delay"] < 35)
+    assert arterial["hu"]["aorta"] > 250 and arterial["hu"]["liver"] < 90  # the aorta peaks, the liver lags
+    img, lab, affine = generate_case(1, size="small", new_look=True)
+    assert affine[2, 2] > 5.0 and np.unique(lab).tolist() == list(range(14))  # thicker slices than any training case
+    assert not np.array_equal(img, generate_case(1, size="small")[0])
+
+
+def test_held_out_new_look_dataset_lists_every_case_for_validation(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "selfmedhpm_tools.phantom", "--out", str(tmp_path), "--cases", "2", "--seed", "77",
+           "--val-fraction", "1", "--new-look", "--size", "small"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    info = json.loads((tmp_path / "dataset_0.json").read_text())
+    assert info["numTraining"] == 0 and len(info["validation"]) == 2 and "new look" in info["description"]
+    spacing = nib.load(tmp_path / info["validation"][0]["image"]).header.get_zooms()
+    assert spacing[2] > 5.0

@@ -540,6 +540,25 @@ def test_class_balanced_override_centres_crops_on_every_class(data_dir):
     assert len(set(centres)) >= 6 and sum(c in (0, 6) for c in centres) < 0.4 * len(centres), centres
 
 
+def test_demo_recipe_randomises_hounsfield_units_in_front_of_the_window_and_validation_stays_deterministic():
+    """``train_demo.json``'s domain randomisation: per-organ offsets (SynthSeg-style), scale and shift in HU in front of
+    the CT window (a random window), then on the crops geometry (anisotropic scaling, small rotations), gamma, bias
+    field, blur, lower resolution and noise; no left-right flip; validation runs the deterministic part only."""
+    parser = parse("train.json", "train_cpu.json", "train_demo.json", **TINY)
+    names = [type(t).__name__ for t in parser.get_parsed_content("train#preprocessing").transforms]
+    window = names.index("ScaleIntensityRanged")
+    assert names[window - 3 : window] == ["RandLabelIntensityd", "RandScaleIntensityd", "RandShiftIntensityd"]
+    assert names.index("ClassesToIndicesd") < names.index("RandCropByLabelClassesd") < names.index("RandAffined")
+    for name in ("RandAdjustContrastd", "RandBiasFieldd", "RandGaussianSmoothd", "RandSimulateLowResolutiond",
+                 "RandGaussianNoised"):  # fmt: skip
+        assert names.index(name) > names.index("RandCropByLabelClassesd"), name
+    assert "RandFlipd" not in names
+    affine = next(t for t in parser.get_parsed_content("train#random_transforms") if type(t).__name__ == "RandAffined")
+    assert tuple(affine.rand_affine.rand_affine_grid.scale_range) == (0.1, 0.1, 0.1)  # drawn per axis: anisotropic
+    validation = [type(t).__name__ for t in parser.get_parsed_content("validate#preprocessing").transforms]
+    assert validation == names[:3] + names[window : window + 3]  # load, orient, space, window, crop, pad
+
+
 def test_shared_recipe_never_flips_left_right():
     parser = parse("train.json")
     for transform in parser.get_parsed_content("train#random_transforms"):

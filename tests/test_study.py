@@ -21,7 +21,7 @@ import sys
 
 import numpy as np
 import pytest
-from selfmedhpm_tools import study
+from selfmedhpm_tools import stats, study, study_data
 from selfmedhpm_tools.stats import paired_bootstrap_ci
 
 
@@ -46,24 +46,24 @@ def test_aggregation_and_pairing_over_seeds_and_cases():
         ("mae", 3, 1): {"c1": 0.6, "c2": 0.5},
         ("mae", 9, 0): {"c1": 0.9, "c2": 0.9},
     }
-    xs, ys, seeds = study.paired_differences(per_run, "hpm", "mae", 3)
+    xs, ys, seeds = stats.paired_differences(per_run, "hpm", "mae", 3)
     assert (xs, ys, seeds) == ([0.8, 0.6, 0.7], [0.5, 0.4, 0.6], 2)  # the NaN pair is left out
-    assert study.paired_differences(per_run, "hpm", "mae", 9) == ([], [], 0)
-    assert study.aggregate([0.5, 0.7]) == (0.6, 0.1414)
-    assert study.aggregate([0.4]) == (0.4, 0.0)
+    assert stats.paired_differences(per_run, "hpm", "mae", 9) == ([], [], 0)
+    assert stats.aggregate([0.5, 0.7]) == (0.6, 0.1414)
+    assert stats.aggregate([0.4]) == (0.4, 0.0)
     rows = [
         {"case": "a", "liver": "0.9", "spleen": "0.5", "aorta": "nan"},
         {"case": "b", "liver": "0.1", "spleen": "0.3"},
     ]
-    assert study.case_means(rows, ["liver", "spleen", "aorta"]) == {"a": 0.7, "b": 0.2}
+    assert stats.case_means(rows, ["liver", "spleen", "aorta"]) == {"a": 0.7, "b": 0.2}
 
 
 def test_labelled_draws_differ_by_seed_and_stay_in_the_pool():
     pool = [{"image": f"case_{i}"} for i in range(24)]
-    draws = {seed: [d["image"] for d in study.labelled_draw(pool, 9, seed)] for seed in range(3)}
+    draws = {seed: [d["image"] for d in study_data.labelled_draw(pool, 9, seed)] for seed in range(3)}
     assert all(len(set(d)) == 9 for d in draws.values())
     assert draws[0] != draws[1] != draws[2]
-    assert study.labelled_draw(pool, 3, 0) == study.labelled_draw(pool, 3, 0)
+    assert study_data.labelled_draw(pool, 3, 0) == study_data.labelled_draw(pool, 3, 0)
 
 
 TINY = [

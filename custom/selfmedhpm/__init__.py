@@ -23,6 +23,8 @@ package :mod:`selfmedhpm_tools`, which imports this one and is never imported by
 - :mod:`selfmedhpm.networks`: the HPM masked autoencoder (ViT encoder in MONAI ``UNETR.vit`` layout + two heads).
 - :mod:`selfmedhpm.ema`, :mod:`selfmedhpm.engine`: the EMA teacher and the HPM trainer (a MONAI ``SupervisedTrainer``).
 - :mod:`selfmedhpm.inferers`: mixed precision, the same way in both bundles.
+- :mod:`selfmedhpm.augment`: domain randomisation MONAI lacks (per-label intensity, SynthSeg-style; Hounsfield-unit
+  augmentations in front of the CT window).
 - :mod:`selfmedhpm.transfer`, :mod:`selfmedhpm.checkpoint`: encoder export, strict loading into UNETR, atomic
   checkpoints (resumable epochs; the best model of the segmentation bundle).
 - :mod:`selfmedhpm.check_data`: data checks with clear messages.
@@ -65,6 +67,7 @@ _SUBMODULES = {
     "inferers",
     "views",
     "journal",
+    "augment",
 }
 
 

@@ -47,8 +47,9 @@ def summarize(folder: Path, label: str) -> dict[str, Any]:
         folder: a study's ``--out`` (with ``study.json`` and finished runs).
         label: what the probe changes, in a few words.
     """
-    from selfmedhpm_tools.stats import paired_bootstrap_ci
-    from selfmedhpm_tools.study import Protocol, case_means, collect, paired_differences
+    from selfmedhpm_tools.stats import case_means, paired_bootstrap_ci, paired_differences
+    from selfmedhpm_tools.study import Protocol
+    from selfmedhpm_tools.study_report import collect
 
     record = json.loads((folder / "study.json").read_text())
     protocol = Protocol(**record["protocol"])

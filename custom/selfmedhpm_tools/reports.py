@@ -27,7 +27,16 @@ import numpy as np  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from selfmedhpm.labels import BTCV_CLASSES  # noqa: E402
 
-__all__ = ["dice_rows", "write_dice_table", "markdown_table", "plot_dice_bars", "plot_curves", "plot_overlay"]
+__all__ = [
+    "dice_rows",
+    "write_dice_table",
+    "carry_over_gaps",
+    "write_carry_over_table",
+    "markdown_table",
+    "plot_dice_bars",
+    "plot_curves",
+    "plot_overlay",
+]
 
 
 def _value(x: float | None) -> float:
@@ -58,6 +67,38 @@ def write_dice_table(summaries: Mapping[str, Mapping], out_dir: str | os.PathLik
     text = markdown_table(["organ"] + [f"Dice, {r}" for r in runs], rows)
     (out / "dice_table.md").write_text(text)
     return out / "dice_table.csv", out / "dice_table.md", text
+
+
+def carry_over_gaps(seen: Mapping[str, Mapping], new: Mapping[str, Mapping]) -> dict[str, float]:
+    """Per run, the 13-organ mean Dice on the new look minus that on the seen look (NaN where either is undefined).
+
+    Examples::
+
+        >>> carry_over_gaps({"a": {"mean_dice": {"all_organs": 0.6}}}, {"a": {"mean_dice": {"all_organs": 0.45}}})
+        {'a': -0.15}
+    """
+    return {run: round(_value(new[run]["mean_dice"]["all_organs"]) - _value(seen[run]["mean_dice"]["all_organs"]), 6)
+            for run in seen}  # fmt: skip
+
+
+def write_carry_over_table(
+    seen: Mapping[str, Mapping], new: Mapping[str, Mapping], out_dir: str | os.PathLike
+) -> tuple[Path, str]:
+    """``carry_over.csv`` in ``out_dir`` and its Markdown: per organ and mean, each run's Dice on the seen look (the
+    validation cases) beside its Dice on the new look (held-out cases of settings the training never saw), then the
+    new-minus-seen gap of the 13-organ mean. ``seen``, ``new``: evaluation ``summary.json`` contents keyed by run."""
+    runs, seen_rows, new_rows = list(seen), dice_rows(seen), dice_rows({r: new[r] for r in seen})
+    header = ["organ"] + [f"{r}, {look}" for r in runs for look in ("seen look", "new look")]
+    rows = [[a[0]] + [v for i in range(len(runs)) for v in (a[1 + i], b[1 + i])] for a, b in zip(seen_rows, new_rows)]
+    gaps = carry_over_gaps(seen, new)
+    rows.append(["new minus seen, 13-organ mean"] + [v for r in runs for v in ("", gaps[r])])
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "carry_over.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["organ"] + [f"dice_{r}_{look}" for r in runs for look in ("seen", "new")])
+        writer.writerows([[row[0]] + [v if v == "" else f"{v:.4f}" for v in row[1:]] for row in rows])
+    return out / "carry_over.csv", markdown_table(header, rows)
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:

@@ -9,17 +9,18 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Small statistics for comparing runs: paired bootstrap confidence intervals, of paired samples (the same cases,
-crops or seeds measured under two settings) as 1-D arrays. (Paired permutation p-values: ``scipy.stats.
-permutation_test``.)"""
+"""Small statistics for comparing runs: paired bootstrap confidence intervals of paired samples (the same cases,
+crops or seeds measured under two settings, as 1-D arrays), and the study's per-case means, pairing over seeds and
+run-level aggregates. (Paired permutation p-values: ``scipy.stats.permutation_test``.)"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["paired_bootstrap_ci"]
+__all__ = ["paired_bootstrap_ci", "case_means", "paired_differences", "aggregate"]
 
 
 def paired_bootstrap_ci(
@@ -52,3 +53,56 @@ def paired_bootstrap_ci(
     tail = (1.0 - level) / 2 * 100
     low, high = np.percentile(means, [tail, 100 - tail])
     return float(diff.mean()), float(low), float(high)
+
+
+def case_means(rows: Sequence[Mapping[str, str]], organs: Sequence[str]) -> dict[str, float]:
+    """Per test case, the mean Dice over ``organs`` (undefined organs left out) from ``dice_per_case.csv`` rows.
+
+    Examples::
+
+        >>> case_means([{"case": "a", "liver": "0.8", "spleen": "nan"}, {"case": "b", "liver": "0.6", "spleen": "0.4"}],
+        ...            ["liver", "spleen"])
+        {'a': 0.8, 'b': 0.5}
+    """
+    means = {}
+    for row in rows:
+        values = [float(row[o]) for o in organs if o in row and not math.isnan(float(row[o]))]
+        means[row["case"]] = float(np.mean(values)) if values else float("nan")
+    return means
+
+
+def paired_differences(
+    per_run: Mapping[tuple[str, int, int], Mapping[str, float]], a: str, b: str, budget: int
+) -> tuple[list[float], list[float], int]:
+    """Paired values of arms ``a`` and ``b`` at ``budget``: one pair per (seed, test case) present in both; also the
+    number of seeds paired.
+
+    Args:
+        per_run: ``{(arm, budget, seed): {case: value}}``.
+    """
+    xs, ys, seeds = [], [], set()
+    for (arm, n, seed), cases in per_run.items():
+        if arm != a or n != budget or (b, n, seed) not in per_run:
+            continue
+        other = per_run[(b, n, seed)]
+        for case, value in cases.items():
+            if case in other and not (math.isnan(value) or math.isnan(other[case])):
+                xs.append(value)
+                ys.append(other[case])
+                seeds.add(seed)
+    return xs, ys, len(seeds)
+
+
+def aggregate(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value) of run-level values, NaN left out.
+
+    Examples::
+
+        >>> aggregate([0.5, 0.7, float("nan")])
+        (0.6, 0.1414)
+    """
+    finite = [v for v in values if not math.isnan(v)]
+    if not finite:
+        return float("nan"), float("nan")
+    std = float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0
+    return round(float(np.mean(finite)), 4), round(std, 4)

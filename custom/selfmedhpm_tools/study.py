@@ -48,34 +48,20 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import math
-import os
-import platform
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from selfmedhpm.errors import install_excepthook
+from selfmedhpm_tools.study_data import StudyData, check_budgets, labelled_draw, load_data, synthetic_datalist
 
-__all__ = [
-    "ARMS",
-    "PRESETS",
-    "Protocol",
-    "StudyData",
-    "StudyError",
-    "load_data",
-    "case_means",
-    "paired_differences",
-    "aggregate",
-    "main",
-]
+__all__ = ["ARMS", "PRESETS", "Protocol", "stage_settings", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -171,167 +157,6 @@ class Protocol:
 
 QUICK = {"arms": ("scratch", "hpm"), "budgets": (3,), "seeds": (0,)}
 """``--quick``: one seed, arms scratch and HPM, one label budget."""
-VALIDATION_SEED = 12345  # the draw of the model-selection cases, the same for every seed and arm
-
-
-@dataclass
-class StudyData:
-    """The cases of a study, every path absolute.
-
-    Args:
-        datalist: the data list file (a synthetic study writes its own).
-        checksum: SHA-256 of the data list file.
-        pool: labelled cases the label budgets are drawn from.
-        validation: labelled cases for model selection.
-        test: labelled cases no run trains, pretrains or selects on.
-        pretraining: images pretraining reads (``{"image": ...}``): the unlabelled ones and those of the training
-            cases.
-        labels: the segmentation bundle's label-set override (``labels.json``), None for BTCV's 13 organs.
-        class_names: the label set, background first.
-    """
-
-    datalist: Path
-    checksum: str
-    pool: list[dict]
-    validation: list[dict]
-    test: list[dict]
-    pretraining: list[dict]
-    labels: Path | None
-    class_names: list[str]
-
-    def describe(self) -> str:
-        return (f"{len(self.pool)} labelled cases to draw the budgets from, {len(self.validation)} for model "
-                f"selection, {len(self.test)} test cases (never trained, pretrained or selected on), "
-                f"{len(self.pretraining)} images for pretraining")  # fmt: skip
-
-
-class StudyError(ValueError):
-    """A study that cannot run as asked (a budget larger than the labelled pool, a test image among the training
-    ones, ...); the message says which and what to change."""
-
-
-# ----------------------------------------------------------------------------------------------------- the data
-
-
-def synthetic_datalist(out: Path, protocol: Protocol) -> tuple[Path, Path]:
-    """Writes the synthetic cases once (``out/data``) and their study data list ``out/data/study.json``: the first
-    ``pool`` cases labelled (``training``), the next ``test`` the test set (``validation``), the rest of the preset's
-    ``unlabeled`` cases images only. Returns ``(dataset_dir, datalist)``."""
-    from selfmedhpm_tools.phantom import generate_dataset
-
-    data = out / "data"
-    unlabeled = int(protocol.settings().get("unlabeled", 0))
-    total = protocol.pool + protocol.test + unlabeled
-    listed = data / "dataset_0.json"
-    found = json.loads(listed.read_text()) if listed.is_file() else {}
-    cases = found.get("training", []) + found.get("validation", [])
-    if len(cases) < total:  # case i depends on the seed only: regenerating adds cases, the others stay the same
-        generate_dataset(data, cases=total, seed=protocol.data_seed, size=protocol.settings()["size"],
-                         overwrite=bool(cases), verbose=False)  # fmt: skip
-        found = json.loads(listed.read_text())
-        cases = found["training"] + found["validation"]
-    study = {
-        "training": cases[: protocol.pool],
-        "validation": cases[protocol.pool : protocol.pool + protocol.test],
-        "unlabeled": [{"image": case["image"]} for case in cases[protocol.pool + protocol.test : total]],
-    }
-    path = data / "study.json"
-    if not path.is_file() or json.loads(path.read_text()) != study:
-        path.write_text(json.dumps(study, indent=1))
-    return data, path
-
-
-def load_data(
-    dataset_dir: Path, datalist: Path, validation: int, test_split: str = "validation", labels: Path | None = None
-) -> StudyData:
-    """The study's cases from a data list (BTCV's layout, paths relative to ``dataset_dir``).
-
-    Args:
-        dataset_dir: the folder the data list's paths are relative to.
-        datalist: the data list (``training`` labelled cases, ``test_split``, optional ``unlabeled``).
-        validation: labelled training cases kept for model selection.
-        test_split: the split that is the test set.
-        labels: a label-set override file for the segmentation bundle; None looks for ``labels.json`` beside the data
-            list (``python -m selfmedhpm.datalist`` writes one when the data's ``dataset.json`` names its labels).
-
-    Raises:
-        StudyError: too few labelled cases, a test image also among the training or unlabelled ones.
-        ValueError: the data list's own problems (:func:`selfmedhpm.bundle.datalist` names the file and each one).
-    """
-    import hashlib
-
-    from selfmedhpm.bundle import datalist as read_split
-    from selfmedhpm.bundle import pretraining_splits
-    from selfmedhpm.labels import BTCV_CLASSES, check_label_set
-
-    dataset_dir, datalist = Path(dataset_dir).resolve(), Path(datalist).resolve()
-    labelled = read_split(str(dataset_dir), str(datalist), "training", labels=True)
-    test = read_split(str(dataset_dir), str(datalist), test_split, labels=True)
-    extra = [s for s in pretraining_splits(str(dataset_dir), str(datalist)) if s != "training"]
-    unlabelled = read_split(str(dataset_dir), str(datalist), extra, labels=False) if extra else []
-    if len(labelled) < validation + 1:
-        raise StudyError(f"{datalist}: 'training' has {len(labelled)} labelled cases; the study needs the "
-                         f"{validation} for model selection (--validation) and at least one to train on.")  # fmt: skip
-    tested = {Path(case["image"]).resolve() for case in test}
-    leaked = sorted(str(p) for p in tested & {Path(c["image"]).resolve() for c in labelled + unlabelled})
-    if leaked:
-        raise StudyError(f"{datalist}: {len(leaked)} image(s) of the test split {test_split!r} are also training or "
-                         f"unlabelled images, e.g. {leaked[0]}: a test set must be unseen")  # fmt: skip
-    order = np.random.default_rng(VALIDATION_SEED).permutation(len(labelled))
-    chosen = set(order[:validation].tolist())
-    if labels is None and (datalist.parent / "labels.json").is_file():
-        labels = datalist.parent / "labels.json"
-    class_names = list(BTCV_CLASSES)
-    if labels is not None:
-        labels = Path(labels).resolve()
-        class_names = list(json.loads(labels.read_text())["class_names"])
-        check_label_set(class_names)
-    return StudyData(
-        datalist=datalist,
-        checksum=hashlib.sha256(datalist.read_bytes()).hexdigest(),
-        pool=[case for i, case in enumerate(labelled) if i not in chosen],
-        validation=[labelled[i] for i in sorted(chosen)],
-        test=test,
-        pretraining=[{"image": case["image"]} for case in labelled] + list(unlabelled),
-        labels=labels,
-        class_names=class_names,
-    )
-
-
-def check_budgets(data: StudyData, budgets: Sequence[int]) -> None:
-    """Refuses a label budget larger than the labelled pool, naming it.
-
-    Examples::
-
-        >>> data = StudyData(Path("d.json"), "", [{}] * 3, [{}], [{}], [], None, [])
-        >>> try:
-        ...     check_budgets(data, [1, 9])
-        ... except StudyError as e:
-        ...     print(str(e).split(";")[0])
-        label budget 9 exceeds the 3 labelled cases of d.json left after the 1 for model selection
-    """
-    too_large = [b for b in budgets if b > len(data.pool) or b < 1]
-    if too_large:
-        raise StudyError(
-            f"label budget {too_large[0]} exceeds the {len(data.pool)} labelled cases of {data.datalist} left after "
-            f"the {len(data.validation)} for model selection; use --budgets of 1 to {len(data.pool)} (or fewer "
-            "--validation cases)"
-        )
-
-
-def labelled_draw(pool: Sequence[dict], budget: int, seed: int) -> list[dict]:
-    """The ``budget`` labelled cases of seed ``seed``: a seeded draw without replacement from the pool.
-
-    Examples::
-
-        >>> pool = [{"image": f"{i}"} for i in range(24)]
-        >>> [d["image"] for d in labelled_draw(pool, 3, 0)] == [d["image"] for d in labelled_draw(pool, 3, 0)]
-        True
-    """
-    index = np.random.default_rng(1000 + seed).permutation(len(pool))[:budget]
-    return [pool[i] for i in sorted(index)]
-
-
 # ----------------------------------------------------------------------------------------------------- the runs
 
 
@@ -510,299 +335,6 @@ def plan(out: Path, data: StudyData, protocol: Protocol, estimate: dict[str, flo
     return text, len(todo_pre) * per_pretraining + len(todo_fine) * per_finetuning
 
 
-def case_means(rows: Sequence[Mapping[str, str]], organs: Sequence[str]) -> dict[str, float]:
-    """Per test case, the mean Dice over ``organs`` (undefined organs left out) from ``dice_per_case.csv`` rows.
-
-    Examples::
-
-        >>> case_means([{"case": "a", "liver": "0.8", "spleen": "nan"}, {"case": "b", "liver": "0.6", "spleen": "0.4"}],
-        ...            ["liver", "spleen"])
-        {'a': 0.8, 'b': 0.5}
-    """
-    means = {}
-    for row in rows:
-        values = [float(row[o]) for o in organs if o in row and not math.isnan(float(row[o]))]
-        means[row["case"]] = float(np.mean(values)) if values else float("nan")
-    return means
-
-
-def paired_differences(
-    per_run: Mapping[tuple[str, int, int], Mapping[str, float]], a: str, b: str, budget: int
-) -> tuple[list[float], list[float], int]:
-    """Paired values of arms ``a`` and ``b`` at ``budget``: one pair per (seed, test case) present in both; also the
-    number of seeds paired.
-
-    Args:
-        per_run: ``{(arm, budget, seed): {case: value}}``.
-    """
-    xs, ys, seeds = [], [], set()
-    for (arm, n, seed), cases in per_run.items():
-        if arm != a or n != budget or (b, n, seed) not in per_run:
-            continue
-        other = per_run[(b, n, seed)]
-        for case, value in cases.items():
-            if case in other and not (math.isnan(value) or math.isnan(other[case])):
-                xs.append(value)
-                ys.append(other[case])
-                seeds.add(seed)
-    return xs, ys, len(seeds)
-
-
-def aggregate(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for one value) of run-level values, NaN left out.
-
-    Examples::
-
-        >>> aggregate([0.5, 0.7, float("nan")])
-        (0.6, 0.1414)
-    """
-    finite = [v for v in values if not math.isnan(v)]
-    if not finite:
-        return float("nan"), float("nan")
-    std = float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0
-    return round(float(np.mean(finite)), 4), round(std, 4)
-
-
-# ------------------------------------------------------------------------------------------------------ report
-
-
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def collect(out: Path, protocol: Protocol) -> dict[str, Any]:
-    """Everything the report needs from the finished runs."""
-    runs: dict[tuple[str, int, int], dict] = {}
-    for arm in protocol.arms:
-        for budget in protocol.budgets:
-            for seed in protocol.seeds:
-                folder = out / "runs" / "finetune" / f"{arm}_n{budget}_seed{seed}"
-                if not _done(folder):
-                    continue
-                runs[(arm, budget, seed)] = {
-                    "summary": json.loads((folder / "eval" / "summary.json").read_text()),
-                    "dice": _read_csv(folder / "eval" / "dice_per_case.csv"),
-                    "history": json.loads((folder / "history.json").read_text()),
-                    "seconds": json.loads((folder / "done.json").read_text())["seconds"],
-                }
-    return runs
-
-
-def ranking_section(out: Path, protocol: Protocol) -> list[str]:
-    """The report's lines on whether the mining mines: per arm with a loss predictor, each teacher view's figures on the
-    test crops (:func:`~selfmedhpm_tools.metrics.mining_figures`, mean +- std over seeds of its ``ranking.json``)."""
-    from selfmedhpm_tools.metrics import mining_table
-
-    lines = []
-    for arm in protocol.arms:
-        found = [out / "runs" / "pretrain" / f"{arm}_seed{seed}" / "ranking.json" for seed in protocol.seeds]
-        found = [json.loads(path.read_text()) for path in found if path.is_file()]
-        if not found:
-            continue
-        names = found[0]["scorers"]
-        means = {n: {k: aggregate([r["scorers"][n][k] for r in found])[0] for k in names[n]} for n in names}
-        spread = {n: {k: aggregate([r["scorers"][n][k] for r in found])[1] for k in names[n]} for n in names}
-        masked = aggregate([r["masked_tau_student"] for r in found])
-        position = aggregate([r["masked_tau_position_only"] for r in found])
-        view = (ARMS[arm] or {}).get("teacher_view", "full")
-        chosen = (
-            "masks at random" if ARMS[arm].get("final_hard_ratio") == 0.0 else f"chose its masks with the {view} view"
-        )
-        lines += [
-            f"### {arm} ({len(found)} seeds; {chosen})",
-            "",
-            mining_table(means, spread),
-            f"Masked pass of the student (what the ranking loss trains): tau {masked[0]:.3f} +- {masked[1]:.3f}, "
-            f"patch position alone {position[0]:.3f} +- {position[1]:.3f}.",
-            "",
-        ]
-    if not lines:
-        return []
-    return [
-        "## Does the mining mine (test crops, mean +- std over seeds)",
-        "",
-        "Per arm with a loss predictor, its EMA teacher scored 4 crops of each test case in each view: Kendall tau of "
-        "the scores against each patch's true reconstruction loss when masked (8 random masks); the masked patches' "
-        "reconstruction loss under the HPM mask those scores choose (75% masked, half of them the top-scored) over "
-        "that under random masks (above 1: harder than random); and that gain as a share of the oracle's (the same "
-        "recipe fed each patch's true loss), the figure that stays comparable across scales.",
-        "",
-        *lines,
-    ]
-
-
-SPLITS = ("pool", "validation", "test", "pretraining")
-
-
-def write_record(out: Path, protocol: Protocol, data: StudyData, source: str) -> Path:
-    """``out/study.json``: what two users need to compare their studies: the data list's path and checksum, the
-    cases of each split, the protocol and the exact config files (with their checksums) and overrides of each
-    stage."""
-    import hashlib
-
-    stages = stage_settings(protocol, data)
-    for stage, bundle in (("pretrain", PRETRAIN), ("finetune", SEGMENT)):
-        files = [Path(c) if Path(c).is_absolute() else bundle / "configs" / c for c in stages[stage]["configs"]]
-        stages[stage]["sha256"] = {str(f): hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
-    record = {
-        "source": source,
-        "datalist": str(data.datalist),
-        "datalist_sha256": data.checksum,
-        "class_names": data.class_names,
-        "protocol": {k: v for k, v in vars(protocol).items()},
-        "validation_seed": VALIDATION_SEED,
-        "splits": {name: [c["image"] for c in getattr(data, name)] for name in SPLITS},
-        "stages": stages,
-        "arms": {arm: ARMS[arm] for arm in protocol.arms},
-    }  # fmt: skip
-    path = out / "study.json"
-    path.write_text(json.dumps(record, indent=1, default=list))
-    return path
-
-
-def write_report(
-    out: Path, protocol: Protocol, runs: Mapping, wall: float, command: str, data: StudyData, source: str
-) -> Path:
-    """``out/README.md`` and ``out/figures/*.png`` from the finished runs (and the probes of ``out/probes.json``:
-    :mod:`selfmedhpm_tools.probes`); ``source``: what the data are."""
-    from selfmedhpm_tools import probes, reports
-    from selfmedhpm_tools.stats import paired_bootstrap_ci
-
-    figures = out / "figures"
-    figures.mkdir(parents=True, exist_ok=True)
-    settings = protocol.settings()
-    organs = list(next(iter(runs.values()))["summary"]["organs"]) if runs else data.class_names[1:]
-    per_case = {key: case_means(run["dice"], organs) for key, run in runs.items()}
-    stages = stage_settings(protocol, data)
-    lines = [
-        f"# Did self-pretraining help with few labels ({source})",
-        "",
-        f"Generated by `{command}` in {wall / 60:.0f} min on {platform.node() or 'this machine'} "
-        f"({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs); preset `{protocol.preset}`; arms "
-        f"{list(protocol.arms)}; labelled cases {list(protocol.budgets)}; seeds {list(protocol.seeds)}. "
-        f"{len(runs)} fine-tuning runs finished.",
-        "",
-        f"Data: `{data.datalist}` (SHA-256 `{data.checksum[:16]}...`): {data.describe()}. The test set is the data "
-        f"list's held-out split; the {len(data.validation)} model-selection cases are a seeded draw "
-        f"(seed {VALIDATION_SEED}) from its labelled training cases, the same for every run; pretraining reads the "
-        "unlabelled images and those of the training cases, never a test image. Label set: "
-        f"{len(data.class_names) - 1} classes{' (BTCV)' if data.labels is None else f' from `{data.labels}`'}. The "
-        "splits, the config files (with checksums) and every override are in `study.json`.",
-        "",
-        f"Pretraining: `{' + '.join(stages['pretrain']['configs'])}` with "
-        f"{json.dumps(stages['pretrain']['overrides'])}; fine-tuning: {settings['finetune_iterations']} iterations "
-        f"whatever the label budget, with `{' + '.join(Path(c).name for c in stages['finetune']['configs'])}` and "
-        f"{json.dumps(stages['finetune']['overrides'])}.",
-        "",
-        "![Dice against labelled cases](figures/dice_vs_labels.png)",
-        "",
-        "## Test Dice, mean +- std over seeds",
-        "",
-    ]
-    groups = [("all_organs", f"{len(organs)}-organ mean Dice")]
-    if any("transunet_8_organs" in run["summary"]["mean_dice"] for run in runs.values()):
-        groups.append(("transunet_8_organs", "8-organ mean Dice"))
-    header = ["arm", "labelled cases", "runs", *(title for _, title in groups), "mean HD95 (mm)"]
-    rows = []
-    for arm in protocol.arms:
-        for budget in protocol.budgets:
-            found = [runs[k] for k in runs if k[0] == arm and k[1] == budget]
-            if not found:
-                continue
-            cells = [arm, budget, len(found)]
-            getters = [lambda r, g=group: r["summary"]["mean_dice"].get(g) for group, _ in groups]
-            for getter in (*getters, lambda r: r["summary"].get("mean_hd95_mm", {}).get("all_organs")):
-                mean, std = aggregate([float("nan") if getter(r) is None else getter(r) for r in found])
-                cells.append(f"{mean:.3f} +- {std:.3f}")
-            rows.append(cells)
-    lines += [
-        reports.markdown_table(header, rows),
-        "## Paired differences (95% bootstrap CI over test cases and seeds)",
-        "",
-    ]
-    diff_rows = []
-    for budget in protocol.budgets:
-        for a, b in COMPARISONS:
-            if a not in protocol.arms or b not in protocol.arms:
-                continue
-            xs, ys, seeds = paired_differences(per_case, a, b, budget)
-            if not xs:
-                continue
-            mean, low, high = paired_bootstrap_ci(xs, ys)
-            diff_rows.append([budget, f"{a} - {b}", f"{mean:+.3f}", f"[{low:+.3f}, {high:+.3f}]", seeds, len(xs)])
-    diff_header = ["labelled cases", "difference", f"{len(organs)}-organ mean Dice", "95% CI", "seeds", "pairs"]
-    lines += [
-        reports.markdown_table(diff_header, diff_rows),
-        "A difference whose interval excludes 0 is a measured effect at this scale; one that includes 0 is not.",
-        "",
-        "## Per-organ test Dice and HD95 (mm), mean +- std over seeds",
-        "",
-    ]
-    columns = [f"{arm}, n={budget}" for arm in protocol.arms for budget in protocol.budgets]
-    for metric, title in (("dice", "Dice"), ("hd95_mm", "HD95 (mm)")):
-        organ_rows = []
-        for organ in organs:
-            row = [organ]
-            for arm in protocol.arms:
-                for budget in protocol.budgets:
-                    found = [r["summary"]["organs"][organ].get(metric, {}).get("mean") for k, r in runs.items()
-                             if k[:2] == (arm, budget)]  # fmt: skip
-                    mean, std = aggregate([float("nan") if v is None else v for v in found])
-                    row.append("" if not found else "n/a" if math.isnan(mean) else f"{mean:.3f} +- {std:.3f}")
-            organ_rows.append(row)
-        lines += [f"### {title}", "", reports.markdown_table(["organ", *columns], organ_rows)]
-    lines += ["n/a: the organ was predicted in no run of that arm and budget, so its HD95 is undefined.", ""]
-    lines += ranking_section(out, protocol)
-    lines += probes.section(out / "probes.json", figures / "pretraining_pays.png")
-    _figures(figures, protocol, runs, len(organs))
-    lines += [
-        "## Figures",
-        "",
-        "- `figures/dice_vs_labels.png`: test 13-organ mean Dice against labelled cases, per arm (mean +- std).",
-        "- `figures/dice_per_organ.png`: per-organ test Dice at the largest label budget.",
-        "- `figures/learning_curves.png`: validation mean Dice during fine-tuning, per arm.",
-        "- `figures/teacher_first_epoch_hpm.png`, `figures/teacher_last_epoch_hpm.png`: the HPM teacher's predicted "
-        "loss on the same slices after the first and the last pretraining epoch, with reconstructions.",
-        "",
-        f"Wall time of the fine-tuning runs: {sum(r['seconds'] for r in runs.values()) / 60:.0f} min in all.",
-        "",
-    ]
-    path = out / "README.md"
-    path.write_text("\n".join(lines))
-    return path
-
-
-def _figures(figures: Path, protocol: Protocol, runs: Mapping, organs: int) -> None:
-    from selfmedhpm_tools import reports
-    from selfmedhpm_tools.reports import plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for arm in protocol.arms:
-        points = []
-        for budget in protocol.budgets:
-            values = [r["summary"]["mean_dice"]["all_organs"] for k, r in runs.items() if k[:2] == (arm, budget)]
-            if values:
-                points.append((budget, *aggregate([float("nan") if v is None else v for v in values])))
-        if points:
-            x, mean, std = zip(*points)
-            ax.errorbar(x, mean, yerr=std, marker="o", capsize=3, label=arm)
-    ax.set_xscale("log")
-    ax.set_xticks(list(protocol.budgets), [str(b) for b in protocol.budgets])
-    ax.set_xlabel("labelled training cases")
-    ax.set_ylabel(f"test mean Dice ({organs} organs)")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    reports._save(fig, figures / "dice_vs_labels.png")
-    largest = max(protocol.budgets)
-    summaries = {arm: r["summary"] for (arm, n, seed), r in runs.items() if n == largest and seed == protocol.seeds[0]}
-    if summaries:
-        reports.plot_dice_bars(summaries, figures / "dice_per_organ.png")
-    histories = {arm: r["history"] for (arm, n, seed), r in runs.items() if n == largest and seed == protocol.seeds[0]}
-    if histories:
-        reports.plot_curves(None, histories, figures / "learning_curves.png")
-
-
 def teacher_figures(out: Path, protocol: Protocol, data: StudyData, tracking_uri: str | None) -> None:
     """The HPM teacher's heat map and reconstructions on one test case, after the first and the last epoch of the
     first seed's HPM pretraining (its first epoch's teacher is kept: ``snapshot_epochs``)."""
@@ -825,6 +357,8 @@ def teacher_figures(out: Path, protocol: Protocol, data: StudyData, tracking_uri
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from selfmedhpm_tools.study_report import collect, write_record, write_report  # it imports this module
+
     parser = argparse.ArgumentParser(prog="python -m selfmedhpm_tools.study", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=None, help="results (and runs/); default docs/results for the "
                         "synthetic study; required with --datalist")  # fmt: skip
@@ -871,7 +405,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     (out / "runs").mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     if args.datalist is None:
-        dataset_dir, datalist = synthetic_datalist(out, protocol)
+        settings = protocol.settings()
+        dataset_dir, datalist = synthetic_datalist(out, protocol.pool, protocol.test, settings.get("unlabeled", 0),
+                                                   protocol.data_seed, settings["size"])  # fmt: skip
         source = f"synthetic CT, seed {protocol.data_seed}"
     else:
         dataset_dir, datalist = args.dataset_dir, args.datalist
