@@ -358,9 +358,9 @@ def test_two_processes_log_one_run_from_rank_0(phantom_dir, tmp_path, python_env
         "--output_dir", str(out), "--epochs", "2", "--pixdim", "[3.0, 3.0, 3.0]", "--tracking", PRE_SETTINGS,
     ]  # fmt: skip
     env = {k: v for k, v in python_env.items() if k != "MLFLOW_TRACKING_URI"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    uri = f"sqlite:///{out / 'mlruns.db'}"
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"  # the project folder's store: where the command ran
     (run,) = runs_of(uri, "selfmedhpm_ct_pretraining")  # one run, not one per process
     assert run.info.status == "FINISHED" and run.data.params["world_size"] == "2"
     # 4 training cases over 2 ranks: 2 iterations per epoch, logged once

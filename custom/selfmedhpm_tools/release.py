@@ -351,7 +351,9 @@ def weights_fit(
 
     Tries ``configs/inference.json`` alone, then with each of :data:`PRESETS` (``train_cpu.json``: the demo trains
     the CPU preset), each followed by ``overrides``, and loads the weights the inference handlers'
-    ``CheckpointLoader`` loads.
+    ``CheckpointLoader`` loads. A preset that sets more of ``overrides``' values as recorded is tried first: weights
+    trained with the CPU preset fit the plain config plus their record too, and their release should carry the
+    preset's other values (epochs, validation interval) for MONAI Label's training.
 
     Args:
         bundle_dir: the bundle folder.
@@ -371,7 +373,7 @@ def weights_fit(
     bundle_dir = Path(bundle_dir)
     models = Path(weights_dir) if weights_dir else bundle_dir / "models"
     errors = []
-    for preset in presets:
+    for preset in sorted(presets, key=lambda preset: -_agreement(bundle_dir / "configs", preset, overrides or {})):
         names = ["inference.json"] + [p for p in preset if (bundle_dir / "configs" / p).is_file()]
         if len(names) != 1 + len(preset):
             continue
@@ -394,6 +396,15 @@ def weights_fit(
     raise ReleaseError(
         f"{bundle_dir.name}: the weights in {models} fit no inference network{hint}: " + "; ".join(errors)
     )
+
+
+def _agreement(configs: Path, preset: Sequence[str], recorded: Mapping[str, Any]) -> int:
+    """How many of the ``recorded`` values the preset's files set to the same value."""
+    values: dict[str, Any] = {}
+    for name in preset:
+        if (configs / name).is_file():
+            values.update(json.loads((configs / name).read_text()))
+    return sum(1 for key, value in recorded.items() if key in values and values[key] == value)
 
 
 def merge_config(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> tuple[dict, list[str]]:
