@@ -39,13 +39,14 @@ DECAY = {"ema_decay_start": 0.5, "ema_decay_end": 0.7, "ema_ramp_epochs": 1}  # 
 @pytest.fixture(scope="module")
 def hpm_run(phantom_dir, tmp_path_factory, one_thread) -> dict:
     """Two epochs of the pretraining bundle's parsed ``train#trainer`` (CPU preset, fp32 teacher, full view) with a
-    teacher whose scores are known (seeded random numbers, recorded), the masks the student receives, the student's weights
-    after each iteration and the number of EMA updates."""
+    teacher whose scores are known (seeded random numbers, recorded), the masks the student receives, the student's
+    weights after each iteration and the number of EMA updates."""
     parser = ConfigParser()
     parser.read_config(configs(PRETRAIN, "train.json", "train_cpu.json"))
     parser.update({"dataset_dir": str(phantom_dir), "output_dir": str(tmp_path_factory.mktemp("hpm")),
                    "epochs": EPOCHS, "pixdim": [3.0, 3.0, 3.0], "cache_rate": 0.0,
-                   "mask_ratio": MASK_RATIO, "final_hard_ratio": FINAL_HARD, "teacher_view": "full", **DECAY})  # fmt: skip
+                   "mask_ratio": MASK_RATIO, "final_hard_ratio": FINAL_HARD, "teacher_view": "full",
+                   **DECAY})  # fmt: skip
     torch.manual_seed(0)
     trainer = parser.get_parsed_content("train#trainer")
     teacher = trainer.teacher

@@ -511,7 +511,10 @@ def test_two_process_training_under_torchrun(data_dir, encoder_file, tmp_path):
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [
-        "checkpoints", "history.json", "model.pt", "trained_with.json"
+        "checkpoints",
+        "history.json",
+        "model.pt",
+        "trained_with.json",
     ]
     history = json.loads((tmp_path / "models" / "history.json").read_text())
     # one training case per rank: 3 DDP iterations each (UNETR's unused cross-attention norms are frozen)

@@ -677,8 +677,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--datalist", default=None, help="datalist JSON (default: DATASET_DIR/dataset_0.json)")
     parser.add_argument("--splits", default="training,validation", help="comma-separated datalist splits")
     parser.add_argument("--num_classes", type=int, default=14, help="label values must lie in 0..N-1")
-    parser.add_argument("--no-labels", dest="require_labels", action="store_false",
-                        help="images only: labels neither required nor read (as the pretraining bundle checks)")
+    parser.add_argument(
+        "--no-labels",
+        dest="require_labels",
+        action="store_false",
+        help="images only: labels neither required nor read (as the pretraining bundle checks)",
+    )
     parser.add_argument("--no-intensity", dest="check_intensity", action="store_false", help="skip image voxels")
     parser.add_argument("--max_workers", type=int, default=1, help="threads checking cases in parallel")
     args = parser.parse_args(argv)

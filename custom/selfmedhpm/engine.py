@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -248,18 +248,3 @@ class HPMTrainer(SupervisedTrainer):
 def student(engine: SupervisedTrainer) -> torch.nn.Module:
     """The student network of ``engine`` without its DDP wrapper."""
     return unwrap(engine.network)
-
-
-def output_scalars(keys: Sequence[str]) -> Callable[[dict], dict[str, float]]:
-    """``output_transform`` picking float scalars from ``engine.state.output`` (for stats / MLflow handlers)."""
-
-    def _pick(output: dict | list) -> dict[str, float]:
-        if isinstance(output, (list, tuple)):  # decollated: batch scalars repeat in every sample
-            output = output[0]
-        picked = {}
-        for key in keys:
-            value = output[key]
-            picked[key] = float(value.item() if isinstance(value, torch.Tensor) else value)
-        return picked
-
-    return _pick

@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import time
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ from selfmedhpm.checkpoint import (
 )
 from selfmedhpm.ema import EMATeacher, unwrap
 from selfmedhpm.transfer import encoder_settings_path, encoder_state_dict
-from selfmedhpm.utils import is_rank0, rank, write_json_atomic
+from selfmedhpm.utils import EpochMeans, is_rank0, rank, write_json_atomic
 
 __all__ = [
     "HistoryRecorder",
@@ -113,7 +112,7 @@ class HistoryRecorder:
         self.output_keys = list(output_keys)
         self.optimizer, self.evaluator, self.resume = optimizer, evaluator, resume
         self.records: list[dict] = []
-        self._sums: dict[str, float | torch.Tensor] = defaultdict(float)
+        self._means = EpochMeans()
         self._count = 0
         self._start = time.perf_counter()
         self._validated = False
@@ -158,7 +157,7 @@ class HistoryRecorder:
             write_json_atomic(self.records, self.path)  # the file now matches the checkpoint resumed from
 
     def _epoch_started(self, engine: Engine) -> None:
-        self._sums.clear()
+        self._means.reset()
         self._count = 0
         self._start = time.perf_counter()
 
@@ -166,16 +165,14 @@ class HistoryRecorder:
         output = engine.state.output
         if isinstance(output, (list, tuple)) and output:  # decollated by MONAI: batch scalars repeat per sample
             output = output[0]
-        for key in self.output_keys:
-            value = output[key]
-            self._sums[key] += value.detach() if isinstance(value, torch.Tensor) else value  # on the device: no sync
+        self._means.add({key: output[key] for key in self.output_keys})  # on the device: no sync
         self._count += 1
 
     def _epoch_completed(self, engine: Engine) -> None:
         if self.records and self.records[-1]["epoch"] == engine.state.epoch:
             return  # recorded already (a checkpoint asked for the state first)
         record: dict = {"epoch": engine.state.epoch, "iterations": self._count}
-        record.update({k: float(v) / max(self._count, 1) for k, v in self._sums.items()})
+        record.update(self._means.means())
         if self.optimizer is not None:  # the base lr: the group without layer-wise decay
             record["lr"] = max(group["lr"] for group in self.optimizer.param_groups)
         if self.evaluator is not None and self._validated:

@@ -45,7 +45,6 @@ import math
 import os
 import re
 import time
-from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -55,7 +54,7 @@ from ignite.engine import Engine, Events
 from monai.handlers import MLFlowHandler
 from monai.utils import flatten_dict, path_to_uri
 from selfmedhpm.journal import MAX_PARAM_LENGTH, RunJournal, bound_http_retries, replay_file
-from selfmedhpm.utils import is_rank0
+from selfmedhpm.utils import EpochMeans, is_rank0
 
 __all__ = [
     "BundleMLFlowHandler",
@@ -263,8 +262,7 @@ class BundleMLFlowHandler(MLFlowHandler):
         self.journal: RunJournal | None = None
         self._params_logged: RunJournal | None = None
         self.owner = False
-        self._sums: dict[str, float] = defaultdict(float)
-        self._counts: dict[str, int] = defaultdict(int)
+        self._means = EpochMeans()
 
     def attach(self, engine: Engine) -> None:
         """Attaches the MLflow events to ``engine`` (rank 0 only), plus epoch means and failure marking."""
@@ -395,18 +393,15 @@ class BundleMLFlowHandler(MLFlowHandler):
         return {k: v for k, v in scalars.items() if v is not None and math.isfinite(v)}
 
     def _reset_means(self, engine: Engine) -> None:
-        self._sums.clear()
-        self._counts.clear()
+        self._means.reset()
 
     def _accumulate(self, engine: Engine) -> None:
-        for key, value in self._scalars(engine).items():
-            self._sums[key] += value
-            self._counts[key] += 1
+        self._means.add(self._scalars(engine))
 
     def _log_means(self, engine: Engine) -> None:
         if self.journal is None:
             return
-        means = {f"epoch_{k}": self._sums[k] / self._counts[k] for k in self._sums if self._counts[k]}
+        means = {f"epoch_{k}": v for k, v in self._means.means().items()}
         self._log_metrics(means, step=self.global_epoch_transform(engine.state.epoch))
 
 

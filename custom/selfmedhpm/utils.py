@@ -22,7 +22,8 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections import defaultdict
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -32,7 +33,7 @@ from selfmedhpm.faults import write_fault
 
 __all__ = [
     "rank", "world_size", "is_rank0", "init_distributed", "end_distributed", "atomic_write", "write_json_atomic",
-    "as_bool", "autocast",
+    "as_bool", "autocast", "EpochMeans",
 ]  # fmt: skip
 
 _UMASK = os.umask(0)
@@ -188,3 +189,33 @@ def autocast(device: torch.device | str, precision: str | None) -> contextlib.Ab
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(torch.device(device).type, dtype=dtype)
+
+
+class EpochMeans:
+    """Per-key means of the scalars an engine outputs over an epoch (the history file and MLflow's epoch metrics).
+    Tensors are summed where they are, so nothing waits for the device until :meth:`means` is read.
+
+    Examples::
+
+        >>> means = EpochMeans()
+        >>> means.add({"loss": torch.tensor(0.5), "hard_ratio": 0.25})
+        >>> means.add({"loss": torch.tensor(1.5)})
+        >>> means.means()
+        {'loss': 1.0, 'hard_ratio': 0.25}
+    """
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float | torch.Tensor] = defaultdict(float)
+        self.counts: dict[str, int] = defaultdict(int)
+
+    def reset(self) -> None:
+        self.sums.clear()
+        self.counts.clear()
+
+    def add(self, values: Mapping[str, float | torch.Tensor]) -> None:
+        for key, value in values.items():
+            self.sums[key] += value.detach() if isinstance(value, torch.Tensor) else value
+            self.counts[key] += 1
+
+    def means(self) -> dict[str, float]:
+        return {key: float(total) / self.counts[key] for key, total in self.sums.items() if self.counts[key]}

@@ -72,14 +72,14 @@ def summarize(folder: Path, label: str) -> dict[str, Any]:
                                     "seeds": seeds, "pairs": len(xs)})  # fmt: skip
     return {
         "label": label,
-        "folder": str(folder),
+        "folder": folder.name,
         "tokens_per_crop": int(math.prod(int(s) // 16 for s in roi)),
         "roi_size": roi,
         "pixdim": pretrain.get("pixdim", finetune.get("pixdim")),
         "pretraining_images": len(record["splits"]["pretraining"]),
         "pretraining_epochs": pretrain.get("epochs"),
         "pretraining_iterations": int(np.mean(iterations)) if iterations else 0,
-        "finetune_iterations": {**record["protocol"]["overrides"]}.get("finetune_iterations"),
+        "finetune_iterations": protocol.settings()["finetune_iterations"],
         "finetune": finetune,
         "differences": differences,
     }

@@ -141,7 +141,7 @@ class Protocol:
         data_seed: synthetic study: seed of the synthetic CT.
     """
 
-    arms: Sequence[str] = ("scratch", "mae", "hpm", "lp_random")
+    arms: Sequence[str] = ("scratch", "mae", "hpm", "hpm_reconstruction", "lp_random")
     budgets: Sequence[int] = (1, 3, 9)
     seeds: Sequence[int] = (0, 1, 2)
     validation: int = 2
