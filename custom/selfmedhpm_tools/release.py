@@ -67,6 +67,7 @@ from typing import Any
 
 import selfmedhpm
 from selfmedhpm.checkpoint import TRAINED_WITH as CHECKPOINT_TRAINED_WITH
+from selfmedhpm.checkpoint import CheckpointError, read_trained_with, trained_with_path
 from selfmedhpm.errors import install_excepthook
 from selfmedhpm.transfer import encoder_settings_path
 from selfmedhpm.utils import atomic_write
@@ -126,17 +127,12 @@ def trained_with(weights: str | os.PathLike | None) -> dict[str, Any]:
     """
     if weights is None:
         return {}
-    folder = Path(weights) if Path(weights).is_dir() else Path(weights).parent
-    record = folder / TRAINED_WITH
-    if not record.is_file():
-        return {}
     try:
-        values = json.loads(record.read_text())
-    except ValueError as error:
-        raise ReleaseError(f"{record}: not JSON ({error})") from error
-    if not isinstance(values, dict):
-        raise ReleaseError(f"{record}: expected an object of config values, found {type(values).__name__}")
-    logger.info("%s: the weights were trained with %s", record, values)
+        values = read_trained_with(weights)
+    except CheckpointError as error:
+        raise ReleaseError(str(error)) from error
+    if values:
+        logger.info("%s: the weights were trained with %s", trained_with_path(weights), values)
     return values
 
 
