@@ -80,29 +80,33 @@ def test_quick_study_pipeline_runs_reports_and_resumes(tmp_path, one_thread):
     out = tmp_path / "study"
     assert study.main(["--quick", "--out", str(out), "--no_estimate", *TINY]) == 0
     report = (out / "README.md").read_text()
-    assert "| scratch | 1 | 1 |" in report and "| hpm | 1 | 1 |" in report
-    assert "| 1 | hpm - scratch |" in report  # the paired difference with its interval
+    assert "| scratch | 1 | 1 |" in report and "| hpm_reconstruction | 1 | 1 |" in report  # the CPU presets' view
+    assert "| 1 | hpm_reconstruction - scratch |" in report  # the paired difference with its interval
     assert "nan" not in report and "| n/a |" in report  # organs found in no run (2 iterations): HD95 "n/a"
     for figure in ("dice_vs_labels.png", "dice_per_organ.png", "learning_curves.png"):
         assert (out / "figures" / figure).stat().st_size > 5_000, figure
     for name in ("teacher_first_epoch_hpm.png", "teacher_last_epoch_hpm.png"):
         assert (out / "figures" / name).is_file(), name
-    ranking = json.loads((out / "runs" / "pretrain" / "hpm_seed0" / "ranking.json").read_text())
+    ranking = json.loads((out / "runs" / "pretrain" / "hpm_reconstruction_seed0" / "ranking.json").read_text())
     assert ranking["crops"] == 8  # 4 crops of each of the 2 test cases
     scorers = ranking["scorers"]
     assert all(-1.0 <= row["tau"] <= 1.0 for row in scorers.values()) and 0.0 <= ranking["position_share"] <= 1.0
     section = report.split("## Does the mining mine")[1]
-    assert "### hpm (1 seeds; chose its masks with the full view)" in section
-    full = scorers["full"]
-    row = f"| full view (HPM's paper and code) | {full['tau']:.3f} +- 0.000 | {full['mask_loss_ratio']:.3f} +- 0.000 |"
+    assert "### hpm_reconstruction (1 seeds; chose its masks with the reconstruction view)" in section
+    tau, ratio = (stats.aggregate([scorers["full"][key]])[0] for key in ("tau", "mask_loss_ratio"))  # as the report
+    row = f"| full view (HPM's paper and code) | {tau:.3f} +- 0.000 | {ratio:.3f} +- 0.000 |"
     assert row in section, section
-    pretrained_on = json.loads((out / "runs" / "pretrain" / "hpm_seed0" / "datalist.json").read_text())["training"]
+    pretrained_on = json.loads((out / "runs" / "pretrain" / "hpm_reconstruction_seed0" / "datalist.json").read_text())[
+        "training"
+    ]
     assert len(pretrained_on) == 4  # the 3 labelled training cases' images and the 1 unlabelled case, no test case
     runs = sorted(p.name for p in (out / "runs" / "finetune").iterdir())
-    assert runs == ["hpm_n1_seed0", "scratch_n1_seed0"]
-    summary = json.loads((out / "runs" / "finetune" / "hpm_n1_seed0" / "eval" / "summary.json").read_text())
+    assert runs == ["hpm_reconstruction_n1_seed0", "scratch_n1_seed0"]
+    summary = json.loads(
+        (out / "runs" / "finetune" / "hpm_reconstruction_n1_seed0" / "eval" / "summary.json").read_text()
+    )
     assert summary["num_cases"] == 2  # the test set, never trained on
-    datalist = json.loads((out / "runs" / "finetune" / "hpm_n1_seed0" / "datalist.json").read_text())
+    datalist = json.loads((out / "runs" / "finetune" / "hpm_reconstruction_n1_seed0" / "datalist.json").read_text())
     used = {e["image"] for e in datalist["training"] + datalist["validation"]}
     assert used.isdisjoint(e["image"] for e in datalist["test"])
     with sqlite3.connect(out / "runs" / "mlflow.db") as db:
@@ -114,12 +118,17 @@ def test_quick_study_pipeline_runs_reports_and_resumes(tmp_path, one_thread):
 
     entry = probes.add(out, out / "probes.json", "tiny")  # this study as a probe: its settings and differences
     assert (entry["tokens_per_crop"], entry["pretraining_images"], entry["pretraining_iterations"]) == (8, 4, 8)
-    assert [(d["budget"], d["pair"], d["pairs"]) for d in entry["differences"]] == [(1, "hpm - scratch", 2)]
+    assert [(d["budget"], d["pair"], d["pairs"]) for d in entry["differences"]] == [
+        (1, "hpm_reconstruction - scratch", 2)
+    ]
     stamps = {p: p.stat().st_mtime for p in (out / "runs").rglob("done.json")}
     assert study.main(["--quick", "--out", str(out), "--no_estimate", *TINY]) == 0  # again: finished runs not redone
     assert {p: p.stat().st_mtime for p in (out / "runs").rglob("done.json")} == stamps
     section = (out / "README.md").read_text().split("## When does pretraining pay")[1]  # the report shows the probe
-    assert f"| tiny | 8 | 4 | 8 | 1 | hpm - scratch | {entry['differences'][0]['mean']:+.3f} |" in section
+    assert (
+        f"| P1: tiny | 8 | 4 | 8 | 2 | 1 | hpm_reconstruction - scratch | {entry['differences'][0]['mean']:+.3f} |"
+        in section
+    )
     assert (out / "figures" / "pretraining_pays.png").stat().st_size > 5_000
 
 

@@ -105,19 +105,22 @@ def section(path: Path, figure: Path) -> list[str]:
         return []
     probes = json.loads(path.read_text())
     rows = []
-    for probe in probes:
+    for number, probe in enumerate(probes, 1):
         for d in probe["differences"]:
-            rows.append([probe["label"], probe["tokens_per_crop"], probe["pretraining_images"],
-                         probe["pretraining_iterations"], d["budget"], d["pair"], f"{d['mean']:+.3f}",
-                         f"[{d['low']:+.3f}, {d['high']:+.3f}]", d["seeds"]])  # fmt: skip
+            rows.append([f"P{number}: {probe['label']}", probe["tokens_per_crop"], probe["pretraining_images"],
+                         probe["pretraining_iterations"], probe.get("finetune_iterations", "-"), d["budget"],
+                         d["pair"], f"{d['mean']:+.3f}", f"[{d['low']:+.3f}, {d['high']:+.3f}]",
+                         d["seeds"]])  # fmt: skip
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for pair in dict.fromkeys(d["pair"] for p in probes for d in p["differences"] if d["budget"] == 1):
-        points = [(p["pretraining_iterations"], d) for p in probes for d in p["differences"]
+        points = [(n, p["pretraining_iterations"], d) for n, p in enumerate(probes, 1) for d in p["differences"]
                   if d["pair"] == pair and d["budget"] == 1]  # fmt: skip
-        x = [it for it, _ in points]
-        y = [d["mean"] for _, d in points]
-        err = [[d["mean"] - d["low"] for _, d in points], [d["high"] - d["mean"] for _, d in points]]
+        x = [it for _, it, _ in points]
+        y = [d["mean"] for _, _, d in points]
+        err = [[d["mean"] - d["low"] for *_, d in points], [d["high"] - d["mean"] for *_, d in points]]
         ax.errorbar(x, y, yerr=err, marker="o", linestyle="none", capsize=3, label=pair)
+        for number, it, d in points:  # the probe's number of the table beside each point
+            ax.annotate(f"P{number}", (it, d["mean"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.axhline(0.0, color="grey", linewidth=0.8)
     ax.set_xscale("log")
     ax.set_xlabel("pretraining iterations per run")
@@ -125,8 +128,8 @@ def section(path: Path, figure: Path) -> list[str]:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     reports._save(fig, figure)
-    header = ["probe", "tokens per crop", "pretraining images", "pretraining iterations", "labelled cases",
-              "difference", "mean Dice", "95% CI", "seeds"]  # fmt: skip
+    header = ["probe (P<n> in the figure)", "tokens per crop", "pretraining images", "pretraining iterations",
+              "fine-tuning iterations", "labelled cases", "difference", "mean Dice", "95% CI", "seeds"]  # fmt: skip
     return [
         "## When does pretraining pay (probes at other scales)",
         "",

@@ -92,6 +92,7 @@ COMPARISONS = (
     ("hpm_reconstruction", "hpm"),
     ("hpm", "lp_random"),
     ("hpm_masked", "lp_random"),
+    ("hpm_reconstruction", "lp_random"),
 )
 ORGANS_8 = ["spleen", "right kidney", "left kidney", "gallbladder", "liver", "stomach", "aorta", "pancreas"]
 
@@ -155,8 +156,26 @@ class Protocol:
         return {**PRESETS[self.preset], **self.overrides}
 
 
-QUICK = {"arms": ("scratch", "hpm"), "budgets": (3,), "seeds": (0,)}
-"""``--quick``: one seed, arms scratch and HPM, one label budget."""
+QUICK = {"arms": ("scratch", "hpm_reconstruction"), "budgets": (3,), "seeds": (0,)}
+"""``--quick``: one seed, one label budget, scratch against HPM as the pretraining bundle's CPU presets run it (the
+reconstruction view: ``train_cpu.json``)."""
+HEATMAP_ARMS = ("hpm", "hpm_reconstruction", "hpm_masked")
+"""The arms whose teacher's heat maps the report shows: the first of these that the study runs."""
+
+
+def heatmap_arm(arms: Sequence[str]) -> str | None:
+    """The arm whose first seed keeps its first epoch's teacher for the report's heat maps.
+
+    Examples::
+
+        >>> heatmap_arm(["scratch", "mae", "hpm", "hpm_reconstruction"]), heatmap_arm(["scratch", "hpm_reconstruction"])
+        ('hpm', 'hpm_reconstruction')
+        >>> heatmap_arm(["scratch", "mae"]) is None
+        True
+    """
+    return next((arm for arm in HEATMAP_ARMS if arm in arms), None)
+
+
 # ----------------------------------------------------------------------------------------------------- the runs
 
 
@@ -209,7 +228,8 @@ def pretrain(out: Path, arm: str, seed: int, data: StudyData, protocol: Protocol
     started = time.perf_counter()
     _bundle(stage["configs"], PRETRAIN, tracking_uri, f"pretrain_{arm}_seed{seed}", dataset_dir=str(out),
             datalist=str(folder / "datalist.json"), output_dir=str(folder), seed=seed,
-            snapshot_epochs=[1] if arm == "hpm" else [], **stage["overrides"], **(ARMS[arm] or {}))  # fmt: skip
+            snapshot_epochs=[1] if arm == heatmap_arm(protocol.arms) else [], **stage["overrides"],
+            **(ARMS[arm] or {}))  # fmt: skip
     _finish(folder, started, arm=arm, seed=seed)
     return folder
 
@@ -337,10 +357,13 @@ def plan(out: Path, data: StudyData, protocol: Protocol, estimate: dict[str, flo
 
 def teacher_figures(out: Path, protocol: Protocol, data: StudyData, tracking_uri: str | None) -> None:
     """The HPM teacher's heat map and reconstructions on one test case, after the first and the last epoch of the
-    first seed's HPM pretraining (its first epoch's teacher is kept: ``snapshot_epochs``)."""
+    first seed's pretraining of :func:`heatmap_arm` (its first epoch's teacher is kept: ``snapshot_epochs``)."""
     import shutil
 
-    folder = out / "runs" / "pretrain" / f"hpm_seed{protocol.seeds[0]}"
+    arm = heatmap_arm(protocol.arms)
+    if arm is None:
+        return
+    folder = out / "runs" / "pretrain" / f"{arm}_seed{protocol.seeds[0]}"
     first = folder / "teacher_epoch1.pt"
     if not first.is_file() or not (folder / "teacher.pt").is_file():
         return
@@ -350,7 +373,7 @@ def teacher_figures(out: Path, protocol: Protocol, data: StudyData, tracking_uri
         target = out / "runs" / "figures" / name
         configs = ["inference.json", *stage["configs"][1:]]
         _bundle(configs, PRETRAIN, tracking_uri, f"heatmap_{name}", input_files=[data.test[0]["image"]],
-                model_file=str(weights), output_dir=str(target), **values, **ARMS["hpm"])  # fmt: skip
+                model_file=str(weights), output_dir=str(target), **values, **ARMS[arm])  # fmt: skip
         (out / "figures").mkdir(exist_ok=True)
         for png in target.glob("*_hpm.png"):
             shutil.copyfile(png, out / "figures" / f"{name}_hpm.png")
@@ -362,7 +385,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m selfmedhpm_tools.study", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=None, help="results (and runs/); default docs/results for the "
                         "synthetic study; required with --datalist")  # fmt: skip
-    parser.add_argument("--quick", action="store_true", help="one seed, arms scratch and hpm, one label budget")
+    parser.add_argument(
+        "--quick", action="store_true", help="one seed, arms scratch and hpm_reconstruction, 3 labelled cases"
+    )
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     parser.add_argument("--arms", nargs="*", choices=sorted(ARMS), default=None)
     parser.add_argument("--budgets", nargs="*", type=int, default=None, help="labelled cases per fine-tuning")
@@ -443,7 +468,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 done += 1
                 print(f"=== [{done}/{total}] fine-tuning {arm}, {budget} labelled, seed {seed} ===", flush=True)
                 finetune(out, arm, budget, seed, data, protocol, tracking_uri)
-    if "hpm" in protocol.arms:
+    if heatmap_arm(protocol.arms) is not None:
         teacher_figures(out, protocol, data, tracking_uri)
     command = "python -m selfmedhpm_tools.study " + " ".join(argv if argv is not None else sys.argv[1:])
     report = write_report(out, protocol, collect(out, protocol), time.perf_counter() - started, command, data, source)

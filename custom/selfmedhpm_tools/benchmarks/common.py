@@ -112,7 +112,7 @@ def cpu_flags() -> frozenset[str]:
 
 def fast_teacher_precision(flags: set[str] | None = None) -> str:
     """The teacher-pass precision that runs fastest on this CPU: "bf16" with AMX, "int8" with VNNI int8 dot products
-    but no AMX (bf16 is no faster there), else "fp32". What the benchmarks time beside the default (the student's
+    but no AMX (int8 is faster than bf16 there), else "fp32". What the benchmarks time beside the default (the student's
     precision); a run uses it only when asked (``--teacher_precision int8``).
 
     Examples::
