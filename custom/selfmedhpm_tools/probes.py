@@ -97,7 +97,7 @@ def add(folder: Path, into: Path, label: str) -> dict[str, Any]:
 
 def section(path: Path, figure: Path) -> list[str]:
     """The report's lines on the probes of ``path`` (none when it is missing) and their figure at ``figure``: MAE -
-    scratch (and the other pairs measured) against pretraining iterations per run."""
+    scratch (and the other pairs measured) against the number of pretraining images."""
     from selfmedhpm_tools import reports
     from selfmedhpm_tools.reports import plt
 
@@ -113,8 +113,13 @@ def section(path: Path, figure: Path) -> list[str]:
                          d["seeds"]])  # fmt: skip
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for pair in dict.fromkeys(d["pair"] for p in probes for d in p["differences"] if d["budget"] == 1):
-        points = [(n, p["pretraining_iterations"], d) for n, p in enumerate(probes, 1) for d in p["differences"]
-                  if d["pair"] == pair and d["budget"] == 1]  # fmt: skip
+        points, seen = [], {}
+        for n, p in enumerate(probes, 1):
+            for d in p["differences"]:
+                if d["pair"] == pair and d["budget"] == 1:  # probes with as many images side by side, not on top
+                    images = p["pretraining_images"]
+                    seen[images] = seen.get(images, -1) + 1
+                    points.append((n, images * 1.12 ** seen[images], d))
         x = [it for _, it, _ in points]
         y = [d["mean"] for _, _, d in points]
         err = [[d["mean"] - d["low"] for *_, d in points], [d["high"] - d["mean"] for *_, d in points]]
@@ -123,7 +128,10 @@ def section(path: Path, figure: Path) -> list[str]:
             ax.annotate(f"P{number}", (it, d["mean"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.axhline(0.0, color="grey", linewidth=0.8)
     ax.set_xscale("log")
-    ax.set_xlabel("pretraining iterations per run")
+    ax.xaxis.set_minor_formatter(plt.NullFormatter())
+    counts = sorted({p["pretraining_images"] for p in probes})
+    ax.set_xticks(counts, [str(c) for c in counts])
+    ax.set_xlabel("pretraining images (probes with as many set side by side)")
     ax.set_ylabel("test mean Dice difference, 1 labelled case")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
@@ -137,7 +145,7 @@ def section(path: Path, figure: Path) -> list[str]:
         "`python -m selfmedhpm_tools.probes add`; each probe's settings are in `probes.json`. Paired differences of "
         "the mean test Dice over all organs, 95% bootstrap intervals over test cases and seeds.",
         "",
-        f"![Differences against pretraining iterations](figures/{figure.name})",
+        f"![Differences against pretraining images](figures/{figure.name})",
         "",
         reports.markdown_table(header, rows),
     ]
