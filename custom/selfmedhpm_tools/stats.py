@@ -94,15 +94,16 @@ def paired_differences(
 
 
 def aggregate(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for one value) of run-level values, NaN left out.
+    """Mean and sample standard deviation (0 for one value) of run-level values, NaN left out; unrounded: the
+    tables and figures round them once, where they are shown.
 
     Examples::
 
         >>> aggregate([0.5, 0.7, float("nan")])
-        (0.6, 0.1414)
+        (0.6, 0.14142135623730948)
     """
     finite = [v for v in values if not math.isnan(v)]
     if not finite:
         return float("nan"), float("nan")
     std = float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0
-    return round(float(np.mean(finite)), 4), round(std, 4)
+    return float(np.mean(finite)), std
