@@ -66,9 +66,10 @@ def test_labelled_draws_differ_by_seed_and_stay_in_the_pool():
     assert study_data.labelled_draw(pool, 3, 0) == study_data.labelled_draw(pool, 3, 0)
 
 
+# pred_weight: a training-only key, which the teacher's heat maps (inference.json) must leave out, not fail on
 TINY = [
     "--pool", "3", "--test", "2", "--budgets", "1",
-    "--set", 'pretrain={"epochs": 2, "roi_size": [32, 32, 32], "num_samples": 1}',
+    "--set", 'pretrain={"epochs": 2, "roi_size": [32, 32, 32], "num_samples": 1, "pred_weight": 1.0}',
     "--set", "finetune_iterations=2", "--set", "unlabeled=1",
     "--set", 'common={"pixdim": [8.0, 8.0, 8.0]}',
     "--set", 'finetune={"roi_size": [32, 32, 32], "num_samples": 1, "feature_size": 8, "warmup_epochs": 1}',

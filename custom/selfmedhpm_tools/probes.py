@@ -141,7 +141,8 @@ def section(path: Path, figure: Path) -> list[str]:
     return [
         "## When does pretraining pay (probes at other scales)",
         "",
-        "Smaller studies with one setting changed at a time (a few arms, 1 labelled case, 3 seeds), summarised by "
+        "Smaller studies with one setting changed at a time (a few arms, 3 seeds, 1 labelled case where the table "
+        "names no other), summarised by "
         "`python -m selfmedhpm_tools.probes add`; each probe's settings are in `probes.json`. Paired differences of "
         "the mean test Dice over all organs, 95% bootstrap intervals over test cases and seeds.",
         "",

@@ -61,7 +61,7 @@ from typing import Any
 from selfmedhpm.errors import install_excepthook
 from selfmedhpm_tools.study_data import StudyData, check_budgets, labelled_draw, load_data, synthetic_datalist
 
-__all__ = ["ARMS", "PRESETS", "Protocol", "stage_settings", "main"]
+__all__ = ["ARMS", "PRESETS", "Protocol", "known_overrides", "stage_settings", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +93,7 @@ COMPARISONS = (
     ("hpm", "lp_random"),
     ("hpm_masked", "lp_random"),
     ("hpm_reconstruction", "lp_random"),
+    ("lp_random", "mae"),
 )
 ORGANS_8 = ["spleen", "right kidney", "left kidney", "gallbladder", "liver", "stomach", "aorta", "pancreas"]
 
@@ -192,6 +193,23 @@ def _bundle(configs: Sequence[str], bundle: Path, tracking_uri: str | None, run_
 
     files = [str(c) if Path(c).is_absolute() else str(bundle / "configs" / c) for c in configs]
     run_bundle(files, tracking_uri, run_name, experiment_name="selfmedhpm_study", **overrides)
+
+
+def known_overrides(configs: Sequence[str], bundle: Path, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The ``overrides`` whose keys the ``configs`` of ``bundle`` define: a pretraining stage's values passed on to
+    the bundle's inference, which has no use for training-only keys such as ``pred_weight`` or ``lr`` (the
+    pretraining runs have already checked every key against the training configs).
+
+    Example::
+
+        >>> known_overrides(["inference.json"], PRETRAIN, {"teacher_view": "masked", "pred_weight": 0.1})
+        {'teacher_view': 'masked'}
+    """
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(c) if Path(c).is_absolute() else str(bundle / "configs" / c) for c in configs])
+    return {key: value for key, value in overrides.items() if key in parser}
 
 
 def stage_settings(protocol: Protocol, data: StudyData) -> dict[str, dict[str, Any]]:
@@ -373,7 +391,8 @@ def teacher_figures(out: Path, protocol: Protocol, data: StudyData, tracking_uri
         target = out / "runs" / "figures" / name
         configs = ["inference.json", *stage["configs"][1:]]
         _bundle(configs, PRETRAIN, tracking_uri, f"heatmap_{name}", input_files=[data.test[0]["image"]],
-                model_file=str(weights), output_dir=str(target), **values, **ARMS[arm])  # fmt: skip
+                model_file=str(weights), output_dir=str(target),
+                **known_overrides(configs, PRETRAIN, {**values, **ARMS[arm]}))  # fmt: skip
         (out / "figures").mkdir(exist_ok=True)
         for png in target.glob("*_hpm.png"):
             shutil.copyfile(png, out / "figures" / f"{name}_hpm.png")

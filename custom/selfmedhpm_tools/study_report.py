@@ -205,9 +205,15 @@ def write_report(
             mean, low, high = paired_bootstrap_ci(xs, ys)
             diff_rows.append([budget, f"{a} - {b}", f"{mean:+.3f}", f"[{low:+.3f}, {high:+.3f}]", seeds, len(xs)])
     diff_header = ["labelled cases", "difference", f"{len(organs)}-organ mean Dice", "95% CI", "seeds", "pairs"]
+    halves = ""
+    if "lp_random" in protocol.arms:
+        halves = (" The two halves of HPM: `hpm* - lp_random` is what choosing hard masks adds (the same loss predictor"
+                  " trained in both), `lp_random - mae` what training the loss predictor does to the encoder (masks"
+                  " random in both).")  # fmt: skip
     lines += [
         reports.markdown_table(diff_header, diff_rows),
-        "A difference whose interval excludes 0 is a measured effect at this scale; one that includes 0 is not.",
+        "A difference whose interval excludes 0 is a measured effect at this scale; one that includes 0 is not."
+        + halves,
         "",
         "## Per-organ test Dice and HD95 (mm), mean +- std over seeds",
         "",
