@@ -188,11 +188,15 @@ def _finish(folder: Path, started: float, **facts: Any) -> None:
     (folder / "done.json").write_text(json.dumps({"seconds": time.perf_counter() - started, **facts}, indent=2))
 
 
+def _config_files(configs: Sequence[str], bundle: Path) -> list[str]:
+    """``configs`` as paths: a name is a file of ``bundle``'s ``configs`` folder, an absolute path stays as it is."""
+    return [str(c) if Path(c).is_absolute() else str(bundle / "configs" / c) for c in configs]
+
+
 def _bundle(configs: Sequence[str], bundle: Path, tracking_uri: str | None, run_name: str, **overrides: Any) -> None:
     from selfmedhpm_tools.demo import run_bundle
 
-    files = [str(c) if Path(c).is_absolute() else str(bundle / "configs" / c) for c in configs]
-    run_bundle(files, tracking_uri, run_name, experiment_name="selfmedhpm_study", **overrides)
+    run_bundle(_config_files(configs, bundle), tracking_uri, run_name, experiment_name="selfmedhpm_study", **overrides)
 
 
 def known_overrides(configs: Sequence[str], bundle: Path, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -208,7 +212,7 @@ def known_overrides(configs: Sequence[str], bundle: Path, overrides: dict[str, A
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config([str(c) if Path(c).is_absolute() else str(bundle / "configs" / c) for c in configs])
+    parser.read_config(_config_files(configs, bundle))
     return {key: value for key, value in overrides.items() if key in parser}
 
 
@@ -386,13 +390,12 @@ def teacher_figures(out: Path, protocol: Protocol, data: StudyData, tracking_uri
     if not first.is_file() or not (folder / "teacher.pt").is_file():
         return
     stage = stage_settings(protocol, data)["pretrain"]
-    values = {k: v for k, v in stage["overrides"].items() if k != "train_splits"}
+    configs = ["inference.json", *stage["configs"][1:]]
+    values = known_overrides(configs, PRETRAIN, {**stage["overrides"], **ARMS[arm]})  # train_splits, lr... left out
     for name, weights in (("teacher_first_epoch", first), ("teacher_last_epoch", folder / "teacher.pt")):
         target = out / "runs" / "figures" / name
-        configs = ["inference.json", *stage["configs"][1:]]
         _bundle(configs, PRETRAIN, tracking_uri, f"heatmap_{name}", input_files=[data.test[0]["image"]],
-                model_file=str(weights), output_dir=str(target),
-                **known_overrides(configs, PRETRAIN, {**values, **ARMS[arm]}))  # fmt: skip
+                model_file=str(weights), output_dir=str(target), **values)  # fmt: skip
         (out / "figures").mkdir(exist_ok=True)
         for png in target.glob("*_hpm.png"):
             shutil.copyfile(png, out / "figures" / f"{name}_hpm.png")
